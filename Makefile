@@ -1,0 +1,33 @@
+# The interface for people and CI alike: .ci/run only calls these targets.
+MODULE  := github.com/pipeops/pipeops-vm-agent
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+DATE    ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
+LDFLAGS := -s -w -X $(MODULE)/internal/version.Version=$(VERSION) \
+           -X $(MODULE)/internal/version.Commit=$(COMMIT) -X $(MODULE)/internal/version.Date=$(DATE)
+BIN     := bin
+
+.PHONY: build test lint demo clean k8s-bins
+
+build:
+	@mkdir -p $(BIN)
+	CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/...
+
+# Builds (cached) and starts a real Kubernetes control plane, then runs every
+# test with the race detector. See scripts/test.sh.
+test:
+	scripts/test.sh
+
+lint:
+	scripts/lint.sh
+
+# Builds everything, starts a local cluster, the reference control plane and
+# the agent, and prints how to reach the cluster through the agent.
+demo:
+	scripts/demo.sh
+
+k8s-bins:
+	scripts/k8s/build.sh
+
+clean:
+	rm -rf $(BIN) dist

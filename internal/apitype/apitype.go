@@ -1,0 +1,168 @@
+// Package apitype holds the wire types of the local API that pipeopsctl
+// speaks to the agent over its unix socket. Both sides import it, so it uses
+// the standard library only.
+package apitype
+
+import "time"
+
+// APIVersion is the path prefix of every local API route.
+const APIVersion = "v1"
+
+// VersionHeader carries each side's build version; the CLI warns on skew.
+const VersionHeader = "Pipeops-Agent-Version"
+
+// Error codes carried in Error.Code.
+const (
+	CodeNotFound      = "not_found"
+	CodeAccessDenied  = "access_denied"
+	CodeNotRegistered = "not_registered"
+	CodeUnavailable   = "unavailable"
+	CodeBadRequest    = "bad_request"
+	CodeInternal      = "internal"
+)
+
+// Error is the body of every non-2xx local API answer.
+type Error struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	Hint    string `json:"hint,omitempty"`
+}
+
+func (e *Error) Error() string { return e.Message }
+
+// Condition mirrors one health condition.
+type Condition struct {
+	Name     string    `json:"name"`
+	OK       bool      `json:"ok"`
+	Reason   string    `json:"reason,omitempty"`
+	Required bool      `json:"required"`
+	Since    time.Time `json:"since"`
+}
+
+// StatusResponse is GET /v1/status: everything `pipeopsctl status` and the
+// dashboard show. Each section is filled by the subsystem that owns it.
+type StatusResponse struct {
+	Version     string    `json:"version"`
+	Commit      string    `json:"commit"`
+	AgentID     string    `json:"agent_id"`
+	ClusterName string    `json:"cluster_name"`
+	ClusterID   string    `json:"cluster_id,omitempty"`
+	StartedAt   time.Time `json:"started_at"`
+	// Ready is the truth /ready tells; NotReady lists why not.
+	Ready      bool        `json:"ready"`
+	NotReady   []string    `json:"not_ready,omitempty"`
+	Conditions []Condition `json:"conditions"`
+
+	Link       LinkStatus       `json:"link"`
+	Kubernetes KubeStatus       `json:"kubernetes"`
+	Proxy      ProxyStatus      `json:"proxy"`
+	Tunnel     TunnelStatus     `json:"tunnel"`
+	Routes     RoutesStatus     `json:"routes"`
+	Monitoring MonitoringStatus `json:"monitoring"`
+}
+
+// Link states.
+const (
+	LinkConnecting   = "connecting"
+	LinkConnected    = "connected"
+	LinkReconnecting = "reconnecting"
+	LinkDisconnected = "disconnected"
+)
+
+// LinkStatus is the control-plane WebSocket.
+type LinkStatus struct {
+	State          string    `json:"state"`
+	Mode           string    `json:"mode,omitempty"` // controller or gateway
+	URL            string    `json:"url,omitempty"`
+	Registered     bool      `json:"registered"`
+	ConnectedSince time.Time `json:"connected_since,omitzero"`
+	LastHeartbeat  time.Time `json:"last_heartbeat,omitzero"`
+	Reconnects     int       `json:"reconnects"`
+	Registrations  int       `json:"registrations"`
+	LastError      string    `json:"last_error,omitempty"`
+	LastErrorAt    time.Time `json:"last_error_at,omitzero"`
+	NextRetry      time.Time `json:"next_retry,omitzero"`
+	Generation     uint64    `json:"generation"`
+}
+
+// KubeStatus is the local cluster as the agent sees it.
+type KubeStatus struct {
+	Reachable   bool      `json:"reachable"`
+	Kubeconfig  string    `json:"kubeconfig,omitempty"`
+	Server      string    `json:"server,omitempty"`
+	Version     string    `json:"version,omitempty"`
+	Nodes       int       `json:"nodes"`
+	Pods        int       `json:"pods"`
+	CPUUsage    string    `json:"cpu_usage,omitempty"`
+	MemoryUsage string    `json:"memory_usage,omitempty"`
+	UsageSource string    `json:"usage_source,omitempty"` // metrics-api or requests
+	LastError   string    `json:"last_error,omitempty"`
+	CheckedAt   time.Time `json:"checked_at,omitzero"`
+}
+
+// ProxyStatus is the Kubernetes API proxy.
+type ProxyStatus struct {
+	InFlight        int     `json:"in_flight"`
+	Requests        int64   `json:"requests"`
+	Errors          int64   `json:"errors"`
+	BytesIn         int64   `json:"bytes_in"`
+	BytesOut        int64   `json:"bytes_out"`
+	LatencyP50Ms    float64 `json:"latency_p50_ms"`
+	LatencyP99Ms    float64 `json:"latency_p99_ms"`
+	WebSocketRelays int     `json:"websocket_relays"`
+}
+
+// Forward is one configured tunnel forward.
+type Forward struct {
+	Name      string `json:"name"`
+	LocalAddr string `json:"local_addr"`
+}
+
+// TunnelStatus is the yamux reverse tunnel.
+type TunnelStatus struct {
+	Active        bool      `json:"active"`
+	Forwards      []Forward `json:"forwards"`
+	ActiveStreams int       `json:"active_streams"`
+	StreamsTotal  int64     `json:"streams_total"`
+	BytesIn       int64     `json:"bytes_in"`
+	BytesOut      int64     `json:"bytes_out"`
+	Errors        int64     `json:"errors"`
+}
+
+// RoutesStatus is ingress route registration.
+type RoutesStatus struct {
+	Enabled           bool      `json:"enabled"`
+	Count             int       `json:"count"`
+	RoutingMode       string    `json:"routing_mode,omitempty"`
+	PublicEndpoint    string    `json:"public_endpoint,omitempty"`
+	IngressController string    `json:"ingress_controller,omitempty"`
+	LastSync          time.Time `json:"last_sync,omitzero"`
+	LastSyncResult    string    `json:"last_sync_result,omitempty"`
+	LastError         string    `json:"last_error,omitempty"`
+}
+
+// Release states.
+const (
+	ReleasePending    = "pending"
+	ReleaseInstalling = "installing"
+	ReleaseReady      = "ready"
+	ReleaseFailed     = "failed"
+)
+
+// Release is one Helm release of the monitoring stack.
+type Release struct {
+	Component string    `json:"component"`
+	Name      string    `json:"name"`
+	Namespace string    `json:"namespace"`
+	Chart     string    `json:"chart"`
+	Version   string    `json:"version,omitempty"`
+	State     string    `json:"state"`
+	Reason    string    `json:"reason,omitempty"`
+	UpdatedAt time.Time `json:"updated_at,omitzero"`
+}
+
+// MonitoringStatus is the monitoring stack.
+type MonitoringStatus struct {
+	Enabled  bool      `json:"enabled"`
+	Releases []Release `json:"releases,omitempty"`
+}

@@ -1,0 +1,128 @@
+// Package cli implements pipeopsctl, one subcommand per file. Every command
+// gets its dependencies through env, so tests run them with stub systemctl
+// and journalctl and a real local API socket. It must not link client-go,
+// Helm, yamux or gorilla/websocket (cmd/pipeopsctl's deps test).
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/pipeops/pipeops-vm-agent/internal/localclient"
+)
+
+// Exit codes of pipeopsctl (conventions §3).
+const (
+	ExitOK         = 0
+	ExitError      = 1
+	ExitUsage      = 2
+	ExitNotRunning = 3 // status only, as with systemctl status
+)
+
+// exitError carries a specific exit code out of a command.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+// withCode wraps err so Main exits with code.
+func withCode(code int, err error) error { return &exitError{code: code, err: err} }
+
+// errSilent ends a command with a code after it already printed its output.
+var errSilent = errors.New("")
+
+// env is what every command needs; tests replace any field.
+type env struct {
+	stdout, stderr io.Writer
+	stdin          io.Reader
+	client         *localclient.Client
+	// systemctl runs `systemctl args...` and returns its stdout.
+	systemctl func(ctx context.Context, args ...string) (string, error)
+	// lookPath finds host tools (journalctl).
+	lookPath func(string) (string, error)
+	// execve replaces the process (pipeopsctl logs); tests capture argv.
+	execve func(argv0 string, argv []string, envv []string) error
+	getenv func(string) string
+}
+
+func defaultEnv(stdout, stderr io.Writer) *env {
+	return &env{
+		stdout: stdout, stderr: stderr, stdin: os.Stdin, client: &localclient.Client{},
+		systemctl: func(ctx context.Context, args ...string) (string, error) {
+			out, err := exec.CommandContext(ctx, "systemctl", args...).Output()
+			return string(out), err
+		},
+		lookPath: exec.LookPath,
+		execve:   execve,
+		getenv:   os.Getenv,
+	}
+}
+
+// Main runs pipeopsctl and returns the exit code.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	return run(ctx, defaultEnv(stdout, stderr), args)
+}
+
+func run(ctx context.Context, e *env, args []string) int {
+	app := &cli.App{
+		Name:      "pipeopsctl",
+		Usage:     "manage the PipeOps agent on this host",
+		Writer:    e.stdout,
+		ErrWriter: e.stderr,
+		Flags: []cli.Flag{&cli.StringFlag{Name: "socket", Usage: "local API socket (default $PIPEOPS_SOCKET or /run/pipeops/agent.sock)"}},
+		Before: func(c *cli.Context) error {
+			if s := c.String("socket"); s != "" {
+				e.client.Socket = s
+			}
+			return nil
+		},
+		ExitErrHandler: func(*cli.Context, error) {}, // we map errors to codes below
+		Commands:       commands(e),
+	}
+	err := app.RunContext(ctx, args)
+	if err == nil {
+		return ExitOK
+	}
+	var ee *exitError
+	code := ExitError
+	if errors.As(err, &ee) {
+		code = ee.code
+	} else if isUsageError(err) {
+		code = ExitUsage
+	}
+	if msg := err.Error(); msg != "" {
+		fmt.Fprintln(e.stderr, "pipeopsctl:", msg)
+		var hinted interface{ Hint() string }
+		if errors.As(err, &hinted) && hinted.Hint() != "" {
+			fmt.Fprintln(e.stderr, "hint:", hinted.Hint())
+		}
+	}
+	return code
+}
+
+// commands lists every subcommand. New commands register here.
+var extraCommands []func(e *env) *cli.Command
+
+func commands(e *env) []*cli.Command {
+	cmds := []*cli.Command{newVersionCommand(e), newStatusCommand(e), newConfigCommand(e)}
+	for _, f := range extraCommands {
+		cmds = append(cmds, f(e))
+	}
+	return cmds
+}
+
+func isUsageError(err error) bool {
+	s := err.Error()
+	return strings.HasPrefix(s, "flag provided but not defined") || strings.Contains(s, "Required flag") ||
+		strings.HasPrefix(s, "invalid value") || strings.HasPrefix(s, "No help topic")
+}

@@ -1,0 +1,69 @@
+package cli
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/urfave/cli/v2"
+	"sigs.k8s.io/yaml"
+
+	"github.com/pipeops/pipeops-vm-agent/internal/config"
+)
+
+func newConfigCommand(e *env) *cli.Command {
+	pathFlag := &cli.StringFlag{Name: "config", Usage: "config file (default $PIPEOPS_CONFIG or /etc/pipeops/agent.yaml)"}
+	load := func(c *cli.Context) (*config.Config, []string, error) {
+		return config.Load(config.Options{Path: c.String("config"), Getenv: e.getenv})
+	}
+	return &cli.Command{
+		Name:  "config",
+		Usage: "check or show the agent's configuration",
+		Subcommands: []*cli.Command{
+			{
+				Name:  "validate",
+				Usage: "load and validate the configuration exactly as the agent would",
+				Flags: []cli.Flag{pathFlag},
+				Action: func(c *cli.Context) error {
+					cfg, warnings, err := load(c)
+					if err == nil {
+						err = cfg.Validate()
+					}
+					for _, w := range warnings {
+						fmt.Fprintln(e.stderr, "warning:", w)
+					}
+					if err != nil {
+						if errors.Is(err, config.ErrInvalid) {
+							return withCode(ExitError, fmt.Errorf("invalid configuration:\n%w", err))
+						}
+						return err
+					}
+					fmt.Fprintf(e.stdout, "configuration is valid (sources: %v; token from %s)\n", cfg.Sources, cfg.TokenSource)
+					return nil
+				},
+			},
+			{
+				Name:  "show",
+				Usage: "print the merged configuration with secrets redacted",
+				Flags: []cli.Flag{pathFlag, jsonFlag},
+				Action: func(c *cli.Context) error {
+					cfg, _, err := load(c)
+					if err != nil {
+						return err
+					}
+					b, err := json.MarshalIndent(cfg, "", "  ") // Secret fields marshal as [redacted]
+					if err != nil {
+						return err
+					}
+					if !c.Bool("json") {
+						if b, err = yaml.JSONToYAML(b); err != nil {
+							return err
+						}
+					}
+					_, err = e.stdout.Write(append(b, '\n'))
+					return err
+				},
+			},
+		},
+	}
+}

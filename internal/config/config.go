@@ -1,0 +1,240 @@
+// Package config is the agent's one configuration schema. Layers apply in
+// this order: Default() → /etc/pipeops/agent.yaml → /etc/pipeops/agent.d/*.yaml
+// (lexical order) → PIPEOPS_* environment variables. Files are decoded
+// strictly: an unknown or duplicate key is an error naming the file and line.
+// Validate returns every problem at once, each a *FieldError naming the field.
+package config
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// ErrInvalid marks configuration errors: the agent exits 2 on them, and the
+// unit's RestartPreventExitStatus=2 stops systemd from restarting it.
+var ErrInvalid = errors.New("invalid configuration")
+
+// Config is the whole schema. Field names follow the product brief's example.
+type Config struct {
+	Version    int        `json:"version" yaml:"version"`
+	Agent      Agent      `json:"agent" yaml:"agent"`
+	PipeOps    PipeOps    `json:"pipeops" yaml:"pipeops"`
+	Kubernetes Kubernetes `json:"kubernetes" yaml:"kubernetes"`
+	Logging    Logging    `json:"logging" yaml:"logging"`
+	Tunnel     Tunnel     `json:"tunnel" yaml:"tunnel"`
+	Proxy      Proxy      `json:"proxy" yaml:"proxy"`
+	Gateway    Gateway    `json:"gateway" yaml:"gateway"`
+	Monitoring Monitoring `json:"monitoring" yaml:"monitoring"`
+
+	// Sources lists the files that were read, in order (not part of the schema).
+	Sources []string `json:"-" yaml:"-"`
+	// TokenSource says where the token came from, for messages; never the value.
+	TokenSource string `json:"-" yaml:"-"`
+
+	envErrs []error // unparsable environment overrides, reported by Validate
+}
+
+// Agent is the agent's identity and local endpoints.
+type Agent struct {
+	ID                string            `json:"id" yaml:"id"`
+	Name              string            `json:"name" yaml:"name"`
+	Port              int               `json:"port" yaml:"port"`
+	BindAddress       string            `json:"bind_address" yaml:"bind_address"`
+	GrafanaSubPath    bool              `json:"grafana_sub_path" yaml:"grafana_sub_path"`
+	Labels            map[string]string `json:"labels,omitempty" yaml:"labels"`
+	Region            string            `json:"region,omitempty" yaml:"region"`
+	CloudProvider     string            `json:"cloud_provider,omitempty" yaml:"cloud_provider"`
+	HeartbeatInterval Duration          `json:"heartbeat_interval" yaml:"heartbeat_interval"`
+	StateDir          string            `json:"state_dir" yaml:"state_dir"`
+	Socket            string            `json:"socket" yaml:"socket"`
+	EnableSSE         bool              `json:"enable_sse" yaml:"enable_sse"`
+	EnableWebSocket   bool              `json:"enable_websocket" yaml:"enable_websocket"`
+}
+
+// PipeOps is the control-plane connection.
+type PipeOps struct {
+	APIURL    string    `json:"api_url" yaml:"api_url"`
+	Token     Secret    `json:"token,omitempty" yaml:"token"`
+	TokenFile string    `json:"token_file,omitempty" yaml:"token_file"`
+	Timeout   Duration  `json:"timeout" yaml:"timeout"`
+	ReadLimit int64     `json:"read_limit_bytes" yaml:"read_limit_bytes"`
+	Reconnect Reconnect `json:"reconnect" yaml:"reconnect"`
+	TLS       TLS       `json:"tls" yaml:"tls"`
+}
+
+// Reconnect is the backoff of protocol.md §8.4. The agent retries forever.
+type Reconnect struct {
+	Enabled     bool     `json:"enabled" yaml:"enabled"`
+	MaxAttempts int      `json:"max_attempts" yaml:"max_attempts"`
+	Interval    Duration `json:"interval" yaml:"interval"`
+	MaxInterval Duration `json:"max_interval" yaml:"max_interval"`
+}
+
+// TLS configures trust toward the control plane.
+type TLS struct {
+	Enabled            bool     `json:"enabled" yaml:"enabled"`
+	InsecureSkipVerify bool     `json:"insecure_skip_verify" yaml:"insecure_skip_verify"`
+	CAFile             string   `json:"ca_file,omitempty" yaml:"ca_file"`
+	CertFile           string   `json:"cert_file,omitempty" yaml:"cert_file"`
+	KeyFile            string   `json:"key_file,omitempty" yaml:"key_file"`
+	PinSHA256          []string `json:"pin_sha256,omitempty" yaml:"pin_sha256"`
+}
+
+// Kubernetes is how the agent reaches the local cluster.
+type Kubernetes struct {
+	Kubeconfig    string `json:"kubeconfig,omitempty" yaml:"kubeconfig"`
+	InCluster     bool   `json:"in_cluster" yaml:"in_cluster"`
+	Namespace     string `json:"namespace" yaml:"namespace"`
+	ClusterDomain string `json:"cluster_domain" yaml:"cluster_domain"`
+	// ServiceToken and CACertData replace the minted token (protocol.md §14.3).
+	ServiceToken Secret `json:"service_token,omitempty" yaml:"service_token"`
+	CACertData   string `json:"ca_cert_data,omitempty" yaml:"ca_cert_data"`
+	// TokenTTL is the lifetime requested for the minted ServiceAccount token.
+	TokenTTL Duration `json:"token_ttl" yaml:"token_ttl"`
+}
+
+// Logging selects level and format.
+type Logging struct {
+	Level  string `json:"level" yaml:"level"`
+	Format string `json:"format" yaml:"format"`
+}
+
+// Tunnel is the yamux reverse-tunnel side (protocol.md §7).
+type Tunnel struct {
+	Enabled           bool      `json:"enabled" yaml:"enabled"`
+	PollInterval      Duration  `json:"poll_interval" yaml:"poll_interval"`
+	InactivityTimeout Duration  `json:"inactivity_timeout" yaml:"inactivity_timeout"`
+	MaxStreams        int       `json:"max_streams" yaml:"max_streams"`
+	StreamWindow      int       `json:"stream_window_bytes" yaml:"stream_window_bytes"`
+	MemoryBudget      int64     `json:"memory_budget_bytes" yaml:"memory_budget_bytes"`
+	Forwards          []Forward `json:"forwards" yaml:"forwards"`
+}
+
+// Forward is a named host address the control plane may open streams to.
+type Forward struct {
+	Name      string `json:"name" yaml:"name"`
+	LocalAddr string `json:"local_addr" yaml:"local_addr"`
+}
+
+// Proxy bounds the Kubernetes API proxy (protocol.md §6).
+type Proxy struct {
+	MaxInFlight      int      `json:"max_in_flight" yaml:"max_in_flight"`
+	MaxBufferedBytes int64    `json:"max_buffered_bytes" yaml:"max_buffered_bytes"`
+	DefaultTimeout   Duration `json:"default_timeout" yaml:"default_timeout"`
+}
+
+// Gateway is ingress route registration (protocol.md §9).
+type Gateway struct {
+	Enabled         bool     `json:"enabled" yaml:"enabled"`
+	RefreshInterval Duration `json:"refresh_interval" yaml:"refresh_interval"`
+	ForceTunnelMode bool     `json:"force_tunnel_mode" yaml:"force_tunnel_mode"`
+}
+
+// Monitoring is the Helm-installed monitoring stack (protocol.md §12).
+type Monitoring struct {
+	Enabled   bool     `json:"enabled" yaml:"enabled"`
+	Namespace string   `json:"namespace" yaml:"namespace"`
+	Timeout   Duration `json:"timeout" yaml:"timeout"`
+}
+
+// Default is the configuration with nothing set.
+func Default() *Config {
+	return &Config{
+		Version: 1,
+		Agent: Agent{
+			Name: "default-cluster", Port: 8080, BindAddress: "127.0.0.1", GrafanaSubPath: true,
+			HeartbeatInterval: D(30 * time.Second), EnableSSE: true, EnableWebSocket: true,
+		},
+		PipeOps: PipeOps{
+			APIURL: "https://api.pipeops.io", Timeout: D(30 * time.Second), ReadLimit: 32 << 20,
+			Reconnect: Reconnect{Enabled: true, Interval: D(time.Second), MaxInterval: D(15 * time.Second)},
+			TLS:       TLS{Enabled: true},
+		},
+		Kubernetes: Kubernetes{Namespace: "pipeops-system", ClusterDomain: "cluster.local", TokenTTL: D(24 * time.Hour)},
+		Logging:    Logging{Level: "info", Format: "auto"},
+		Tunnel: Tunnel{
+			Enabled: true, PollInterval: D(5 * time.Second), InactivityTimeout: D(5 * time.Minute),
+			MaxStreams: 1024, StreamWindow: 8 << 20, MemoryBudget: 128 << 20,
+		},
+		Proxy:      Proxy{MaxInFlight: 256, MaxBufferedBytes: 64 << 20, DefaultTimeout: D(2 * time.Minute)},
+		Gateway:    Gateway{Enabled: true, RefreshInterval: D(4 * time.Hour), ForceTunnelMode: false},
+		Monitoring: Monitoring{Enabled: false, Namespace: "pipeops-monitoring", Timeout: D(10 * time.Minute)},
+	}
+}
+
+// Duration is a time.Duration written as a Go duration string ("30s").
+type Duration time.Duration
+
+// D converts a time.Duration.
+func D(d time.Duration) Duration { return Duration(d) }
+
+// Std returns the standard library value.
+func (d Duration) Std() time.Duration { return time.Duration(d) }
+
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// UnmarshalYAML accepts "30s", "5m", "4h".
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return fmt.Errorf("line %d: want a duration such as \"30s\"", n.Line)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("line %d: invalid duration %q (use a value such as \"30s\" or \"5m\")", n.Line, s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalJSON writes the duration string.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(d.String()) }
+
+// MarshalYAML writes the duration string.
+func (d Duration) MarshalYAML() (any, error) { return d.String(), nil }
+
+// Secret is a string that never prints: logs, `config show` and JSON output
+// render it as "[redacted]". Use Reveal where the value is really needed.
+type Secret string
+
+const redacted = "[redacted]"
+
+// Reveal returns the secret value.
+func (s Secret) Reveal() string { return string(s) }
+
+func (s Secret) String() string {
+	if s == "" {
+		return ""
+	}
+	return redacted
+}
+
+// LogValue keeps the secret out of slog output.
+func (s Secret) LogValue() slog.Value { return slog.StringValue(s.String()) }
+
+// MarshalJSON redacts.
+func (s Secret) MarshalJSON() ([]byte, error) { return json.Marshal(s.String()) }
+
+// MarshalYAML redacts.
+func (s Secret) MarshalYAML() (any, error) { return s.String(), nil }
+
+// FieldError is one invalid field. Value is already redacted for secrets.
+type FieldError struct {
+	Field string
+	Value string
+	Err   error
+}
+
+func (e *FieldError) Error() string {
+	if e.Value == "" {
+		return fmt.Sprintf("%s: %v", e.Field, e.Err)
+	}
+	return fmt.Sprintf("%s: %v (got %q)", e.Field, e.Err, e.Value)
+}
+
+func (e *FieldError) Unwrap() []error { return []error{e.Err, ErrInvalid} }

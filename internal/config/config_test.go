@@ -1,0 +1,210 @@
+package config
+
+import (
+	"errors"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+func load(t *testing.T, path string, e map[string]string) (*Config, []string, error) {
+	t.Helper()
+	var environ []string
+	for k, v := range e {
+		environ = append(environ, k+"="+v)
+	}
+	return Load(Options{Path: path, DropInDir: t.TempDir(), Getenv: env(e), Environ: func() []string { return environ },
+		TokenFallback: filepath.Join(t.TempDir(), "absent")})
+}
+
+// TestLoadErrorsMatchGolden runs every bad file and compares the exact
+// message a user sees with testdata/<name>.golden (-update rewrites them).
+func TestLoadErrorsMatchGolden(t *testing.T) {
+	files, _ := filepath.Glob("testdata/bad-*.yaml")
+	if len(files) < 5 {
+		t.Fatalf("found only %d bad fixtures", len(files))
+	}
+	for _, f := range files {
+		name := strings.TrimSuffix(filepath.Base(f), ".yaml")
+		t.Run(name, func(t *testing.T) {
+			cfg, _, err := load(t, f, map[string]string{"PIPEOPS_TOKEN": "tok"})
+			if err == nil {
+				err = cfg.Validate()
+			}
+			if err == nil {
+				t.Fatalf("Load(%q) succeeded; want an error", f)
+			}
+			if !errors.Is(err, ErrInvalid) {
+				t.Errorf("error %v does not wrap ErrInvalid (the daemon would not exit 2)", err)
+			}
+			got := err.Error() + "\n"
+			golden := filepath.Join("testdata", name+".golden")
+			if *update {
+				os.WriteFile(golden, []byte(got), 0o644)
+			}
+			want, rerr := os.ReadFile(golden)
+			if rerr != nil {
+				t.Fatalf("missing golden file (run go test ./internal/config -update): %v", rerr)
+			}
+			if got != string(want) {
+				t.Errorf("Load(%q) error =\n%s\nwant\n%s", f, got, want)
+			}
+		})
+	}
+}
+
+func TestLoadBriefExample(t *testing.T) {
+	cfg, warnings, err := load(t, "testdata/good-brief.yaml", map[string]string{"PIPEOPS_TOKEN": "s3cret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("Validate() = %v", err)
+	}
+	if cfg.Agent.Name != "production-cluster" || len(cfg.Tunnel.Forwards) != 3 || cfg.PipeOps.Reconnect.Interval.Std() != 5*time.Second {
+		t.Fatalf("decoded %+v", cfg)
+	}
+	if cfg.PipeOps.Token.Reveal() != "s3cret" {
+		t.Fatal("token from ${PIPEOPS_TOKEN} not expanded")
+	}
+	if len(warnings) == 0 || !strings.Contains(strings.Join(warnings, "\n"), "in_cluster") {
+		t.Fatalf("want a warning that in_cluster is ignored, got %v", warnings)
+	}
+}
+
+func TestDefaultsWithoutAnyFile(t *testing.T) {
+	cfg, _, err := Load(Options{Path: "", Getenv: env(map[string]string{"PIPEOPS_TOKEN": "t"}), Environ: func() []string { return nil }, DropInDir: t.TempDir(), TokenFallback: "/nonexistent"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.PipeOps.APIURL != "https://api.pipeops.io" || cfg.Agent.Name != "default-cluster" || cfg.Agent.Port != 8080 ||
+		!cfg.Agent.EnableSSE || !cfg.Agent.EnableWebSocket || cfg.Logging.Level != "info" {
+		t.Fatalf("defaults = %+v", cfg)
+	}
+}
+
+func TestEnvironmentOverridesFiles(t *testing.T) {
+	cfg, warnings, err := load(t, "testdata/good-brief.yaml", map[string]string{
+		"PIPEOPS_TOKEN": "t", "PIPEOPS_API_URL": "http://127.0.0.1:9000", "PIPEOPS_CLUSTER_NAME": "c2",
+		"PIPEOPS_AGENT_ID": "agent-x", "PIPEOPS_LOG_LEVEL": "debug", "PIPEOPS_PORT": "9090",
+		"PIPEOPS_ENABLE_SSE": "false", "PIPEOPS_ENABLE_WEBSOCKET": "0", "PIPEOPS_TYPO": "1",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.PipeOps.APIURL != "http://127.0.0.1:9000" || cfg.Agent.Name != "c2" || cfg.Agent.ID != "agent-x" ||
+		cfg.Logging.Level != "debug" || cfg.Agent.Port != 9090 || cfg.Agent.EnableSSE || cfg.Agent.EnableWebSocket {
+		t.Fatalf("env not applied: %+v", cfg.Agent)
+	}
+	if !strings.Contains(strings.Join(warnings, "\n"), "PIPEOPS_TYPO") {
+		t.Fatalf("want a warning about PIPEOPS_TYPO, got %v", warnings)
+	}
+}
+
+func TestBadEnvironmentValueNamesTheVariable(t *testing.T) {
+	cfg, _, err := load(t, "testdata/good-brief.yaml", map[string]string{"PIPEOPS_TOKEN": "t", "PIPEOPS_PORT": "eighty"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = cfg.Validate()
+	var fe *FieldError
+	if !errors.As(err, &fe) || fe.Field != "environment PIPEOPS_PORT" {
+		t.Fatalf("Validate() = %v; want a FieldError for PIPEOPS_PORT", err)
+	}
+}
+
+func TestTokenSourcesInOrder(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, v string) string {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, []byte(v+"\n"), 0o600)
+		return p
+	}
+	fileTok := write("file", "from-file")
+	credDir := filepath.Join(dir, "creds")
+	os.Mkdir(credDir, 0o700)
+	os.WriteFile(filepath.Join(credDir, "token"), []byte("from-cred"), 0o600)
+	fallback := write("fallback", "from-fallback")
+	cases := []struct {
+		name string
+		env  map[string]string
+		want string
+	}{
+		{"env wins", map[string]string{"PIPEOPS_TOKEN": "from-env", "PIPEOPS_TOKEN_FILE": fileTok, "CREDENTIALS_DIRECTORY": credDir}, "from-env"},
+		{"token file", map[string]string{"PIPEOPS_TOKEN_FILE": fileTok, "CREDENTIALS_DIRECTORY": credDir}, "from-file"},
+		{"systemd credential", map[string]string{"CREDENTIALS_DIRECTORY": credDir}, "from-cred"},
+		{"fallback file", map[string]string{}, "from-fallback"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, _, err := Load(Options{Path: "testdata/comments-only.yaml", DropInDir: t.TempDir(), Getenv: env(tc.env), Environ: func() []string { return nil }, TokenFallback: fallback})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := cfg.PipeOps.Token.Reveal(); got != tc.want {
+				t.Fatalf("token = %q; want %q (source %s)", got, tc.want, cfg.TokenSource)
+			}
+		})
+	}
+	_, _, err := Load(Options{Path: "testdata/comments-only.yaml", DropInDir: t.TempDir(), Getenv: env(map[string]string{"PIPEOPS_TOKEN_FILE": "/nonexistent/tok"}), Environ: func() []string { return nil }})
+	var fe *FieldError
+	if !errors.As(err, &fe) || !strings.Contains(err.Error(), "/nonexistent/tok") {
+		t.Fatalf("missing named token file: %v; want a FieldError naming the path", err)
+	}
+}
+
+func TestDropInsApplyInLexicalOrder(t *testing.T) {
+	dir := t.TempDir()
+	main := filepath.Join(dir, "agent.yaml")
+	os.WriteFile(main, []byte("version: 1\nagent:\n  name: base\n  port: 1000\n"), 0o644)
+	os.Mkdir(filepath.Join(dir, "agent.d"), 0o755)
+	os.WriteFile(filepath.Join(dir, "agent.d", "20-b.yaml"), []byte("version: 1\nagent:\n  name: second\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "agent.d", "10-a.yaml"), []byte("version: 1\nagent:\n  name: first\n  port: 2000\n"), 0o644)
+	cfg, _, err := Load(Options{Path: main, Getenv: env(map[string]string{"PIPEOPS_TOKEN": "t"}), Environ: func() []string { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Agent.Name != "second" || cfg.Agent.Port != 2000 || len(cfg.Sources) != 3 {
+		t.Fatalf("got name=%s port=%d sources=%v", cfg.Agent.Name, cfg.Agent.Port, cfg.Sources)
+	}
+}
+
+func TestExplicitMissingFileIsAnError(t *testing.T) {
+	_, _, err := load(t, "/nonexistent/agent.yaml", map[string]string{"PIPEOPS_TOKEN": "t"})
+	if err == nil || !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "/nonexistent/agent.yaml") {
+		t.Fatalf("Load = %v; want an ErrInvalid naming the file", err)
+	}
+}
+
+func TestSecretNeverPrints(t *testing.T) {
+	s := Secret("hunter2")
+	for _, out := range []string{s.String(), s.LogValue().String()} {
+		if strings.Contains(out, "hunter2") {
+			t.Fatalf("secret leaked: %q", out)
+		}
+	}
+	b, _ := s.MarshalJSON()
+	if strings.Contains(string(b), "hunter2") {
+		t.Fatalf("secret leaked in JSON: %s", b)
+	}
+}
+
+func TestParsePinAcceptsBase64AndHex(t *testing.T) {
+	hexPin := strings.Repeat("ab", 32)
+	if _, err := ParsePin(hexPin); err != nil {
+		t.Errorf("hex pin: %v", err)
+	}
+	if _, err := ParsePin("sha256//47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="); err != nil {
+		t.Errorf("base64 pin: %v", err)
+	}
+	if _, err := ParsePin("short"); err == nil {
+		t.Error("short pin accepted")
+	}
+}

@@ -1,0 +1,149 @@
+package config
+
+import (
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"net/url"
+	"regexp"
+	"slices"
+	"strings"
+
+	"github.com/pipeops/pipeops-vm-agent/internal/logging"
+)
+
+// Sentinels wrapped by FieldError, for callers that test with errors.Is.
+var (
+	ErrRequired = errors.New("is required")
+	ErrRange    = errors.New("is out of range")
+)
+
+var reDNSLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+
+// Validate checks every field and returns all problems joined, each a
+// *FieldError. It runs before anything starts.
+func (c *Config) Validate() error {
+	var errs []error
+	add := func(field, value string, err error) {
+		errs = append(errs, &FieldError{Field: field, Value: value, Err: err})
+	}
+	errs = append(errs, c.envErrs...)
+
+	if c.Version != 1 {
+		add("version", fmt.Sprint(c.Version), fmt.Errorf("must be 1"))
+	}
+	if c.PipeOps.Token == "" {
+		add("pipeops.token", "", fmt.Errorf("%w: put it in /etc/pipeops/token (run \"pipeopsctl install --token-file FILE\") or set PIPEOPS_TOKEN", ErrRequired))
+	}
+	if u, err := url.Parse(c.PipeOps.APIURL); err != nil || u.Host == "" {
+		add("pipeops.api_url", c.PipeOps.APIURL, fmt.Errorf("must be an absolute URL such as https://api.pipeops.io"))
+	} else if s := u.Scheme; s != "https" && s != "http" && s != "wss" && s != "ws" {
+		add("pipeops.api_url", c.PipeOps.APIURL, fmt.Errorf("scheme must be https, http, wss or ws"))
+	}
+	if c.Agent.Name == "" {
+		add("agent.name", "", ErrRequired)
+	}
+	if c.Agent.Port < 1 || c.Agent.Port > 65535 {
+		add("agent.port", fmt.Sprint(c.Agent.Port), fmt.Errorf("%w: want 1-65535", ErrRange))
+	}
+	if net.ParseIP(c.Agent.BindAddress) == nil && c.Agent.BindAddress != "localhost" {
+		add("agent.bind_address", c.Agent.BindAddress, fmt.Errorf("must be an IP address such as 127.0.0.1"))
+	}
+	positive := map[string]Duration{
+		"agent.heartbeat_interval":       c.Agent.HeartbeatInterval,
+		"pipeops.timeout":                c.PipeOps.Timeout,
+		"pipeops.reconnect.interval":     c.PipeOps.Reconnect.Interval,
+		"pipeops.reconnect.max_interval": c.PipeOps.Reconnect.MaxInterval,
+		"tunnel.inactivity_timeout":      c.Tunnel.InactivityTimeout,
+		"proxy.default_timeout":          c.Proxy.DefaultTimeout,
+		"gateway.refresh_interval":       c.Gateway.RefreshInterval,
+		"monitoring.timeout":             c.Monitoring.Timeout,
+		"kubernetes.token_ttl":           c.Kubernetes.TokenTTL,
+	}
+	for _, f := range slices.Sorted(maps.Keys(positive)) {
+		if positive[f] <= 0 {
+			add(f, positive[f].String(), fmt.Errorf("%w: must be greater than zero", ErrRange))
+		}
+	}
+	if c.PipeOps.Reconnect.MaxInterval < c.PipeOps.Reconnect.Interval {
+		add("pipeops.reconnect.max_interval", c.PipeOps.Reconnect.MaxInterval.String(), fmt.Errorf("must not be below pipeops.reconnect.interval"))
+	}
+	if c.Kubernetes.TokenTTL > 0 && c.Kubernetes.TokenTTL.Std().Minutes() < 10 {
+		add("kubernetes.token_ttl", c.Kubernetes.TokenTTL.String(), fmt.Errorf("%w: the API server's minimum is 10m", ErrRange))
+	}
+	if c.PipeOps.ReadLimit < 1<<20 {
+		add("pipeops.read_limit_bytes", fmt.Sprint(c.PipeOps.ReadLimit), fmt.Errorf("%w: at least 1048576", ErrRange))
+	}
+	if _, err := logging.ParseLevel(c.Logging.Level); err != nil {
+		add("logging.level", c.Logging.Level, fmt.Errorf("want debug, info, warn or error"))
+	}
+	switch c.Logging.Format {
+	case "auto", "json", "text":
+	default:
+		add("logging.format", c.Logging.Format, fmt.Errorf("want auto, json or text"))
+	}
+	t := c.PipeOps.TLS
+	if (t.CertFile == "") != (t.KeyFile == "") {
+		add("pipeops.tls.cert_file", t.CertFile, fmt.Errorf("cert_file and key_file go together: set both or neither"))
+	}
+	for i, p := range t.PinSHA256 {
+		if _, err := ParsePin(p); err != nil {
+			add(fmt.Sprintf("pipeops.tls.pin_sha256[%d]", i), p, err)
+		}
+	}
+	if !reDNSLabel.MatchString(c.Kubernetes.Namespace) {
+		add("kubernetes.namespace", c.Kubernetes.Namespace, fmt.Errorf("must be a DNS label"))
+	}
+	if !reDNSLabel.MatchString(c.Monitoring.Namespace) {
+		add("monitoring.namespace", c.Monitoring.Namespace, fmt.Errorf("must be a DNS label"))
+	}
+	if c.Kubernetes.ClusterDomain == "" || strings.HasPrefix(c.Kubernetes.ClusterDomain, ".") {
+		add("kubernetes.cluster_domain", c.Kubernetes.ClusterDomain, fmt.Errorf("must be a domain such as cluster.local"))
+	}
+	if c.Tunnel.MaxStreams < 1 {
+		add("tunnel.max_streams", fmt.Sprint(c.Tunnel.MaxStreams), fmt.Errorf("%w: at least 1", ErrRange))
+	}
+	if c.Tunnel.StreamWindow < 256<<10 || c.Tunnel.StreamWindow > 64<<20 {
+		add("tunnel.stream_window_bytes", fmt.Sprint(c.Tunnel.StreamWindow), fmt.Errorf("%w: want 262144-67108864", ErrRange))
+	}
+	if c.Tunnel.MemoryBudget < int64(c.Tunnel.StreamWindow) {
+		add("tunnel.memory_budget_bytes", fmt.Sprint(c.Tunnel.MemoryBudget), fmt.Errorf("%w: must be at least tunnel.stream_window_bytes", ErrRange))
+	}
+	seen := map[string]bool{}
+	for i, f := range c.Tunnel.Forwards {
+		field := fmt.Sprintf("tunnel.forwards[%d]", i)
+		if f.Name == "" {
+			add(field+".name", "", ErrRequired)
+		} else if seen[f.Name] {
+			add(field+".name", f.Name, fmt.Errorf("duplicate forward name"))
+		}
+		seen[f.Name] = true
+		if _, port, err := net.SplitHostPort(f.LocalAddr); err != nil || port == "" {
+			add(field+".local_addr", f.LocalAddr, fmt.Errorf("want host:port such as 127.0.0.1:8080"))
+		}
+	}
+	if c.Proxy.MaxInFlight < 1 {
+		add("proxy.max_in_flight", fmt.Sprint(c.Proxy.MaxInFlight), fmt.Errorf("%w: at least 1", ErrRange))
+	}
+	if c.Proxy.MaxBufferedBytes < 1<<20 {
+		add("proxy.max_buffered_bytes", fmt.Sprint(c.Proxy.MaxBufferedBytes), fmt.Errorf("%w: at least 1048576", ErrRange))
+	}
+	return errors.Join(errs...)
+}
+
+// ParsePin decodes an SPKI SHA-256 pin given as base64 (as in HPKP and curl's
+// --pinnedpubkey "sha256//…") or hex.
+func ParsePin(p string) ([]byte, error) {
+	s := strings.TrimPrefix(strings.TrimSpace(p), "sha256//")
+	if b, err := hex.DecodeString(strings.ReplaceAll(s, ":", "")); err == nil && len(b) == sha256.Size {
+		return b, nil
+	}
+	if b, err := base64.StdEncoding.DecodeString(s); err == nil && len(b) == sha256.Size {
+		return b, nil
+	}
+	return nil, fmt.Errorf("want the SHA-256 of the server's public key (SPKI), base64 or hex")
+}

@@ -1,0 +1,48 @@
+// Package controlplane owns the agent's side of protocol.md §2–5 and §8: the
+// one outbound WebSocket (controller or gateway), registration and resume,
+// heartbeats, reconnect with backoff and generations, and the dispatch of
+// inbound messages to handlers. Handlers (the Kubernetes proxy, the yamux
+// tunnel, route sync) are reached only through the interfaces in this file;
+// the daemon wires the concrete ones.
+package controlplane
+
+import (
+	"context"
+
+	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
+)
+
+// Conn is one connection generation, as handlers see it. Every method is
+// safe for concurrent use. Once the connection ends, Context is cancelled and
+// sends fail; a handler must never act on a newer connection through an old Conn.
+type Conn interface {
+	// Send writes one JSON envelope through the connection's single writer.
+	Send(ctx context.Context, typ, requestID string, payload any) error
+	// SendBinary writes one binary frame through the same writer.
+	SendBinary(ctx context.Context, data []byte) error
+	// Generation numbers connections; it only grows.
+	Generation() uint64
+	// Context is cancelled when this connection ends.
+	Context() context.Context
+	// ExpectBinaryBody reserves the next binary frame carrying requestID
+	// (legacy body_binary, §6.2). The channel receives the body (without the
+	// id prefix) once; cancel releases the reservation.
+	ExpectBinaryBody(requestID string) (body <-chan []byte, cancel func())
+	// StartBinaryChannel hands every later binary frame of this connection to
+	// sink, in order (yamux, §7). It may be called once per connection.
+	StartBinaryChannel(sink func([]byte))
+	// BinaryChannelActive reports whether StartBinaryChannel was called.
+	BinaryChannelActive() bool
+}
+
+// Handler serves the inbound message types it lists. Handle runs on the
+// connection's reader goroutine: it must return quickly (start a goroutine
+// for long work) and must not panic; the dispatcher recovers and logs if it does.
+type Handler interface {
+	Types() []string
+	Handle(c Conn, env *protocol.Envelope)
+}
+
+// ConnectHook runs after every successful (re)connection, in its own
+// goroutine, e.g. the full ingress route sync (protocol.md §8.4).
+type ConnectHook func(ctx context.Context, c Conn)

@@ -1,0 +1,70 @@
+// Package protocol holds the wire format of protocol.md shared by the agent
+// (internal/controlplane and its handlers) and the reference control plane
+// (internal/devplane): the JSON envelope, message type names and payloads.
+// It has no behaviour beyond encoding and decoding.
+package protocol
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// TimeFormat is RFC 3339 with nanoseconds and the local offset (§3).
+const TimeFormat = time.RFC3339Nano
+
+// Envelope is every text message in either direction (§3). Unknown fields
+// are ignored. Payload is kept raw so each handler decodes its own type.
+type Envelope struct {
+	Type      string          `json:"type"`
+	RequestID string          `json:"request_id,omitempty"`
+	Payload   json.RawMessage `json:"payload"`
+	Timestamp string          `json:"timestamp,omitempty"`
+}
+
+// ErrMalformed marks an inbound message that is not a valid envelope.
+var ErrMalformed = errors.New("malformed message")
+
+// Decode parses one inbound message. It never panics; bad input yields an
+// error wrapping ErrMalformed.
+func Decode(b []byte) (*Envelope, error) {
+	var e Envelope
+	if err := json.Unmarshal(b, &e); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
+	}
+	if e.Type == "" {
+		return nil, fmt.Errorf("%w: no type", ErrMalformed)
+	}
+	if len(e.Payload) == 0 || string(e.Payload) == "null" {
+		e.Payload = json.RawMessage("{}")
+	}
+	return &e, nil
+}
+
+// Encode builds an outbound envelope. payload nil becomes {} (agent
+// messages always carry a payload).
+func Encode(typ, requestID string, payload any, now time.Time) ([]byte, error) {
+	var raw json.RawMessage
+	switch p := payload.(type) {
+	case nil:
+		raw = json.RawMessage("{}")
+	case json.RawMessage:
+		raw = p
+	default:
+		b, err := json.Marshal(p)
+		if err != nil {
+			return nil, fmt.Errorf("encode %s payload: %w", typ, err)
+		}
+		raw = b
+	}
+	return json.Marshal(Envelope{Type: typ, RequestID: requestID, Payload: raw, Timestamp: now.Format(TimeFormat)})
+}
+
+// DecodePayload unmarshals the payload into v.
+func (e *Envelope) DecodePayload(v any) error {
+	if err := json.Unmarshal(e.Payload, v); err != nil {
+		return fmt.Errorf("%w: %s payload: %w", ErrMalformed, e.Type, err)
+	}
+	return nil
+}

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# scripts/test.sh - what `make test` and .ci/run do:
+#   1. install the host tools the tests need (apt, Go module proxy; cached)
+#   2. build the Kubernetes test binaries (cached under ~/.cache/pipeops-test)
+#   3. start one real test cluster for the whole run and export its kubeconfig
+#   4. go test -race ./... ; under CI=true any skipped test fails the run
+#   5. the host tier (packages, installer and unit under a real systemd)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+t0=$SECONDS
+ARTIFACTS=${PIPEOPS_TEST_ARTIFACTS:-$ROOT/tests/artifacts}
+mkdir -p "$ARTIFACTS"
+
+log() { printf '==> %s (%ss)\n' "$*" "$((SECONDS - t0))"; }
+
+log "host tools"
+scripts/setup-tools.sh
+
+log "Kubernetes test binaries"
+PIPEOPS_TEST_K8S_BIN=$(scripts/k8s/build.sh)
+export PIPEOPS_TEST_K8S_BIN
+
+if [ -x scripts/k8s/cluster.sh ]; then
+  log "starting the test cluster"
+  CLUSTER_DIR=$(mktemp -d /tmp/pipeops-cluster.XXXXXX)
+  trap 'scripts/k8s/cluster.sh stop "$CLUSTER_DIR" || true' EXIT
+  FULL=1 scripts/k8s/cluster.sh start "$CLUSTER_DIR"
+  export PIPEOPS_TEST_KUBECONFIG=$CLUSTER_DIR/admin.kubeconfig
+fi
+
+log "go test -race ./..."
+set +e
+go test -race -count=1 -timeout 40m -json ./... > "$ARTIFACTS/go-test.json"
+rc=$?
+set -e
+go run ./scripts/testreport < "$ARTIFACTS/go-test.json" || rc=1
+[ "$rc" -eq 0 ] || { echo "go test failed" >&2; exit "$rc"; }
+
+if [ -x scripts/host-test.sh ]; then
+  log "host tier"
+  scripts/host-test.sh
+fi
+log "all tests passed"

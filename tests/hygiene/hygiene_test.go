@@ -1,0 +1,95 @@
+// Package hygiene holds repository-wide checks: every package documents
+// itself once, and the import rules of conventions.md §1 hold.
+package hygiene
+
+import (
+	"encoding/json"
+	"go/parser"
+	"go/token"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/pipeops/pipeops-vm-agent"
+
+type pkg struct {
+	ImportPath string
+	Dir        string
+	GoFiles    []string
+	Imports    []string
+	Deps       []string
+}
+
+func listPackages(t *testing.T) []pkg {
+	t.Helper()
+	out, err := exec.Command("go", "list", "-json", module+"/...").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	var pkgs []pkg
+	dec := json.NewDecoder(strings.NewReader(string(out)))
+	for dec.More() {
+		var p pkg
+		if err := dec.Decode(&p); err != nil {
+			t.Fatal(err)
+		}
+		pkgs = append(pkgs, p)
+	}
+	return pkgs
+}
+
+func TestEveryPackageHasExactlyOneDocComment(t *testing.T) {
+	for _, p := range listPackages(t) {
+		if len(p.GoFiles) == 0 {
+			continue // test-only package
+		}
+		docs := 0
+		for _, f := range p.GoFiles {
+			af, err := parser.ParseFile(token.NewFileSet(), filepath.Join(p.Dir, f), nil, parser.ParseComments|parser.PackageClauseOnly)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if af.Doc != nil && strings.TrimSpace(af.Doc.Text()) != "" {
+				docs++
+			}
+		}
+		if docs != 1 {
+			t.Errorf("%s has %d package doc comments; want exactly 1", p.ImportPath, docs)
+		}
+	}
+}
+
+// stdlibOnly are the leaves: they import nothing outside the standard library.
+var stdlibOnly = []string{"internal/apitype", "internal/paths", "internal/state", "internal/health", "internal/backoff", "internal/version", "internal/hostinfo", "systemd"}
+
+func TestImportRules(t *testing.T) {
+	for _, p := range listPackages(t) {
+		rel := strings.TrimPrefix(strings.TrimPrefix(p.ImportPath, module), "/")
+		for _, leaf := range stdlibOnly {
+			if rel != leaf {
+				continue
+			}
+			for _, imp := range p.Imports {
+				if strings.Contains(strings.Split(imp, "/")[0], ".") {
+					t.Errorf("%s imports %s; leaves use the standard library only", rel, imp)
+				}
+			}
+		}
+		for _, imp := range p.Imports {
+			switch {
+			case strings.HasPrefix(rel, "internal/") && (imp == module+"/daemon" || imp == module+"/installer" || imp == module+"/internal/cli"):
+				t.Errorf("%s imports %s; nothing under internal/ may", rel, imp)
+			case imp == "github.com/kardianos/service" && rel != "installer":
+				t.Errorf("%s imports kardianos/service; only installer may", rel)
+			case strings.HasPrefix(imp, "github.com/coreos/go-systemd") && rel != "internal/sdnotify" && rel != "internal/logging":
+				t.Errorf("%s imports %s; only sdnotify and logging may", rel, imp)
+			case imp == module+"/internal/devplane" && (rel == "daemon" || strings.HasPrefix(rel, "internal/") && rel != "internal/devplane"):
+				if !strings.HasSuffix(rel, "test") {
+					t.Errorf("%s imports the reference control plane; only tests and cmd/pipeops-devplane may", rel)
+				}
+			}
+		}
+	}
+}
