@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -58,12 +57,19 @@ type Daemon struct {
 	agentID string
 	started time.Time
 
+	// Each part is owned by one subsystem's wiring file (wire_<part>.go).
+	kubePart
+	cpPart
+	proxyPart
+	tunnelPart
+	routesPart
+	chartsPart
+	dashPart
+
 	subsystems []subsystem
 	// fillers add each subsystem's section to the status snapshot.
 	fillers []func(ctx context.Context, st *apitype.StatusResponse)
 	link    linkSource
-
-	mu sync.Mutex
 }
 
 // linkSource is what the control-plane link exposes to /health and status.
@@ -239,4 +245,3 @@ func (d *Daemon) supervise(ctx context.Context) error {
 
 // StatusAddr is the bound address of the status server (tests).
 func (d *Daemon) StatusAddr() string { return d.status.Addr }
-
