@@ -79,7 +79,7 @@ func run(ctx context.Context, e *env, args []string) int {
 		Usage:     "manage the PipeOps agent on this host",
 		Writer:    e.stdout,
 		ErrWriter: e.stderr,
-		Flags: []cli.Flag{&cli.StringFlag{Name: "socket", Usage: "local API socket (default $PIPEOPS_SOCKET or /run/pipeops/agent.sock)"}},
+		Flags:     []cli.Flag{&cli.StringFlag{Name: "socket", Usage: "local API socket (default $PIPEOPS_SOCKET or /run/pipeops/agent.sock)"}},
 		Before: func(c *cli.Context) error {
 			if s := c.String("socket"); s != "" {
 				e.client.Socket = s
