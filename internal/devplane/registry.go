@@ -1,0 +1,190 @@
+package devplane
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+
+	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
+)
+
+// cluster is what the server remembers about one registered cluster.
+type cluster struct {
+	info ClusterInfo
+}
+
+// ClusterInfo is one cluster as the admin API shows it.
+type ClusterInfo struct {
+	ID            string `json:"cluster_id"`
+	AgentID       string `json:"agent_id"`
+	Name          string `json:"name"`
+	K8sVersion    string `json:"k8s_version"`
+	AgentVersion  string `json:"agent_version"`
+	Registrations int    `json:"registrations"`
+	// LastRegister is the last register payload, k8s_service_token removed.
+	LastRegister json.RawMessage `json:"last_register,omitempty"`
+	RegisteredAt time.Time       `json:"registered_at"`
+	// Connected and Mode ("controller"|"gateway") describe the live session.
+	Connected   bool      `json:"connected"`
+	Mode        string    `json:"mode,omitempty"`
+	ConnectedAt time.Time `json:"connected_at,omitzero"`
+	Connections int       `json:"connections"`
+	// GatewayQuery is the query of the last gateway handshake.
+	GatewayQuery    map[string]string `json:"gateway_query,omitempty"`
+	Heartbeats      int               `json:"heartbeats"`
+	LastHeartbeat   json.RawMessage   `json:"last_heartbeat,omitempty"`
+	LastHeartbeatAt time.Time         `json:"last_heartbeat_at,omitzero"`
+	// Other counts inbound messages by type that nobody handled.
+	Other map[string]int `json:"other,omitempty"`
+}
+
+// Heartbeat decodes LastHeartbeat (zero value when none yet).
+func (c ClusterInfo) Heartbeat() protocol.Heartbeat {
+	var hb protocol.Heartbeat
+	_ = json.Unmarshal(c.LastHeartbeat, &hb)
+	return hb
+}
+
+func (s *Server) recordRegistration(id string, reg *protocol.Register, raw json.RawMessage) {
+	redacted := map[string]any{}
+	_ = json.Unmarshal(raw, &redacted)
+	if _, ok := redacted["k8s_service_token"]; ok {
+		redacted["k8s_service_token"] = "[redacted]"
+	}
+	b, _ := json.Marshal(redacted)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.clusters[id]
+	if c == nil {
+		c = &cluster{info: ClusterInfo{ID: id}}
+		s.clusters[id] = c
+	}
+	c.info.AgentID, c.info.Name = reg.AgentID, reg.Name
+	c.info.K8sVersion, c.info.AgentVersion = reg.K8sVersion, reg.AgentVersion
+	c.info.Registrations++
+	c.info.LastRegister = b
+	c.info.RegisteredAt = time.Now()
+}
+
+func (s *Server) knownCluster(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return id != "" && s.clusters[id] != nil
+}
+
+// attach makes sess the cluster's live session, ending an older one.
+func (s *Server) attach(sess *Session, gatewayQuery map[string]string) {
+	id := sess.ClusterID()
+	s.mu.Lock()
+	old := s.sessions[id]
+	s.sessions[id] = sess
+	if c := s.clusters[id]; c != nil {
+		c.info.Connected, c.info.Mode, c.info.ConnectedAt = true, sess.Kind(), time.Now()
+		c.info.Connections++
+		if gatewayQuery != nil {
+			c.info.GatewayQuery = gatewayQuery
+		}
+	}
+	for _, w := range s.waiters[id] {
+		close(w)
+	}
+	delete(s.waiters, id)
+	s.mu.Unlock()
+	if old != nil && old != sess {
+		old.Close()
+	}
+}
+
+func (s *Server) detach(sess *Session) {
+	id := sess.ClusterID()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sessions[id] != sess {
+		return
+	}
+	delete(s.sessions, id)
+	if c := s.clusters[id]; c != nil {
+		c.info.Connected, c.info.Mode = false, ""
+	}
+}
+
+// recordHeartbeat stores a heartbeat; false when its cluster is unknown.
+func (s *Server) recordHeartbeat(sess *Session, raw json.RawMessage) bool {
+	var hb struct {
+		ClusterID string `json:"cluster_id"`
+	}
+	_ = json.Unmarshal(raw, &hb)
+	id := hb.ClusterID
+	if id == "" {
+		id = sess.ClusterID()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.clusters[id]
+	if c == nil {
+		return false
+	}
+	c.info.Heartbeats++
+	c.info.LastHeartbeat = append(json.RawMessage(nil), raw...)
+	c.info.LastHeartbeatAt = time.Now()
+	return true
+}
+
+func (s *Server) recordOther(sess *Session, env *protocol.Envelope) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c := s.clusters[sess.ClusterID()]; c != nil {
+		if c.info.Other == nil {
+			c.info.Other = map[string]int{}
+		}
+		c.info.Other[env.Type]++
+	}
+}
+
+// Session is the cluster's live agent session, or nil.
+func (s *Server) Session(clusterID string) *Session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sessions[clusterID]
+}
+
+// WaitSession waits until the cluster has a live session.
+func (s *Server) WaitSession(ctx context.Context, clusterID string) (*Session, error) {
+	for {
+		s.mu.Lock()
+		if sess := s.sessions[clusterID]; sess != nil {
+			s.mu.Unlock()
+			return sess, nil
+		}
+		w := make(chan struct{})
+		s.waiters[clusterID] = append(s.waiters[clusterID], w)
+		s.mu.Unlock()
+		select {
+		case <-w:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// Clusters lists every known cluster.
+func (s *Server) Clusters() []ClusterInfo {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]ClusterInfo, 0, len(s.clusters))
+	for _, c := range s.clusters {
+		out = append(out, c.info)
+	}
+	return out
+}
+
+// Cluster returns one cluster by id.
+func (s *Server) Cluster(id string) (ClusterInfo, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.clusters[id]
+	if c == nil {
+		return ClusterInfo{}, false
+	}
+	return c.info, true
+}

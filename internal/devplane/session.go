@@ -1,0 +1,206 @@
+package devplane
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
+)
+
+// Session kinds.
+const (
+	KindController = "controller"
+	KindGateway    = "gateway"
+)
+
+// ErrSessionClosed is returned by sends on an ended session.
+var ErrSessionClosed = errors.New("devplane: agent session closed")
+
+type frame struct {
+	kind int // websocket.TextMessage or BinaryMessage
+	data []byte
+	done chan error
+}
+
+// Session is one agent WebSocket (controller or gateway). See the package
+// comment for the API other parts use.
+type Session struct {
+	kind string
+	ws   *websocket.Conn
+	out  chan frame
+	done chan struct{}
+
+	closeOnce sync.Once
+
+	mu        sync.Mutex
+	clusterID string
+	subs      map[string]chan *protocol.Envelope
+	binary    func([]byte)
+}
+
+func newSession(kind string, ws *websocket.Conn) *Session {
+	s := &Session{kind: kind, ws: ws, out: make(chan frame), done: make(chan struct{}), subs: map[string]chan *protocol.Envelope{}}
+	go s.writeLoop()
+	return s
+}
+
+// Kind is KindController or KindGateway.
+func (s *Session) Kind() string { return s.kind }
+
+// ClusterID is the cluster this session belongs to ("" on a controller
+// session before register).
+func (s *Session) ClusterID() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.clusterID
+}
+
+func (s *Session) setClusterID(id string) {
+	s.mu.Lock()
+	s.clusterID = id
+	s.mu.Unlock()
+}
+
+// Done is closed when the session ends.
+func (s *Session) Done() <-chan struct{} { return s.done }
+
+// Close ends the session with close code 1000.
+func (s *Session) Close() { s.closeWith(websocket.CloseNormalClosure, "") }
+
+// Drop ends the session abruptly, without a close frame (fault injection).
+func (s *Session) Drop() { s.shutdown() }
+
+func (s *Session) closeWith(code int, text string) {
+	_ = s.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, text), time.Now().Add(time.Second))
+	s.shutdown()
+}
+
+func (s *Session) shutdown() {
+	s.closeOnce.Do(func() {
+		close(s.done)
+		_ = s.ws.Close()
+		s.mu.Lock()
+		for id, ch := range s.subs {
+			close(ch)
+			delete(s.subs, id)
+		}
+		s.mu.Unlock()
+	})
+}
+
+// Send writes one JSON envelope.
+func (s *Session) Send(ctx context.Context, typ, requestID string, payload any) error {
+	b, err := protocol.Encode(typ, requestID, payload, time.Now())
+	if err != nil {
+		return err
+	}
+	return s.write(ctx, websocket.TextMessage, b)
+}
+
+// SendBinary writes one binary frame.
+func (s *Session) SendBinary(ctx context.Context, data []byte) error {
+	return s.write(ctx, websocket.BinaryMessage, data)
+}
+
+// sendRaw writes arbitrary text (fault injection: garbage).
+func (s *Session) sendRaw(ctx context.Context, data []byte) error {
+	return s.write(ctx, websocket.TextMessage, data)
+}
+
+func (s *Session) write(ctx context.Context, kind int, data []byte) error {
+	f := frame{kind: kind, data: data, done: make(chan error, 1)}
+	select {
+	case s.out <- f:
+	case <-s.done:
+		return ErrSessionClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-f.done:
+		return err
+	case <-s.done:
+		return ErrSessionClosed
+	}
+}
+
+// writeLoop is the session's only writer.
+func (s *Session) writeLoop() {
+	for {
+		select {
+		case <-s.done:
+			return
+		case f := <-s.out:
+			_ = s.ws.SetWriteDeadline(time.Now().Add(30 * time.Second))
+			err := s.ws.WriteMessage(f.kind, f.data)
+			f.done <- err
+			if err != nil {
+				s.shutdown()
+				return
+			}
+		}
+	}
+}
+
+// Subscribe delivers every later inbound envelope with this request_id.
+func (s *Session) Subscribe(requestID string) (<-chan *protocol.Envelope, func()) {
+	ch := make(chan *protocol.Envelope, 256)
+	s.mu.Lock()
+	select {
+	case <-s.done:
+		close(ch)
+		s.mu.Unlock()
+		return ch, func() {}
+	default:
+	}
+	if old, ok := s.subs[requestID]; ok {
+		close(old)
+	}
+	s.subs[requestID] = ch
+	s.mu.Unlock()
+	return ch, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if cur, ok := s.subs[requestID]; ok && cur == ch {
+			close(ch)
+			delete(s.subs, requestID)
+		}
+	}
+}
+
+// SetBinaryHandler receives every later inbound binary frame.
+func (s *Session) SetBinaryHandler(fn func([]byte)) {
+	s.mu.Lock()
+	s.binary = fn
+	s.mu.Unlock()
+}
+
+// deliver hands env to its subscriber, if any. It holds no lock while
+// blocked on a full channel, so cancel may run concurrently.
+func (s *Session) deliver(env *protocol.Envelope) bool {
+	if env.RequestID == "" {
+		return false
+	}
+	s.mu.Lock()
+	ch, ok := s.subs[env.RequestID]
+	s.mu.Unlock()
+	if !ok {
+		return false
+	}
+	defer func() { _ = recover() }() // the subscriber cancelled while we were blocked: closed channel
+	select {
+	case ch <- env:
+	case <-s.done:
+	}
+	return true
+}
+
+func (s *Session) binaryHandler() func([]byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.binary
+}
