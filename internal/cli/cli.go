@@ -12,9 +12,11 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/pipeops/pipeops-vm-agent/internal/apitype"
 	"github.com/pipeops/pipeops-vm-agent/internal/localclient"
 )
 
@@ -53,6 +55,7 @@ type env struct {
 	// execve replaces the process (pipeopsctl logs); tests capture argv.
 	execve func(argv0 string, argv []string, envv []string) error
 	getenv func(string) string
+	now    func() time.Time
 }
 
 func defaultEnv(stdout, stderr io.Writer) *env {
@@ -65,6 +68,7 @@ func defaultEnv(stdout, stderr io.Writer) *env {
 		lookPath: exec.LookPath,
 		execve:   execve,
 		getenv:   os.Getenv,
+		now:      time.Now,
 	}
 }
 
@@ -102,9 +106,9 @@ func run(ctx context.Context, e *env, args []string) int {
 	}
 	if msg := err.Error(); msg != "" {
 		fmt.Fprintln(e.stderr, "pipeopsctl:", msg)
-		var hinted interface{ Hint() string }
-		if errors.As(err, &hinted) && hinted.Hint() != "" {
-			fmt.Fprintln(e.stderr, "hint:", hinted.Hint())
+		var ae *apitype.Error
+		if errors.As(err, &ae) && ae.Hint != "" {
+			fmt.Fprintln(e.stderr, "hint:", ae.Hint)
 		}
 	}
 	return code

@@ -40,7 +40,7 @@ func newStatusCommand(e *env) *cli.Command {
 				enc.SetIndent("", "  ")
 				return enc.Encode(st)
 			}
-			renderStatus(e, st, time.Now())
+			renderStatus(e, st, e.now())
 			return nil
 		},
 	}
