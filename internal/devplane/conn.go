@@ -3,6 +3,7 @@ package devplane
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/url"
 	"strings"
@@ -121,9 +122,10 @@ func (s *Server) gatewayURL(r *http.Request) string {
 // readLoop reads the session until it ends. Text frames are envelopes;
 // binary frames go to the session's binary handler.
 func (s *Server) readLoop(ctx context.Context, sess *Session, gatewayURL string) {
+	closeCode := 0
 	defer func() {
 		sess.shutdown()
-		s.detach(sess)
+		s.detach(sess, closeCode)
 	}()
 	sess.ws.SetReadLimit(readLimit)
 	extend := func() { _ = sess.ws.SetReadDeadline(time.Now().Add(90 * time.Second)) }
@@ -135,6 +137,11 @@ func (s *Server) readLoop(ctx context.Context, sess *Session, gatewayURL string)
 	for {
 		kind, data, err := sess.ws.ReadMessage()
 		if err != nil {
+			closeCode = websocket.CloseAbnormalClosure
+			var ce *websocket.CloseError
+			if errors.As(err, &ce) {
+				closeCode = ce.Code
+			}
 			return
 		}
 		extend()

@@ -12,6 +12,7 @@ type faults struct {
 	controllerStatus int  // non-zero: answer the controller handshake with it
 	gatewayStatus    int  // non-zero: answer the gateway handshake with it
 	noGateway        bool // register_success without gateway_ws_url
+	times            int  // >0: the handshake faults apply to this many more handshakes
 }
 
 // Faults is the settable part of the fault state.
@@ -19,29 +20,41 @@ type Faults struct {
 	ControllerStatus int  `json:"controller_status"`
 	GatewayStatus    int  `json:"gateway_status"`
 	NoGatewayURL     bool `json:"no_gateway_url"`
+	// Times limits the handshake faults to the next Times faulted
+	// handshakes; 0 keeps them until cleared.
+	Times int `json:"times,omitempty"`
 }
 
 // SetFaults replaces the handshake faults (zero value: none).
 func (s *Server) SetFaults(f Faults) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.faults = faults{controllerStatus: f.ControllerStatus, gatewayStatus: f.GatewayStatus, noGateway: f.NoGatewayURL}
+	s.faults = faults{controllerStatus: f.ControllerStatus, gatewayStatus: f.GatewayStatus, noGateway: f.NoGatewayURL, times: f.Times}
 }
 
 // GetFaults returns the current handshake faults.
 func (s *Server) GetFaults() Faults {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return Faults{ControllerStatus: s.faults.controllerStatus, GatewayStatus: s.faults.gatewayStatus, NoGatewayURL: s.faults.noGateway}
+	return Faults{ControllerStatus: s.faults.controllerStatus, GatewayStatus: s.faults.gatewayStatus, NoGatewayURL: s.faults.noGateway, Times: s.faults.times}
 }
 
+// faultStatus is the injected handshake answer for kind (0: none). It
+// consumes one of Times.
 func (s *Server) faultStatus(kind string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	code := s.faults.controllerStatus
 	if kind == KindGateway {
-		return s.faults.gatewayStatus
+		code = s.faults.gatewayStatus
 	}
-	return s.faults.controllerStatus
+	if code != 0 && s.faults.times > 0 {
+		s.faults.times--
+		if s.faults.times == 0 {
+			s.faults = faults{noGateway: s.faults.noGateway}
+		}
+	}
+	return code
 }
 
 func (s *Server) faultNoGateway() bool {

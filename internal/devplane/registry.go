@@ -29,6 +29,9 @@ type ClusterInfo struct {
 	Mode        string    `json:"mode,omitempty"`
 	ConnectedAt time.Time `json:"connected_at,omitzero"`
 	Connections int       `json:"connections"`
+	// LastCloseCode is the close code of the last session the agent ended
+	// (1000 on a clean shutdown, 1006 when the socket just dropped).
+	LastCloseCode int `json:"last_close_code,omitempty"`
 	// GatewayQuery is the query of the last gateway handshake.
 	GatewayQuery    map[string]string `json:"gateway_query,omitempty"`
 	Heartbeats      int               `json:"heartbeats"`
@@ -95,10 +98,13 @@ func (s *Server) attach(sess *Session, gatewayQuery map[string]string) {
 	}
 }
 
-func (s *Server) detach(sess *Session) {
+func (s *Server) detach(sess *Session, closeCode int) {
 	id := sess.ClusterID()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if c := s.clusters[id]; c != nil && closeCode != 0 {
+		c.info.LastCloseCode = closeCode
+	}
 	if s.sessions[id] != sess {
 		return
 	}

@@ -1,0 +1,223 @@
+package controlplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pipeops/pipeops-vm-agent/internal/apitype"
+	"github.com/pipeops/pipeops-vm-agent/internal/config"
+	"github.com/pipeops/pipeops-vm-agent/internal/health"
+	"github.com/pipeops/pipeops-vm-agent/internal/logging"
+	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
+	"github.com/pipeops/pipeops-vm-agent/internal/state"
+)
+
+// Cluster is what the link needs from the local Kubernetes cluster. The
+// daemon adapts *kube.Manager to it.
+type Cluster interface {
+	// Version is the API server's GitVersion. Registration waits for it
+	// (protocol.md §13.24: never fabricated).
+	Version(ctx context.Context) (string, error)
+	// Credentials are the token and base64 PEM CA sent at registration
+	// (§14.3). They must stay the same until really rotated: a change
+	// triggers a new registration.
+	Credentials(ctx context.Context) (token, caData string, err error)
+	// Telemetry is the heartbeat's cluster figures.
+	Telemetry(ctx context.Context) (Telemetry, error)
+}
+
+// Telemetry is the cluster part of heartbeat.metadata (§4.2).
+type Telemetry struct {
+	K8sVersion  string
+	Nodes       int
+	Pods        int
+	CPUUsage    string // e.g. "37.5%"
+	MemoryUsage string
+	UsageSource string // metrics-api or requests
+}
+
+// Options are a Client's dependencies.
+type Options struct {
+	Config  *config.Config
+	AgentID string
+	State   *state.Store
+	Health  *health.Tracker
+	Log     *slog.Logger
+	// Metrics registers the pipeops_agent_controlplane_* metrics; nil skips.
+	Metrics prometheus.Registerer
+	Cluster Cluster
+	// K3sTokenPath is read for heartbeat.worker_join; "" means
+	// /var/lib/rancher/k3s/server/node-token.
+	K3sTokenPath string
+	// Protocol timings; zero means the protocol.md §2 / §8.3 values.
+	PingInterval    time.Duration // 10 s
+	ReadTimeout     time.Duration // 60 s
+	RegisterTimeout time.Duration // 30 s
+}
+
+// DefaultK3sTokenPath is the k3s server's node token (§4.2).
+const DefaultK3sTokenPath = "/var/lib/rancher/k3s/server/node-token"
+
+// Client is the agent's side of the control-plane link. New builds it; Run
+// drives the single reconnect loop.
+type Client struct {
+	cfg     *config.Config
+	agentID string
+	st      *state.Store
+	health  *health.Tracker
+	log     *slog.Logger
+	cluster Cluster
+	dialer  *websocket.Dialer
+	metrics *metrics
+	limiter *logging.Limiter
+	k3sPath string
+
+	pingEvery, readTimeout, registerTimeout time.Duration
+
+	hmu          sync.RWMutex
+	handlers     map[string]Handler
+	hooks        []ConnectHook
+	contributors []func(ctx context.Context, hb *protocol.Heartbeat)
+
+	gen atomic.Uint64
+
+	mu         sync.Mutex
+	cur        *conn
+	link       apitype.LinkStatus
+	k8sVersion string
+	lastTel    Telemetry
+}
+
+// New builds a client. It dials nothing and starts nothing; it fails only
+// on unusable TLS settings.
+func New(o Options) (*Client, error) {
+	if o.Config == nil || o.State == nil || o.Health == nil || o.Cluster == nil {
+		return nil, errors.New("controlplane: Config, State, Health and Cluster are required")
+	}
+	d, err := newDialer(o.Config.PipeOps.TLS)
+	if err != nil {
+		return nil, err
+	}
+	log := o.Log
+	if log == nil {
+		log = logging.Discard()
+	}
+	c := &Client{
+		cfg: o.Config, agentID: o.AgentID, st: o.State, health: o.Health, log: log, cluster: o.Cluster,
+		dialer: d, metrics: newMetrics(o.Metrics), limiter: logging.NewLimiter(5*time.Minute, nil),
+		k3sPath: o.K3sTokenPath, handlers: map[string]Handler{},
+		pingEvery: orDefault(o.PingInterval, 10*time.Second), readTimeout: orDefault(o.ReadTimeout, 60*time.Second),
+		registerTimeout: orDefault(o.RegisterTimeout, 30*time.Second),
+		link:            apitype.LinkStatus{State: apitype.LinkConnecting},
+	}
+	if c.k3sPath == "" {
+		c.k3sPath = DefaultK3sTokenPath
+	}
+	c.metrics.setState(apitype.LinkConnecting)
+	return c, nil
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return def
+}
+
+// Register adds a handler for the types it lists. A later registration of
+// the same type replaces the earlier one. Safe at any time.
+func (c *Client) Register(h Handler) {
+	c.hmu.Lock()
+	defer c.hmu.Unlock()
+	for _, t := range h.Types() {
+		c.handlers[t] = h
+	}
+}
+
+// OnConnect adds a hook run (in its own goroutine) after every successful
+// connection, once the first heartbeat went out.
+func (c *Client) OnConnect(h ConnectHook) {
+	c.hmu.Lock()
+	defer c.hmu.Unlock()
+	c.hooks = append(c.hooks, h)
+}
+
+// AddHeartbeatContributor adds a function that fills its part of every
+// heartbeat (routes: Metadata.GatewayRoutes/IsPrivate; monitoring: the
+// grafana_* fields). It runs on the heartbeat path: return quickly.
+func (c *Client) AddHeartbeatContributor(fn func(ctx context.Context, hb *protocol.Heartbeat)) {
+	c.hmu.Lock()
+	defer c.hmu.Unlock()
+	c.contributors = append(c.contributors, fn)
+}
+
+// ClusterID is the persisted cluster id ("" before the first registration).
+func (c *Client) ClusterID() string { return c.st.Get().ClusterID }
+
+// Link reports the link state for /health and whether the agent is registered.
+func (c *Client) Link() (string, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.link.State, c.link.Registered
+}
+
+// FillStatus fills the status snapshot's link section.
+func (c *Client) FillStatus(_ context.Context, st *apitype.StatusResponse) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st.Link = c.link
+	if id := c.st.Get().ClusterID; id != "" {
+		st.ClusterID = id
+	}
+}
+
+// updateLink edits the link status under the lock and keeps the gauge in step.
+func (c *Client) updateLink(fn func(l *apitype.LinkStatus)) {
+	c.mu.Lock()
+	fn(&c.link)
+	s := c.link.State
+	c.mu.Unlock()
+	c.metrics.setState(s)
+}
+
+// notReady marks the control-plane condition false with reason.
+func (c *Client) notReady(reason string) { c.health.Set(health.ControlPlane, false, reason) }
+
+// current is the live connection, or nil.
+func (c *Client) current() *conn {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cur
+}
+
+// dial opens one connection generation. 401/403 become *AuthError.
+func (c *Client) dial(ctx context.Context, mode, url string) (*conn, error) {
+	h := map[string][]string{"Authorization": {"Bearer " + c.cfg.PipeOps.Token.Reveal()}}
+	ws, resp, err := c.dialer.DialContext(ctx, url, h)
+	if err != nil {
+		if resp != nil {
+			resp.Body.Close()
+			if resp.StatusCode == 401 || resp.StatusCode == 403 {
+				return nil, &AuthError{Status: resp.StatusCode, Mode: mode}
+			}
+			return nil, fmt.Errorf("connect to %s %s: HTTP %d", mode, redactURL(url), resp.StatusCode)
+		}
+		return nil, fmt.Errorf("connect to %s %s: %w", mode, redactURL(url), err)
+	}
+	gen := c.gen.Add(1)
+	cn := newConn(context.WithoutCancel(ctx), c, gen, mode, url, ws) // ended by close or fail, never by ctx: shutdown sends 1000 first
+	cn.start(c.cfg.PipeOps.ReadLimit, c.readTimeout, c.pingEvery)
+	c.mu.Lock()
+	c.cur = cn
+	c.mu.Unlock()
+	c.log.Info("connected to control plane", "mode", mode, logging.KeyURL, redactURL(url), logging.KeyGen, gen)
+	return cn, nil
+}

@@ -1,0 +1,344 @@
+package controlplane
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
+)
+
+// Connection modes.
+const (
+	ModeController = "controller"
+	ModeGateway    = "gateway"
+)
+
+// ErrConnClosed is returned by sends on a connection that has ended.
+var ErrConnClosed = errors.New("control-plane connection closed")
+
+// frame kinds queued to the writer besides text and binary messages.
+const (
+	framePing  = websocket.PingMessage
+	framePong  = websocket.PongMessage
+	frameClose = websocket.CloseMessage
+)
+
+const (
+	writeTimeout = 30 * time.Second // per JSON or binary message, then cleared (§2)
+	pingDeadline = 60 * time.Second
+	closeTimeout = 5 * time.Second
+)
+
+type outFrame struct {
+	kind int
+	data []byte
+	done chan error // nil for fire-and-forget control frames
+}
+
+// conn is one connection generation. It implements Conn. It owns exactly
+// one reader goroutine, one writer goroutine and one pinger.
+type conn struct {
+	gen    uint64
+	mode   string
+	url    string
+	ws     *websocket.Conn
+	client *Client
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	out    chan outFrame
+
+	closeOnce sync.Once
+	errMu     sync.Mutex
+	err       error
+
+	mu      sync.Mutex
+	sink    func([]byte)
+	bodies  map[string]chan []byte
+	regID   string
+	regCh   chan *protocol.Envelope
+	unknown map[string]bool // types already answered with protocol_fallback
+
+	reregister chan string // "error: not registered / cluster not found" (§8.6)
+	binActive  atomic.Bool
+}
+
+func newConn(parent context.Context, c *Client, gen uint64, mode, url string, ws *websocket.Conn) *conn {
+	ctx, cancel := context.WithCancel(parent)
+	return &conn{
+		gen: gen, mode: mode, url: url, ws: ws, client: c, ctx: ctx, cancel: cancel,
+		out: make(chan outFrame, 16), bodies: map[string]chan []byte{}, unknown: map[string]bool{},
+		reregister: make(chan string, 1),
+	}
+}
+
+// start launches the reader, writer and pinger.
+func (cn *conn) start(readLimit int64, readTimeout, pingEvery time.Duration) {
+	cn.ws.SetReadLimit(readLimit)
+	extend := func() { _ = cn.ws.SetReadDeadline(time.Now().Add(readTimeout)) }
+	extend()
+	cn.ws.SetPongHandler(func(string) error { extend(); return nil })
+	// CP pings get a pong through the single writer; they do not extend the deadline (§2).
+	cn.ws.SetPingHandler(func(data string) error {
+		select {
+		case cn.out <- outFrame{kind: framePong, data: []byte(data)}:
+		default:
+		}
+		return nil
+	})
+	go cn.writeLoop()
+	go cn.readLoop(extend)
+	go cn.pingLoop(pingEvery)
+}
+
+func (cn *conn) Generation() uint64        { return cn.gen }
+func (cn *conn) Context() context.Context  { return cn.ctx }
+func (cn *conn) Done() <-chan struct{}     { return cn.ctx.Done() }
+func (cn *conn) BinaryChannelActive() bool { return cn.binActive.Load() }
+func (cn *conn) Send(ctx context.Context, typ, requestID string, payload any) error {
+	b, err := protocol.Encode(typ, requestID, payload, time.Now())
+	if err != nil {
+		return err
+	}
+	return cn.write(ctx, websocket.TextMessage, b)
+}
+
+func (cn *conn) SendBinary(ctx context.Context, data []byte) error {
+	return cn.write(ctx, websocket.BinaryMessage, data)
+}
+
+func (cn *conn) write(ctx context.Context, kind int, data []byte) error {
+	f := outFrame{kind: kind, data: data, done: make(chan error, 1)}
+	select {
+	case cn.out <- f:
+	case <-cn.ctx.Done():
+		return ErrConnClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-f.done:
+		return err
+	case <-cn.ctx.Done():
+		return ErrConnClosed
+	}
+}
+
+// writeLoop is the connection's only writer.
+func (cn *conn) writeLoop() {
+	for {
+		select {
+		case <-cn.ctx.Done():
+			return
+		case f := <-cn.out:
+			var err error
+			switch f.kind {
+			case websocket.TextMessage, websocket.BinaryMessage:
+				_ = cn.ws.SetWriteDeadline(time.Now().Add(writeTimeout))
+				err = cn.ws.WriteMessage(f.kind, f.data)
+				_ = cn.ws.SetWriteDeadline(time.Time{})
+				if err == nil {
+					cn.client.metrics.bytes.WithLabelValues("out").Add(float64(len(f.data)))
+				}
+			case framePing:
+				err = cn.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(pingDeadline))
+			case framePong:
+				err = cn.ws.WriteControl(websocket.PongMessage, f.data, time.Now().Add(closeTimeout))
+			case frameClose:
+				err = cn.ws.WriteControl(websocket.CloseMessage, f.data, time.Now().Add(closeTimeout))
+			}
+			if f.done != nil {
+				f.done <- err
+			}
+			if err != nil {
+				cn.fail(fmt.Errorf("write to control plane: %w", err))
+				return
+			}
+		}
+	}
+}
+
+func (cn *conn) pingLoop(every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-cn.ctx.Done():
+			return
+		case <-t.C:
+			// A failed ping write fails the connection in the writer.
+			select {
+			case cn.out <- outFrame{kind: framePing}:
+			case <-cn.ctx.Done():
+				return
+			}
+		}
+	}
+}
+
+func (cn *conn) readLoop(extend func()) {
+	for {
+		kind, data, err := cn.ws.ReadMessage()
+		if err != nil {
+			cn.fail(fmt.Errorf("read from control plane: %w", err))
+			return
+		}
+		extend()
+		cn.client.metrics.bytes.WithLabelValues("in").Add(float64(len(data)))
+		if kind == websocket.BinaryMessage {
+			cn.handleBinary(data)
+			continue
+		}
+		cn.client.handleText(cn, data)
+	}
+}
+
+// handleBinary routes a binary frame: to yamux when active, else to an
+// awaited legacy body_binary frame (§6.2), else it is a JSON envelope (§3).
+func (cn *conn) handleBinary(data []byte) {
+	cn.mu.Lock()
+	sink := cn.sink
+	cn.mu.Unlock()
+	if sink != nil {
+		sink(data)
+		return
+	}
+	if len(data) >= 2 {
+		n := int(binary.BigEndian.Uint16(data))
+		if len(data) >= 2+n {
+			id := string(data[2 : 2+n])
+			cn.mu.Lock()
+			ch, ok := cn.bodies[id]
+			delete(cn.bodies, id)
+			cn.mu.Unlock()
+			if ok {
+				ch <- data[2+n:]
+				return
+			}
+		}
+	}
+	cn.client.handleText(cn, data)
+}
+
+// ExpectBinaryBody reserves the next binary frame carrying requestID.
+func (cn *conn) ExpectBinaryBody(requestID string) (<-chan []byte, func()) {
+	ch := make(chan []byte, 1)
+	cn.mu.Lock()
+	cn.bodies[requestID] = ch
+	cn.mu.Unlock()
+	return ch, func() {
+		cn.mu.Lock()
+		if cn.bodies[requestID] == ch {
+			delete(cn.bodies, requestID)
+		}
+		cn.mu.Unlock()
+	}
+}
+
+// StartBinaryChannel hands every later binary frame to sink.
+func (cn *conn) StartBinaryChannel(sink func([]byte)) {
+	cn.mu.Lock()
+	if cn.sink == nil {
+		cn.sink = sink
+		cn.binActive.Store(true)
+	}
+	cn.mu.Unlock()
+}
+
+// expectRegister arms the wait for register_success / register_in_progress
+// / error with requestID.
+func (cn *conn) expectRegister(requestID string) <-chan *protocol.Envelope {
+	ch := make(chan *protocol.Envelope, 8)
+	cn.mu.Lock()
+	cn.regID, cn.regCh = requestID, ch
+	cn.mu.Unlock()
+	return ch
+}
+
+// deliverRegister hands a registration reply to the waiter; false when
+// nothing waits for it.
+func (cn *conn) deliverRegister(env *protocol.Envelope) bool {
+	cn.mu.Lock()
+	defer cn.mu.Unlock()
+	if cn.regCh == nil || (env.RequestID != cn.regID && env.Type != protocol.TypeRegisterInProgress) {
+		return false
+	}
+	select {
+	case cn.regCh <- env:
+	default:
+	}
+	return true
+}
+
+// firstUnknown reports whether typ is seen for the first time on this connection.
+func (cn *conn) firstUnknown(typ string) bool {
+	cn.mu.Lock()
+	defer cn.mu.Unlock()
+	if cn.unknown[typ] || len(cn.unknown) > 1024 {
+		return false
+	}
+	cn.unknown[typ] = true
+	return true
+}
+
+func (cn *conn) signalReregister(reason string) {
+	select {
+	case cn.reregister <- reason:
+	default:
+	}
+}
+
+// fail ends the connection after an error, without a close frame.
+func (cn *conn) fail(err error) {
+	cn.errMu.Lock()
+	if cn.err == nil {
+		cn.err = err
+	}
+	cn.errMu.Unlock()
+	cn.closeOnce.Do(func() {
+		cn.cancel()
+		_ = cn.ws.Close()
+	})
+}
+
+// close ends the connection with a close frame (1000 by default, 5 s
+// deadline), then closes the socket and cancels everything of this
+// generation.
+func (cn *conn) close(code int, text string) {
+	cn.errMu.Lock()
+	if cn.err == nil {
+		cn.err = fmt.Errorf("closed by the agent: %s", text)
+	}
+	cn.errMu.Unlock()
+	cn.closeOnce.Do(func() {
+		f := outFrame{kind: frameClose, data: websocket.FormatCloseMessage(code, text), done: make(chan error, 1)}
+		t := time.NewTimer(closeTimeout)
+		defer t.Stop()
+		select {
+		case cn.out <- f:
+			select {
+			case <-f.done:
+			case <-cn.ctx.Done():
+			case <-t.C:
+			}
+		case <-cn.ctx.Done():
+		case <-t.C:
+		}
+		cn.cancel()
+		_ = cn.ws.Close()
+	})
+}
+
+// Err is why the connection ended (nil while it is up).
+func (cn *conn) Err() error {
+	cn.errMu.Lock()
+	defer cn.errMu.Unlock()
+	return cn.err
+}

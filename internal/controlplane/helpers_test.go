@@ -1,0 +1,241 @@
+package controlplane
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pipeops/pipeops-vm-agent/internal/config"
+	"github.com/pipeops/pipeops-vm-agent/internal/devplane"
+	"github.com/pipeops/pipeops-vm-agent/internal/health"
+	"github.com/pipeops/pipeops-vm-agent/internal/state"
+)
+
+const testToken = "test-install-token"
+
+// fakeCluster is the narrow unit-test stand-in for the Kubernetes side.
+type fakeCluster struct {
+	mu      sync.Mutex
+	version string
+	verErr  error
+	token   string
+}
+
+func (f *fakeCluster) Version(context.Context) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.version, f.verErr
+}
+
+func (f *fakeCluster) Credentials(context.Context) (string, string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.token, "Q0EK", nil
+}
+
+func (f *fakeCluster) Telemetry(context.Context) (Telemetry, error) {
+	return Telemetry{K8sVersion: "v1.36.3", Nodes: 1, Pods: 7, CPUUsage: "12.5%", MemoryUsage: "40.0%", UsageSource: "requests"}, nil
+}
+
+func (f *fakeCluster) set(fn func(f *fakeCluster)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fn(f)
+}
+
+// plane is an in-process devplane on a fixed loopback address that can be
+// stopped and started again.
+type plane struct {
+	t    *testing.T
+	srv  *devplane.Server
+	addr string
+	hs   *http.Server
+}
+
+func startPlane(t *testing.T) *plane {
+	t.Helper()
+	p := &plane{t: t, srv: devplane.New(devplane.Config{Tokens: []string{testToken}})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.addr = ln.Addr().String()
+	p.serve(ln)
+	t.Cleanup(p.stop)
+	return p
+}
+
+func (p *plane) serve(ln net.Listener) {
+	p.hs = &http.Server{Handler: p.srv.Handler()}
+	go p.hs.Serve(ln)
+}
+
+func (p *plane) url() string { return "http://" + p.addr }
+
+// stop closes the listener and every session, like a crash.
+func (p *plane) stop() {
+	if p.hs != nil {
+		p.hs.Close()
+		p.srv.DropAll()
+		p.hs = nil
+	}
+}
+
+// restart listens again on the same address.
+func (p *plane) restart() {
+	p.t.Helper()
+	var ln net.Listener
+	var err error
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if ln, err = net.Listen("tcp", p.addr); err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	p.serve(ln)
+}
+
+// agent is a Client under test with its dependencies.
+type agent struct {
+	c      *Client
+	cfg    *config.Config
+	st     *state.Store
+	health *health.Tracker
+	reg    *prometheus.Registry
+	logs   *syncBuffer
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func testConfig(apiURL string) *config.Config {
+	cfg := config.Default()
+	cfg.PipeOps.APIURL = apiURL
+	cfg.PipeOps.Token = testToken
+	cfg.Agent.HeartbeatInterval = config.D(200 * time.Millisecond)
+	cfg.PipeOps.Reconnect.Interval = config.D(50 * time.Millisecond)
+	cfg.PipeOps.Reconnect.MaxInterval = config.D(400 * time.Millisecond)
+	return cfg
+}
+
+// newAgent builds a client; st nil means a fresh memory store.
+func newAgent(t *testing.T, cfg *config.Config, st *state.Store, cl Cluster, tweak func(*Options)) *agent {
+	t.Helper()
+	if st == nil {
+		st, _ = state.Open("", nil)
+	}
+	a := &agent{cfg: cfg, st: st, health: health.New(nil), reg: prometheus.NewRegistry(), logs: &syncBuffer{}}
+	a.health.Require(health.ControlPlane, "connecting")
+	o := Options{Config: cfg, AgentID: "agent-test-1", State: st, Health: a.health, Metrics: a.reg, Cluster: cl,
+		Log: slog.New(slog.NewTextHandler(a.logs, &slog.HandlerOptions{Level: slog.LevelDebug})), K3sTokenPath: "/nonexistent"}
+	if tweak != nil {
+		tweak(&o)
+	}
+	c, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.c = c
+	return a
+}
+
+func (a *agent) start(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	a.cancel, a.done = cancel, make(chan struct{})
+	go func() { defer close(a.done); _ = a.c.Run(ctx) }()
+	t.Cleanup(a.stop)
+}
+
+func (a *agent) stop() {
+	if a.cancel != nil {
+		a.cancel()
+		<-a.done
+		a.cancel = nil
+	}
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for: %s", within, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// onlyCluster returns the devplane's single cluster.
+func onlyCluster(p *plane) (devplane.ClusterInfo, bool) {
+	cs := p.srv.Clusters()
+	if len(cs) != 1 {
+		return devplane.ClusterInfo{}, false
+	}
+	return cs[0], true
+}
+
+func metricValue(t *testing.T, reg *prometheus.Registry, name string, labels ...string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range mf.GetMetric() {
+			for i := 0; i+1 < len(labels); i += 2 {
+				found := false
+				for _, lp := range m.GetLabel() {
+					if lp.GetName() == labels[i] && lp.GetValue() == labels[i+1] {
+						found = true
+					}
+				}
+				if !found {
+					continue next
+				}
+			}
+			if m.Counter != nil {
+				return m.Counter.GetValue()
+			}
+			return m.Gauge.GetValue()
+		}
+	}
+	return 0
+}
+
+var errBoom = errors.New("apiserver not reachable")
+
+func contains(s, sub string) bool { return strings.Contains(s, sub) }

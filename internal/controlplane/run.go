@@ -1,0 +1,284 @@
+package controlplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/pipeops/pipeops-vm-agent/internal/apitype"
+	"github.com/pipeops/pipeops-vm-agent/internal/backoff"
+	"github.com/pipeops/pipeops-vm-agent/internal/logging"
+	"github.com/pipeops/pipeops-vm-agent/internal/state"
+)
+
+// errReregister ends a connection after `error: not registered / cluster
+// not found` (§8.6).
+var errReregister = errors.New("control plane does not know this cluster; registering again")
+
+// outcome is how one attempt ended.
+type outcome struct {
+	err  error
+	up   time.Duration // how long the connection was up and heartbeating
+	next bool          // go on at once without backoff (controller → gateway switch)
+}
+
+// Run drives the one reconnect loop (§8.4) until ctx ends, then closes the
+// connection with 1000 and returns nil. It never gives up.
+func (c *Client) Run(ctx context.Context) error {
+	bo := backoff.New(c.cfg.PipeOps.Reconnect.Interval.Std(), c.cfg.PipeOps.Reconnect.MaxInterval.Std())
+	hb := c.cfg.Agent.HeartbeatInterval.Std()
+	for {
+		o := c.attempt(ctx)
+		if ctx.Err() != nil {
+			c.updateLink(func(l *apitype.LinkStatus) { l.State = apitype.LinkDisconnected; l.NextRetry = time.Time{} })
+			c.notReady("agent is shutting down")
+			return nil
+		}
+		if o.next {
+			continue
+		}
+		if o.up >= hb {
+			bo.Reset()
+		}
+		delay := bo.Next()
+		var ae *AuthError
+		if errors.As(o.err, &ae) && ae.Mode == ModeController {
+			// The install token is rejected: retry at the cap (§8.6).
+			delay = bo.Nominal(1 << 10)
+		}
+		c.metrics.reconnects.Inc()
+		c.noteFailure(o.err, delay)
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+		case <-t.C:
+		}
+	}
+}
+
+// noteFailure records why the last attempt ended: link status, /ready
+// reason and one rate-limited log line per distinct error.
+func (c *Client) noteFailure(err error, delay time.Duration) {
+	if err == nil {
+		err = errors.New("connection ended")
+	}
+	msg := err.Error()
+	now := time.Now()
+	c.updateLink(func(l *apitype.LinkStatus) {
+		l.State = apitype.LinkReconnecting
+		l.Reconnects++
+		l.LastError, l.LastErrorAt = msg, now
+		l.NextRetry = now.Add(delay)
+		l.ConnectedSince = time.Time{}
+	})
+	c.notReady(fmt.Sprintf("reconnecting in %s: %s", delay.Round(100*time.Millisecond), msg))
+	if ok, n := c.limiter.Allow(msg); ok {
+		c.log.Warn("control-plane link down; retrying", logging.KeyErr, msg, logging.KeyDelay, delay.Round(time.Millisecond).String(), "repeats_suppressed", n)
+	}
+}
+
+// attempt makes one connection (controller or gateway) and keeps it until
+// it ends.
+func (c *Client) attempt(ctx context.Context) outcome {
+	st := c.st.Get()
+	token, ca, err := c.credentials(ctx)
+	if err != nil {
+		return outcome{err: err}
+	}
+	fp := fingerprint(token, ca)
+	if st.ClusterID != "" && st.GatewayWSURL != "" && st.CredentialsFingerprint == fp {
+		return c.gateway(ctx, st)
+	}
+	return c.controller(ctx, st, token, ca)
+}
+
+// controller registers on the controller WebSocket (§8.3), then switches
+// to the gateway or, without one, stays.
+func (c *Client) controller(ctx context.Context, st state.State, token, ca string) outcome {
+	version, err := c.version(ctx)
+	if err != nil {
+		return outcome{err: err}
+	}
+	u, err := ControllerURL(c.cfg.PipeOps.APIURL)
+	if err != nil {
+		return outcome{err: err}
+	}
+	c.connecting(ModeController, u)
+	cn, err := c.dial(ctx, ModeController, u)
+	if err != nil {
+		return outcome{err: err}
+	}
+	rs, err := c.register(ctx, cn, st, version, token, ca)
+	if err != nil {
+		cn.close(websocket.CloseNormalClosure, "registration failed")
+		return outcome{err: err}
+	}
+	if rs.GatewayWSURL != "" {
+		cn.close(websocket.CloseNormalClosure, "switching to gateway")
+		return outcome{next: true}
+	}
+	c.log.Warn("register_success carried no gateway_ws_url; staying on the controller WebSocket", logging.KeyClusterID, rs.ClusterID)
+	return c.serve(ctx, cn)
+}
+
+// gateway resumes on the cached gateway (§8.3) without registering.
+func (c *Client) gateway(ctx context.Context, st state.State) outcome {
+	uuid := st.ClusterUUID
+	if uuid == "" {
+		uuid = st.ClusterID
+	}
+	u, err := GatewayURL(st.GatewayWSURL, uuid)
+	if err != nil {
+		c.clearGateway()
+		return outcome{err: err}
+	}
+	c.connecting(ModeGateway, u)
+	cn, err := c.dial(ctx, ModeGateway, u)
+	var ae *AuthError
+	if errors.As(err, &ae) {
+		// §8.6: forget the gateway; the next attempt registers through the
+		// controller with cluster_id (mode resume).
+		c.clearGateway()
+		return outcome{err: err}
+	}
+	if err != nil {
+		return outcome{err: err}
+	}
+	return c.serve(ctx, cn)
+}
+
+func (c *Client) connecting(mode, u string) {
+	c.updateLink(func(l *apitype.LinkStatus) {
+		if l.State != apitype.LinkReconnecting {
+			l.State = apitype.LinkConnecting
+		}
+		l.Mode, l.URL = mode, redactURL(u)
+	})
+}
+
+// serve keeps a registered (or resumed) connection: heartbeat at once, the
+// connect hooks, then a heartbeat every interval until the connection ends.
+func (c *Client) serve(ctx context.Context, cn *conn) outcome {
+	start := time.Now()
+	defer func() {
+		c.mu.Lock()
+		if c.cur == cn {
+			c.cur = nil
+		}
+		c.mu.Unlock()
+	}()
+	now := time.Now()
+	c.updateLink(func(l *apitype.LinkStatus) {
+		l.State, l.Mode, l.Registered, l.ConnectedSince, l.Generation = apitype.LinkConnected, cn.mode, true, now, cn.gen
+		l.NextRetry = time.Time{}
+	})
+	if err := c.sendHeartbeat(ctx, cn); err != nil {
+		cn.close(websocket.CloseNormalClosure, "heartbeat failed")
+		return outcome{err: err}
+	}
+	c.limiter.Reset()
+	c.hmu.RLock()
+	hooks := append([]ConnectHook(nil), c.hooks...)
+	c.hmu.RUnlock()
+	for _, h := range hooks {
+		go c.runHook(cn, h)
+	}
+	t := time.NewTicker(c.cfg.Agent.HeartbeatInterval.Std())
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			cn.close(websocket.CloseNormalClosure, "agent shutting down")
+			return outcome{up: time.Since(start)}
+		case <-cn.Done():
+			return outcome{err: cn.Err(), up: time.Since(start)}
+		case reason := <-cn.reregister:
+			c.log.Warn("control plane no longer knows this cluster; registering again", "reason", reason)
+			c.clearRegistration()
+			cn.close(websocket.CloseNormalClosure, "registering again")
+			return outcome{err: fmt.Errorf("%w (%s)", errReregister, reason), up: time.Since(start)}
+		case <-t.C:
+			if err := c.sendHeartbeat(ctx, cn); err != nil {
+				cn.close(websocket.CloseNormalClosure, "heartbeat failed")
+				return outcome{err: err, up: time.Since(start)}
+			}
+		}
+	}
+}
+
+func (c *Client) runHook(cn *conn, h ConnectHook) {
+	defer func() {
+		if r := recover(); r != nil {
+			c.metrics.panics.Inc()
+			c.log.Error("connect hook panicked", "panic", fmt.Sprint(r), logging.KeyGen, cn.gen)
+		}
+	}()
+	h(cn.ctx, cn)
+}
+
+// clearGateway forgets gateway_ws_url (gateway 401/403, §8.6).
+func (c *Client) clearGateway() {
+	if err := c.st.Update(func(s *state.State) error { s.GatewayWSURL = ""; return nil }); err != nil {
+		c.log.Error("could not persist state", logging.KeyErr, err)
+	}
+}
+
+// clearRegistration forgets cluster_id and gateway_ws_url (§8.6), so the
+// next attempt registers fresh.
+func (c *Client) clearRegistration() {
+	if err := c.st.Update(func(s *state.State) error {
+		s.ClusterID, s.ClusterUUID, s.GatewayWSURL, s.CredentialsFingerprint = "", "", "", ""
+		return nil
+	}); err != nil {
+		c.log.Error("could not persist state", logging.KeyErr, err)
+	}
+	c.updateLink(func(l *apitype.LinkStatus) { l.Registered = false })
+}
+
+// version asks the Kubernetes API for its GitVersion; registration waits
+// for it and /ready says so.
+func (c *Client) version(ctx context.Context) (string, error) {
+	vctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	v, err := c.cluster.Version(vctx)
+	if err != nil || v == "" {
+		if err == nil {
+			err = errors.New("empty version")
+		}
+		err = fmt.Errorf("waiting for the Kubernetes API version before registering: %w", err)
+		c.notReady(err.Error())
+		return "", err
+	}
+	c.mu.Lock()
+	c.k8sVersion = v
+	c.mu.Unlock()
+	return v, nil
+}
+
+func (c *Client) credentials(ctx context.Context) (string, string, error) {
+	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	token, ca, err := c.cluster.Credentials(cctx)
+	if err != nil {
+		err = fmt.Errorf("waiting for Kubernetes credentials to register with: %w", err)
+		c.notReady(err.Error())
+		return "", "", err
+	}
+	return token, ca, nil
+}
+
+// redactURL drops user info from a URL before it is logged or shown.
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "invalid URL"
+	}
+	u.User = nil
+	return u.String()
+}
+
