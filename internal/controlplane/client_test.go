@@ -235,7 +235,10 @@ func TestReconnectCallsHooksWithANewGenerationAndHeartbeatsAtOnce(t *testing.T) 
 		mu.Unlock()
 		<-ctx.Done() // in-flight work of a generation ends with it
 	})
-	a.c.AddHeartbeatContributor(func(_ context.Context, hb *protocol.Heartbeat) { hb.Metadata.GatewayRoutes = 3; panic("contributor bug") })
+	a.c.AddHeartbeatContributor(func(_ context.Context, hb *protocol.Heartbeat) {
+		hb.Metadata.GatewayRoutes = 3
+		panic("contributor bug")
+	})
 	a.start(t)
 	eventually(t, 5*time.Second, "first hook", func() bool { mu.Lock(); defer mu.Unlock(); return len(gens) == 1 })
 	p.srv.DropAll()

@@ -281,4 +281,3 @@ func redactURL(s string) string {
 	u.User = nil
 	return u.String()
 }
-

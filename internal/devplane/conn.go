@@ -177,7 +177,6 @@ func (s *Server) dispatch(ctx context.Context, sess *Session, env *protocol.Enve
 		_ = sess.Send(ctx, protocol.TypeHeartbeatAck, "", nil)
 	case protocol.TypePing:
 		_ = sess.Send(ctx, protocol.TypePong, env.RequestID, map[string]string{"timestamp": time.Now().UTC().Format(time.RFC3339)})
-	case protocol.TypePong:
 	default:
 		if sess.deliver(env) {
 			return
