@@ -1,0 +1,198 @@
+package tunnel
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/pipeops/pipeops-vm-agent/internal/config"
+	"github.com/pipeops/pipeops-vm-agent/internal/controlplane"
+	"github.com/pipeops/pipeops-vm-agent/internal/devplane"
+	"github.com/pipeops/pipeops-vm-agent/internal/health"
+	"github.com/pipeops/pipeops-vm-agent/internal/state"
+)
+
+const testToken = "tunnel-test-token"
+
+// rig is the real thing in one process: the reference control plane
+// (devplane, hashicorp/yamux server), the agent's control-plane client and
+// the tunnel Manager registered on it.
+type rig struct {
+	plane *devplane.Server
+	hs    *http.Server
+	mgr   *Manager
+	reg   *prometheus.Registry
+	logs  *syncBuffer
+}
+
+// startRig starts a devplane and an agent; cfg.Forwards etc. come from tc.
+func startRig(t *testing.T, tc Config, dialer ServiceDialer, opts devplane.TunnelOptions) *rig {
+	t.Helper()
+	r := &rig{plane: devplane.New(devplane.Config{Tokens: []string{testToken}}), reg: prometheus.NewRegistry(), logs: &syncBuffer{}}
+	r.plane.SetTunnelOptions(opts)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.hs = &http.Server{Handler: r.plane.Handler()}
+	go r.hs.Serve(ln)
+
+	log := slog.New(slog.NewTextHandler(r.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	r.mgr = New(tc, dialer, r.reg, log)
+	cfg := config.Default()
+	cfg.PipeOps.APIURL = "http://" + ln.Addr().String()
+	cfg.PipeOps.Token = testToken
+	cfg.PipeOps.TLS.Enabled = false
+	cfg.Agent.HeartbeatInterval = config.D(time.Second)
+	cfg.PipeOps.Reconnect.Interval = config.D(50 * time.Millisecond)
+	cfg.PipeOps.Reconnect.MaxInterval = config.D(200 * time.Millisecond)
+	st, _ := state.Open("", nil)
+	h := health.New(nil)
+	cp, err := controlplane.New(controlplane.Options{Config: cfg, AgentID: "tunnel-test-agent", State: st, Health: h,
+		Cluster: testCluster{}, Log: log, K3sTokenPath: "/nonexistent"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp.Register(r.mgr)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); _ = cp.Run(ctx) }()
+	go func() { defer wg.Done(); _ = r.mgr.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		wg.Wait()
+		r.hs.Close()
+		r.plane.DropAll()
+		if t.Failed() {
+			t.Logf("agent log:\n%s", r.logs.String())
+		}
+	})
+	wctx, wcancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer wcancel()
+	if err := r.plane.WaitTunnel(wctx, ""); err != nil {
+		t.Fatalf("tunnel never came up: %v", err)
+	}
+	return r
+}
+
+// open opens a stream to target (fails the test on error).
+func (r *rig) open(t *testing.T, target devplane.TunnelTarget) net.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := r.plane.OpenTunnelStream(ctx, "", target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// testCluster is the narrow stand-in for the Kubernetes side of the link.
+type testCluster struct{}
+
+func (testCluster) Version(context.Context) (string, error) { return "v1.36.3", nil }
+func (testCluster) Credentials(context.Context) (string, string, error) {
+	return "token", "Q0EK", nil
+}
+func (testCluster) Telemetry(context.Context) (controlplane.Telemetry, error) {
+	return controlplane.Telemetry{K8sVersion: "v1.36.3"}, nil
+}
+
+// echoServer echoes every TCP connection until EOF, then half-closes.
+func echoServer(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_, _ = io.Copy(c, c)
+				_ = c.(*net.TCPConn).CloseWrite()
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// counter reads a counter or gauge value from reg.
+func counter(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if label != "" && !hasLabel(m, label, value) {
+				continue
+			}
+			switch {
+			case m.Counter != nil:
+				return m.Counter.GetValue()
+			case m.Gauge != nil:
+				return m.Gauge.GetValue()
+			}
+		}
+	}
+	return 0
+}
+
+func hasLabel(m *dto.Metric, name, value string) bool {
+	for _, l := range m.GetLabel() {
+		if l.GetName() == name && l.GetValue() == value {
+			return true
+		}
+	}
+	return false
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for: %s", within, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
