@@ -1,0 +1,344 @@
+package kubeproxy
+
+import (
+	"bytes"
+	"compress/gzip"
+	"encoding/base64"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/client-go/rest"
+
+	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
+)
+
+// These are narrow unit tests: a fake connection and an httptest server
+// standing in for the API server. The real kube-apiserver, devplane and
+// kubectl are exercised in integration_test.go.
+
+func decodeBody(t testing.TB, body, enc string) []byte {
+	t.Helper()
+	if body == "" {
+		return nil
+	}
+	b, err := base64.StdEncoding.DecodeString(body)
+	if err != nil {
+		t.Fatalf("body is not base64: %v", err)
+	}
+	if enc == "gzip" {
+		zr, err := gzip.NewReader(bytes.NewReader(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b, err = io.ReadAll(zr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return b
+}
+
+// tlsBackend is an HTTPS server and a rest.Config that trusts it, with a
+// ServiceAccount-like bearer token.
+func tlsBackend(t testing.TB, h http.Handler) (*httptest.Server, *rest.Config) {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(h)
+	srv.EnableHTTP2 = true
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	ca := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
+	return srv, &rest.Config{Host: srv.URL, BearerToken: "sa-token", TLSClientConfig: rest.TLSClientConfig{CAData: ca}}
+}
+
+func newTestProxy(t testing.TB, cfg *rest.Config, mod func(*Options)) *Proxy {
+	t.Helper()
+	o := Options{RESTConfig: func() *rest.Config { return cfg }, Registerer: prometheus.NewRegistry()}
+	if mod != nil {
+		mod(&o)
+	}
+	p, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestBufferedResponsesFollowTheGzipRule(t *testing.T) {
+	big := strings.Repeat(`{"k":"v"},`, 200)
+	_, cfg := tlsBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/api/big":
+			w.Header().Set("Content-Type", "application/json")
+			fmt.Fprint(w, big)
+		case "/api/small":
+			w.Header().Set("Content-Type", "application/json")
+			fmt.Fprint(w, "{}")
+		case "/api/png":
+			w.Header().Set("Content-Type", "image/png")
+			fmt.Fprint(w, big)
+		case "/api/empty":
+			w.WriteHeader(http.StatusNoContent)
+		}
+	}))
+	p := newTestProxy(t, cfg, nil)
+	c := newFakeConn(t)
+	tests := []struct {
+		path, enc string
+		status    int
+		body      string
+	}{
+		{"/api/big", "gzip", 200, big},
+		{"/api/small", "base64", 200, "{}"},
+		{"/api/png", "base64", 200, big},
+		{"/api/empty", "", 204, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.path, func(t *testing.T) {
+			send(t, p, c, protocol.TypeProxyRequest, "r"+tc.path, protocol.ProxyRequest{Method: "GET", Path: tc.path})
+			env := c.next(t)
+			var pr protocol.ProxyResponse
+			mustDecode(t, env, &pr)
+			if env.Type != protocol.TypeProxyResponse || pr.Status != tc.status || pr.Encoding != tc.enc {
+				t.Fatalf("got %s status %d encoding %q; want proxy_response %d %q", env.Type, pr.Status, pr.Encoding, tc.status, tc.enc)
+			}
+			if got := string(decodeBody(t, pr.Body, pr.Encoding)); got != tc.body {
+				t.Errorf("body = %.40q…; want %.40q…", got, tc.body)
+			}
+		})
+	}
+}
+
+func TestStreamingResponsesAreChunkedAt32KiB(t *testing.T) {
+	payload := bytes.Repeat([]byte("0123456789abcdef"), 20000) // 320,000 bytes
+	_, cfg := tlsBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("Keep-Alive", "timeout=5")
+		_, _ = w.Write(payload)
+	}))
+	p := newTestProxy(t, cfg, nil)
+	c := newFakeConn(t)
+	send(t, p, c, protocol.TypeProxyRequest, "s1", protocol.ProxyRequest{Method: "GET", Path: "/api/blob", SupportsResponseStreaming: true})
+	r := c.response(t, "s1")
+	if r.Err != "" || r.Status != 200 || !bytes.Equal(r.Body, payload) {
+		t.Fatalf("status %d, err %q, %d bytes; want 200 and %d bytes", r.Status, r.Err, len(r.Body), len(payload))
+	}
+	if r.Types[0] != protocol.TypeProxyResponseHeader || r.Types[len(r.Types)-1] != protocol.TypeProxyResponseEnd {
+		t.Errorf("message order = %v; want header, chunks, end", r.Types)
+	}
+	for _, n := range r.Chunks {
+		if n > protocol.MaxChunk {
+			t.Fatalf("chunk of %d bytes exceeds 32 KiB", n)
+		}
+	}
+	if _, ok := r.Headers["Keep-Alive"]; ok {
+		t.Errorf("hop-by-hop Keep-Alive was not removed: %v", r.Headers)
+	}
+}
+
+func TestRequestBodiesArriveInEveryMode(t *testing.T) {
+	_, cfg := tlsBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.Header().Set("Content-Type", "text/plain")
+		fmt.Fprintf(w, "%s %s", r.Method, b)
+	}))
+	p := newTestProxy(t, cfg, nil)
+	c := newFakeConn(t)
+
+	t.Run("base64 inline", func(t *testing.T) {
+		send(t, p, c, protocol.TypeProxyRequest, "b1", protocol.ProxyRequest{Method: "POST", Path: "/api/x", Body: protocol.Body(base64.StdEncoding.EncodeToString([]byte("hello"))), BodyEncoding: "base64"})
+		if r := c.response(t, "b1"); string(r.Body) != "POST hello" {
+			t.Errorf("body = %q (err %q); want POST hello", r.Body, r.Err)
+		}
+	})
+	t.Run("raw inline JSON object", func(t *testing.T) {
+		p.Handle(c, &protocol.Envelope{Type: protocol.TypeProxyRequest, RequestID: "b2", Payload: []byte(`{"method":"PUT","path":"/api/x","body":{"a": 1}}`)})
+		if r := c.response(t, "b2"); string(r.Body) != `PUT {"a":1}` {
+			t.Errorf("body = %q (err %q)", r.Body, r.Err)
+		}
+	})
+	t.Run("streamed chunks", func(t *testing.T) {
+		send(t, p, c, protocol.TypeProxyRequest, "b3", protocol.ProxyRequest{Method: "POST", Path: "/api/x", UseStreaming: true})
+		for _, part := range []string{"one ", "two ", "three"} {
+			send(t, p, c, protocol.TypeProxyRequestChunk, "b3", protocol.ProxyRequestChunk{Data: base64.StdEncoding.EncodeToString([]byte(part))})
+		}
+		send(t, p, c, protocol.TypeProxyRequestStreamEnd, "b3", struct{}{})
+		if r := c.response(t, "b3"); string(r.Body) != "POST one two three" {
+			t.Errorf("body = %q (err %q)", r.Body, r.Err)
+		}
+	})
+	t.Run("streamed with the chunk field and the streaming alias", func(t *testing.T) {
+		p.Handle(c, &protocol.Envelope{Type: protocol.TypeProxyRequest, RequestID: "b4", Payload: []byte(`{"method":"POST","path":"/api/x","streaming":true}`)})
+		send(t, p, c, protocol.TypeProxyRequestChunk, "b4", protocol.ProxyRequestChunk{Chunk: base64.StdEncoding.EncodeToString([]byte("aliased"))})
+		send(t, p, c, protocol.TypeProxyRequestStreamEnd, "b4", struct{}{})
+		if r := c.response(t, "b4"); string(r.Body) != "POST aliased" {
+			t.Errorf("body = %q (err %q)", r.Body, r.Err)
+		}
+	})
+	t.Run("binary frame", func(t *testing.T) {
+		send(t, p, c, protocol.TypeProxyRequest, "b5", protocol.ProxyRequest{Method: "POST", Path: "/api/x", BodyBinary: true, BodySize: 3})
+		if !c.deliverBinary("b5", []byte("bin")) {
+			t.Fatal("the proxy did not reserve the binary frame before returning from Handle")
+		}
+		if r := c.response(t, "b5"); string(r.Body) != "POST bin" {
+			t.Errorf("body = %q (err %q)", r.Body, r.Err)
+		}
+	})
+	t.Run("binary frame refused while yamux is active", func(t *testing.T) {
+		yc := newFakeConn(t)
+		yc.yamux = true
+		send(t, p, yc, protocol.TypeProxyRequest, "b6", protocol.ProxyRequest{Method: "POST", Path: "/api/x", BodyBinary: true})
+		if r := yc.response(t, "b6"); !strings.Contains(r.Err, "yamux") {
+			t.Errorf("error = %q; want a refusal naming yamux", r.Err)
+		}
+	})
+}
+
+func TestAuthorizationPassesThroughOrUsesTheServiceAccount(t *testing.T) {
+	_, cfg := tlsBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%s|%s|%s", r.Header.Get("Authorization"), r.Header.Get("X-Private"), r.Header.Get("X-Forwarded-Proto"))
+	}))
+	p := newTestProxy(t, cfg, nil)
+	c := newFakeConn(t)
+	tests := []struct {
+		name    string
+		headers protocol.Headers
+		scheme  string
+		want    string
+	}{
+		{"without Authorization the ServiceAccount token is injected", nil, "", "Bearer sa-token||"},
+		{"a control-plane Authorization passes verbatim", protocol.Headers{"Authorization": {"Bearer cp-user"}}, "", "Bearer cp-user||"},
+		{"headers named by Connection are dropped", protocol.Headers{"Connection": {"X-Private"}, "X-Private": {"secret"}}, "", "Bearer sa-token||"},
+		{"https scheme adds X-Forwarded-Proto", nil, "https", "Bearer sa-token||https"},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			id := fmt.Sprint("a", i)
+			send(t, p, c, protocol.TypeProxyRequest, id, protocol.ProxyRequest{Method: "GET", Path: "/api/v1", Headers: tc.headers, Scheme: tc.scheme})
+			if r := c.response(t, id); string(r.Body) != tc.want {
+				t.Errorf("backend saw %q (err %q); want %q", r.Body, r.Err, tc.want)
+			}
+		})
+	}
+}
+
+func TestInvalidRequestsAreRefusedWithAReason(t *testing.T) {
+	var hits atomic.Int32
+	_, cfg := tlsBackend(t, http.HandlerFunc(func(http.ResponseWriter, *http.Request) { hits.Add(1) }))
+	p := newTestProxy(t, cfg, nil)
+	c := newFakeConn(t)
+	tests := []struct {
+		name string
+		req  string
+		want string
+	}{
+		{"dot-dot", `{"path":"/api/../etc"}`, ".."},
+		{"escaped dot-dot", `{"path":"/api/%2e%2e/x"}`, ".."},
+		{"absolute URL", `{"path":"http://evil/api"}`, "absolute path"},
+		{"scheme-relative URL", `{"path":"//evil/api"}`, "absolute path"},
+		{"CR LF in path", `{"path":"/api/v1\r\nX: y"}`, "control character"},
+		{"CR LF in query", `{"path":"/api/v1","query":"a=b\r\n"}`, "control character"},
+		{"CR LF in a header", `{"path":"/api/v1","headers":{"X-A":"b\r\nX-B: c"}}`, "control character"},
+		{"service name with dots", `{"path":"/","service_name":"a.b","namespace":"ns","service_port":80}`, "[a-z0-9-]"},
+		{"service port out of range", `{"path":"/","service_name":"web","namespace":"ns","service_port":70000}`, "1-65535"},
+		{"non-Kubernetes path without a target", `{"path":"/index.html"}`, "no ingress controller"},
+		{"malformed payload", `{"path":5}`, "malformed"},
+		{"bad deadline", `{"path":"/api","deadline":"tomorrow"}`, "deadline"},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			id := fmt.Sprint("v", i)
+			p.Handle(c, &protocol.Envelope{Type: protocol.TypeProxyRequest, RequestID: id, Payload: []byte(tc.req)})
+			if r := c.response(t, id); !strings.Contains(r.Err, tc.want) {
+				t.Errorf("error = %q; want it to mention %q", r.Err, tc.want)
+			}
+		})
+	}
+	if n := hits.Load(); n != 0 {
+		t.Errorf("the backend was called %d times for invalid requests", n)
+	}
+}
+
+func TestErrorsSayWhatToDo(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now: connection refused
+	t.Run("API server unreachable", func(t *testing.T) {
+		p := newTestProxy(t, &rest.Config{Host: "https://" + addr}, nil)
+		c := newFakeConn(t)
+		send(t, p, c, protocol.TypeProxyRequest, "e1", protocol.ProxyRequest{Path: "/api/v1/pods"})
+		if r := c.response(t, "e1"); !strings.Contains(r.Err, "unreachable") || !strings.Contains(r.Err, "kube-apiserver is running") {
+			t.Errorf("error = %q; want API server unreachable with a hint", r.Err)
+		}
+	})
+	t.Run("identity not bootstrapped yet", func(t *testing.T) {
+		p := newTestProxy(t, nil, nil)
+		c := newFakeConn(t)
+		send(t, p, c, protocol.TypeProxyRequest, "e2", protocol.ProxyRequest{Path: "/api/v1/pods"})
+		if r := c.response(t, "e2"); r.Err != ErrBootstrapping.Error() {
+			t.Errorf("error = %q; want %q", r.Err, ErrBootstrapping)
+		}
+	})
+	t.Run("buffered response over the cap", func(t *testing.T) {
+		_, cfg := tlsBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			_, _ = w.Write(make([]byte, 3<<20))
+		}))
+		p := newTestProxy(t, cfg, func(o *Options) { o.MaxBufferedBytes = 1 << 20 })
+		c := newFakeConn(t)
+		send(t, p, c, protocol.TypeProxyRequest, "e3", protocol.ProxyRequest{Path: "/api/v1/big"})
+		if r := c.response(t, "e3"); !strings.Contains(r.Err, "proxy.max_buffered_bytes") || !strings.Contains(r.Err, "supports_response_streaming") {
+			t.Errorf("error = %q; want the cap named with what to do", r.Err)
+		}
+	})
+	t.Run("RBAC denial names the verb and resource", func(t *testing.T) {
+		body := `{"kind":"Status","apiVersion":"v1","status":"Failure","message":"pods \"web-0\" is forbidden: User \"system:serviceaccount:pipeops-system:pipeops-agent\" cannot create resource \"pods/exec\" in API group \"\" in the namespace \"app\"","reason":"Forbidden","code":403}`
+		got := explainStatus(403, []byte(body), "Kubernetes API server x")
+		for _, want := range []string{`create "pods/exec"`, `namespace "app"`, "ClusterRole", "system:serviceaccount:pipeops-system:pipeops-agent"} {
+			if !strings.Contains(got, want) {
+				t.Errorf("explainStatus = %q; want it to contain %q", got, want)
+			}
+		}
+	})
+}
+
+func TestTimeoutsFollowTheSpec(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	p := newTestProxy(t, nil, func(o *Options) { o.Now = func() time.Time { return now } })
+	tests := []struct {
+		name string
+		req  string
+		want time.Duration
+	}{
+		{"plain call gets the 2 minute default", `{"path":"/api/v1/pods"}`, 2 * time.Minute},
+		{"timeout is milliseconds", `{"path":"/api/v1/pods","timeout":5000}`, 5 * time.Second},
+		{"deadline wins over timeout", `{"path":"/api","timeout":5000,"deadline":"2026-01-01T00:00:42Z"}`, 42 * time.Second},
+		{"watch=true is long-lived", `{"path":"/api/v1/pods","query":"watch=true"}`, 24 * time.Hour},
+		{"watch=1 is long-lived", `{"path":"/api/v1/pods","query":"watch=1"}`, 24 * time.Hour},
+		{"follow=true logs are long-lived", `{"path":"/api/v1/namespaces/a/pods/b/log","query":"follow=true"}`, 24 * time.Hour},
+		{"a /watch/ segment is long-lived", `{"path":"/api/v1/watch/pods"}`, 24 * time.Hour},
+		{"event streams are long-lived", `{"path":"/api/x","headers":{"Accept":"text/event-stream"}}`, 24 * time.Hour},
+		{"a watch with a timeout keeps it", `{"path":"/api/v1/pods","query":"watch=true","timeout":"90s"}`, 90 * time.Second},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var req protocol.ProxyRequest
+			if err := (&protocol.Envelope{Payload: []byte(tc.req)}).DecodePayload(&req); err != nil {
+				t.Fatal(err)
+			}
+			dl, err := p.deadline(&req, false)
+			if err != nil || dl.Sub(now) != tc.want {
+				t.Errorf("deadline = %v, %v; want now+%v", dl.Sub(now), err, tc.want)
+			}
+		})
+	}
+}
