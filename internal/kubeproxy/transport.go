@@ -29,7 +29,7 @@ type kubeClients struct {
 	base *url.URL
 	// sa carries the proxy ServiceAccount's credentials; pass carries none
 	// (only the CA), for requests with a control-plane Authorization (§6.3 rule 5).
-	sa, pass       *http.Client
+	sa, pass *http.Client
 	// saTLS and passTLS are for WebSocket dials (HTTP/1.1 only).
 	saTLS, passTLS *tls.Config
 }
