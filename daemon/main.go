@@ -13,6 +13,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/pipeops/pipeops-vm-agent/internal/config"
+	"github.com/pipeops/pipeops-vm-agent/internal/dashboard"
 	"github.com/pipeops/pipeops-vm-agent/internal/logging"
 	"github.com/pipeops/pipeops-vm-agent/internal/version"
 )
@@ -66,7 +67,8 @@ func run(configPath string, stderr io.Writer) int {
 		return ExitConfig
 	}
 	level, _ := logging.ParseLevel(cfg.Logging.Level)
-	log := logging.New(logging.Options{Level: level, Format: cfg.Logging.Format, Out: stderr})
+	recent := dashboard.NewLogBuffer(0) // warn+ lines for the dashboard
+	log := logging.New(logging.Options{Level: level, Format: cfg.Logging.Format, Out: stderr, Sink: recent.Add})
 	slog.SetDefault(log) // only for third-party code; ours is injected
 	for _, w := range warnings {
 		log.Warn(w)
@@ -91,6 +93,7 @@ func run(configPath string, stderr io.Writer) int {
 		log.Error("start agent", logging.KeyErr, err)
 		return ExitFailure
 	}
+	d.SetLogBuffer(recent)
 	if err := d.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
 		log.Error("agent stopped with an error", logging.KeyErr, err)
 		return ExitFailure
