@@ -1,0 +1,143 @@
+package cli
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/pipeops/pipeops-vm-agent/internal/paths"
+	"github.com/pipeops/pipeops-vm-agent/systemd"
+)
+
+// pathSystemctl puts a stub systemctl first on PATH (the installer runs the
+// real binary by name). It logs its argv and tracks the active state.
+func pathSystemctl(t *testing.T) func() []string {
+	t.Helper()
+	dir := t.TempDir()
+	script := `#!/bin/sh
+echo "$*" >> "$STUB_DIR/systemctl.log"
+case "$1" in
+is-active) s=$(cat "$STUB_DIR/active" 2>/dev/null || echo inactive); echo "$s"; [ "$s" = active ] || exit 3 ;;
+start|restart) echo active > "$STUB_DIR/active" ;;
+stop) echo inactive > "$STUB_DIR/active" ;;
+esac
+`
+	if err := os.WriteFile(filepath.Join(dir, "systemctl"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("STUB_DIR", dir)
+	t.Setenv("PATH", dir+string(os.PathListSeparator)+os.Getenv("PATH"))
+	return func() []string {
+		b, _ := os.ReadFile(filepath.Join(dir, "systemctl.log"))
+		_ = os.Remove(filepath.Join(dir, "systemctl.log"))
+		return strings.Fields(strings.ReplaceAll(strings.TrimSpace(string(b)), " ", "_"))
+	}
+}
+
+func TestInstallReadsTheTokenFromAFileAndIsIdempotent(t *testing.T) {
+	calls := pathSystemctl(t)
+	root := t.TempDir()
+	tokFile := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(tokFile, []byte("  tok-from-file\n"), 0o600)
+	args := []string{"pipeopsctl", "install", "--root", root, "--token-file", tokFile, "--api-url", "https://cp.example.com", "--cluster-name", "edge"}
+
+	e, out, errb := testEnv(t, nil, "", nil)
+	if code := run(context.Background(), e, args); code != ExitOK {
+		t.Fatalf("exit %d: %s", code, errb)
+	}
+	golden(t, "install-first", out.String())
+	if b, _ := os.ReadFile(filepath.Join(root, paths.TokenFile)); string(b) != "tok-from-file\n" {
+		t.Errorf("token file = %q", b)
+	}
+	if b, _ := os.ReadFile(filepath.Join(root, paths.LocalUnit)); string(b) != systemd.Unit {
+		t.Error("the installed unit differs from the embedded one")
+	}
+	calls()
+
+	e, out, _ = testEnv(t, nil, "", nil)
+	if code := run(context.Background(), e, args); code != ExitOK {
+		t.Fatalf("second install: exit %d", code)
+	}
+	golden(t, "install-again", out.String())
+	if got := calls(); !slices.Equal(got, []string{"is-active_pipeops-agent.service"}) {
+		t.Errorf("second install ran systemctl %q; want only is-active", got)
+	}
+}
+
+func TestInstallTakesTheTokenFromStdinAndKeepsItOnReinstall(t *testing.T) {
+	pathSystemctl(t)
+	root := t.TempDir()
+	e, _, errb := testEnv(t, nil, "", nil)
+	e.stdin = strings.NewReader("tok-stdin\n")
+	if code := run(context.Background(), e, []string{"pipeopsctl", "install", "--root", root}); code != ExitOK {
+		t.Fatalf("exit %d: %s", code, errb)
+	}
+	if b, _ := os.ReadFile(filepath.Join(root, paths.TokenFile)); string(b) != "tok-stdin\n" {
+		t.Fatalf("token file = %q; want the token from stdin", b)
+	}
+	e, _, errb = testEnv(t, nil, "", nil)
+	e.stdin = strings.NewReader("")
+	if code := run(context.Background(), e, []string{"pipeopsctl", "install", "--root", root, "--cluster-name", "b"}); code != ExitOK {
+		t.Fatalf("reinstall without a token: exit %d: %s", code, errb)
+	}
+	if b, _ := os.ReadFile(filepath.Join(root, paths.TokenFile)); string(b) != "tok-stdin\n" {
+		t.Fatalf("token file = %q after a reinstall without a token; want it kept", b)
+	}
+}
+
+func TestInstallRefusesATokenOnTheCommandLine(t *testing.T) {
+	e, _, errb := testEnv(t, nil, "", nil)
+	if code := run(context.Background(), e, []string{"pipeopsctl", "install", "--root", t.TempDir(), "--token", "secret"}); code != ExitUsage {
+		t.Fatalf("exit %d; want %d (usage)", code, ExitUsage)
+	}
+	if !strings.Contains(errb.String(), "flag provided but not defined") {
+		t.Errorf("stderr = %q", errb)
+	}
+}
+
+func TestInstallWithoutAnyTokenSaysHowToPassOne(t *testing.T) {
+	pathSystemctl(t)
+	e, _, errb := testEnv(t, nil, "", nil)
+	if code := run(context.Background(), e, []string{"pipeopsctl", "install", "--root", t.TempDir()}); code != ExitError {
+		t.Fatalf("exit %d; want 1", code)
+	}
+	if !strings.Contains(errb.String(), "--token-file") {
+		t.Errorf("stderr = %q; want a --token-file hint", errb)
+	}
+}
+
+func TestUninstallAndServiceCommandsDriveSystemctl(t *testing.T) {
+	calls := pathSystemctl(t)
+	root := t.TempDir()
+	e, _, _ := testEnv(t, nil, "", nil)
+	e.stdin = strings.NewReader("tok\n")
+	if code := run(context.Background(), e, []string{"pipeopsctl", "install", "--root", root}); code != ExitOK {
+		t.Fatal("install failed")
+	}
+	calls()
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"stop"}, []string{"stop_pipeops-agent.service"}},
+		{[]string{"start"}, []string{"start_pipeops-agent.service"}},
+		{[]string{"restart"}, []string{"restart_pipeops-agent.service"}},
+		{[]string{"uninstall", "--purge"}, []string{"is-active_pipeops-agent.service", "stop_pipeops-agent.service", "disable_pipeops-agent.service", "daemon-reload"}},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			e, out, errb := testEnv(t, nil, "", nil)
+			if code := run(context.Background(), e, append(append([]string{"pipeopsctl"}, tc.args...), "--root", root)); code != ExitOK {
+				t.Fatalf("exit %d: %s", code, errb)
+			}
+			if got := calls(); !slices.Equal(got, tc.want) {
+				t.Errorf("systemctl calls = %q; want %q\n%s", got, tc.want, out)
+			}
+		})
+	}
+	if _, err := os.Stat(filepath.Join(root, paths.ConfigDir)); err == nil {
+		t.Error("uninstall --purge left /etc/pipeops behind")
+	}
+}
