@@ -123,9 +123,15 @@ func (s *Server) gatewayURL(r *http.Request) string {
 // binary frames go to the session's binary handler.
 func (s *Server) readLoop(ctx context.Context, sess *Session, gatewayURL string) {
 	closeCode := 0
+	s.mu.Lock()
+	s.live[sess] = true
+	s.mu.Unlock()
 	defer func() {
 		sess.shutdown()
 		s.detach(sess, closeCode)
+		s.mu.Lock()
+		delete(s.live, sess)
+		s.mu.Unlock()
 	}()
 	sess.ws.SetReadLimit(readLimit)
 	extend := func() { _ = sess.ws.SetReadDeadline(time.Now().Add(90 * time.Second)) }

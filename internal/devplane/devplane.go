@@ -32,6 +32,12 @@
 //   - s.AdminHandle(pattern, h): adds an admin endpoint; pattern as for
 //     http.ServeMux, conventionally "GET /admin/<part>/...".
 //   - s.Logger() *slog.Logger.
+//   - RegisterFlags(func(fs *flag.FlagSet) func(*Server) error), from an
+//     init() in the part's file: flags of the pipeops-devplane binary (cmd.go).
+//
+// Tests drive the server directly: Clusters/Cluster (what the admin API
+// shows), SetFaults (handshake status codes, no gateway URL), DropAll,
+// CloseAll, SendGarbage, SendError, Forget.
 //
 // On a *Session (safe for concurrent use):
 //
@@ -94,6 +100,7 @@ type Server struct {
 	mu           sync.Mutex
 	clusters     map[string]*cluster // by cluster id
 	sessions     map[string]*Session // live session per cluster id
+	live         map[*Session]bool   // every open session, registered or not
 	waiters      map[string][]chan struct{}
 	gatewayHooks []func(*Session)
 	typeHandlers map[string]func(*Session, *protocol.Envelope)
@@ -112,6 +119,7 @@ func New(cfg Config) *Server {
 		mux:          http.NewServeMux(),
 		clusters:     map[string]*cluster{},
 		sessions:     map[string]*Session{},
+		live:         map[*Session]bool{},
 		waiters:      map[string][]chan struct{}{},
 		typeHandlers: map[string]func(*Session, *protocol.Envelope){},
 	}

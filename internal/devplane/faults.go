@@ -66,10 +66,7 @@ func (s *Server) faultNoGateway() bool {
 // DropAll ends every live session without a close frame, as a crash would.
 func (s *Server) DropAll() {
 	s.mu.Lock()
-	all := make([]*Session, 0, len(s.sessions))
-	for _, sess := range s.sessions {
-		all = append(all, sess)
-	}
+	all := s.liveSessions()
 	s.mu.Unlock()
 	for _, sess := range all {
 		sess.Drop()
@@ -100,4 +97,13 @@ func (s *Server) Forget(clusterID string) {
 	s.mu.Lock()
 	delete(s.clusters, clusterID)
 	s.mu.Unlock()
+}
+
+// liveSessions lists every open session; s.mu must be held.
+func (s *Server) liveSessions() []*Session {
+	all := make([]*Session, 0, len(s.live))
+	for sess := range s.live {
+		all = append(all, sess)
+	}
+	return all
 }
