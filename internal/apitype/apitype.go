@@ -147,6 +147,9 @@ const (
 	ReleaseInstalling = "installing"
 	ReleaseReady      = "ready"
 	ReleaseFailed     = "failed"
+	// ReleaseSkipped: not installed on purpose (e.g. Traefik when the
+	// cluster already has an ingress controller); Reason says why.
+	ReleaseSkipped = "skipped"
 )
 
 // Release is one Helm release of the monitoring stack.
@@ -159,10 +162,41 @@ type Release struct {
 	State     string    `json:"state"`
 	Reason    string    `json:"reason,omitempty"`
 	UpdatedAt time.Time `json:"updated_at,omitzero"`
+	// Revision is Helm's release revision (0 before the first install).
+	Revision int `json:"revision,omitempty"`
 }
 
 // MonitoringStatus is the monitoring stack.
 type MonitoringStatus struct {
 	Enabled  bool      `json:"enabled"`
 	Releases []Release `json:"releases,omitempty"`
+	// Profile is the size the stack was rendered for (small, medium, large).
+	Profile string `json:"profile,omitempty"`
+	// Endpoints are the advertised in-cluster URLs of ready components
+	// (no credentials).
+	Endpoints []MonitoringEndpoint `json:"endpoints,omitempty"`
+	LastRound time.Time            `json:"last_round,omitzero"`
+	LastError string               `json:"last_error,omitempty"`
+	NextRetry time.Time            `json:"next_retry,omitzero"`
+	// Suspended: uninstalled through the local API; nothing is reinstalled
+	// until "pipeopsctl monitoring install" or a restart.
+	Suspended bool `json:"suspended,omitempty"`
+}
+
+// MonitoringEndpoint is one advertised monitoring URL.
+type MonitoringEndpoint struct {
+	Name string `json:"name"`
+	URL  string `json:"url"`
+}
+
+// MonitoringEvent is one line of the NDJSON stream of
+// POST /v1/monitoring/install and /uninstall: a release's new state, or,
+// on the last line, Done with the final status and Error when it failed.
+type MonitoringEvent struct {
+	Time    time.Time         `json:"time"`
+	Release Release           `json:"release,omitzero"`
+	Message string            `json:"message,omitempty"`
+	Done    bool              `json:"done,omitempty"`
+	Error   string            `json:"error,omitempty"`
+	Status  *MonitoringStatus `json:"status,omitempty"`
 }

@@ -137,9 +137,21 @@ type Gateway struct {
 
 // Monitoring is the Helm-installed monitoring stack (protocol.md §12).
 type Monitoring struct {
-	Enabled   bool     `json:"enabled" yaml:"enabled"`
-	Namespace string   `json:"namespace" yaml:"namespace"`
-	Timeout   Duration `json:"timeout" yaml:"timeout"`
+	Enabled   bool   `json:"enabled" yaml:"enabled"`
+	Namespace string `json:"namespace" yaml:"namespace"`
+	// Timeout bounds each Helm install, upgrade or rollback of one release.
+	Timeout Duration `json:"timeout" yaml:"timeout"`
+	// ReadyTimeout bounds the wait for one release's workloads to become Ready.
+	ReadyTimeout Duration `json:"ready_timeout" yaml:"ready_timeout"`
+	// Profile sizes the stack: auto (from summed node allocatable), small, medium or large.
+	Profile string `json:"profile" yaml:"profile"`
+	// ChartsDir is the air-gapped mode: every chart is read from this
+	// directory (<chart>-<version>.tgz, <chart>.tgz or <chart>/), never downloaded.
+	ChartsDir string `json:"charts_dir,omitempty" yaml:"charts_dir"`
+	// CacheDir holds Helm's repository cache and registry config
+	// (default $CACHE_DIRECTORY/helm or /var/cache/pipeops/helm).
+	CacheDir   string               `json:"cache_dir,omitempty" yaml:"cache_dir"`
+	Components MonitoringComponents `json:"components" yaml:"components"`
 }
 
 // Default is the configuration with nothing set.
@@ -163,7 +175,7 @@ func Default() *Config {
 		},
 		Proxy:      Proxy{MaxInFlight: 256, MaxBufferedBytes: 64 << 20, DefaultTimeout: D(2 * time.Minute)},
 		Gateway:    Gateway{Enabled: true, RefreshInterval: D(4 * time.Hour), ForceTunnelMode: false},
-		Monitoring: Monitoring{Enabled: false, Namespace: "pipeops-monitoring", Timeout: D(10 * time.Minute)},
+		Monitoring: defaultMonitoring(),
 	}
 }
 

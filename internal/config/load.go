@@ -103,6 +103,7 @@ var (
 		"Config": "top level", "Agent": "agent", "PipeOps": "pipeops", "Reconnect": "pipeops.reconnect",
 		"TLS": "pipeops.tls", "Kubernetes": "kubernetes", "Logging": "logging", "Tunnel": "tunnel",
 		"Forward": "tunnel.forwards[]", "Proxy": "proxy", "Gateway": "gateway", "Monitoring": "monitoring",
+		"MonitoringComponents": "monitoring.components", "MonitoringComponent": "monitoring.components.<name>",
 	}
 )
 

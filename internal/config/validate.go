@@ -101,6 +101,7 @@ func (c *Config) Validate() error {
 	if !reDNSLabel.MatchString(c.Monitoring.Namespace) {
 		add("monitoring.namespace", c.Monitoring.Namespace, fmt.Errorf("must be a DNS label"))
 	}
+	c.Monitoring.validate(add)
 	if c.Kubernetes.ClusterDomain == "" || strings.HasPrefix(c.Kubernetes.ClusterDomain, ".") {
 		add("kubernetes.cluster_domain", c.Kubernetes.ClusterDomain, fmt.Errorf("must be a domain such as cluster.local"))
 	}
