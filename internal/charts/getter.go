@@ -81,4 +81,6 @@ func (c clientConfig) ClientConfig() (*rest.Config, error) { return rest.CopyCon
 func (c clientConfig) Namespace() (string, bool, error) { return c.g.namespace, true, nil }
 
 // ConfigAccess points at no file: nothing may fall back to $HOME/.kube/config.
-func (c clientConfig) ConfigAccess() clientcmd.ConfigAccess { return &clientcmd.ClientConfigLoadingRules{} }
+func (c clientConfig) ConfigAccess() clientcmd.ConfigAccess {
+	return &clientcmd.ClientConfigLoadingRules{}
+}

@@ -118,7 +118,9 @@ func TestMonitoringValidateAccepts(t *testing.T) {
 		{"an oci chart", func(m *Monitoring) {
 			m.Components.Traefik.Repo, m.Components.Traefik.Chart = "", "oci://ghcr.io/traefik/helm/traefik"
 		}},
-		{"a local chart", func(m *Monitoring) { m.Components.Loki.Chart, m.Components.Loki.Repo = "/opt/charts/loki-stack-2.10.2.tgz", "" }},
+		{"a local chart", func(m *Monitoring) {
+			m.Components.Loki.Chart, m.Components.Loki.Repo = "/opt/charts/loki-stack-2.10.2.tgz", ""
+		}},
 		{"air-gapped without repos", func(m *Monitoring) {
 			m.ChartsDir = "/opt/charts"
 			for _, c := range m.Components.Each() {
