@@ -142,9 +142,14 @@ func dialWS(ctx context.Context, rawURL string, hdr http.Header, protos []string
 	if tlsConf != nil {
 		tlsConf = tlsConf.Clone()
 	}
+	dial := (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext
+	proxy := http.ProxyFromEnvironment
+	if t.dial != nil {
+		dial, proxy = t.dial, nil
+	}
 	d := websocket.Dialer{
-		Proxy:             http.ProxyFromEnvironment,
-		NetDialContext:    (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext,
+		Proxy:             proxy,
+		NetDialContext:    dial,
 		TLSClientConfig:   tlsConf,
 		HandshakeTimeout:  handshake,
 		Subprotocols:      protos,

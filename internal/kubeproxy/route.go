@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/pipeops/pipeops-vm-agent/internal/logging"
 	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
@@ -24,10 +26,16 @@ type target struct {
 	host   string // Host header to send; "" uses the URL's host
 	what   string // names the backend in messages
 	kube   bool   // the Kubernetes API server
+	// dial, when set, connects instead of a DNS lookup of url.Host.
+	dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// dropAuth removes the control plane's Authorization (the API server
 	// service proxy authenticates with the agent's own identity).
 	dropAuth bool
 }
+
+// resolveTimeout bounds a Service lookup (the resolver waits for its first
+// cache sync); past it the API server service proxy is used.
+const resolveTimeout = 5 * time.Second
 
 var serviceName = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 
@@ -145,7 +153,9 @@ func (p *Proxy) serviceTarget(ctx context.Context, req *protocol.ProxyRequest, r
 	}
 	name := fmt.Sprintf("service %s/%s:%d", ref.Namespace, ref.Name, ref.Port)
 	if p.o.Resolver != nil {
-		hostport, err := p.o.Resolver.Resolve(ctx, ref.Namespace, ref.Name, ref.Port)
+		rctx, cancel := context.WithTimeout(ctx, resolveTimeout)
+		hostport, err := p.o.Resolver.Resolve(rctx, ref.Namespace, ref.Name, ref.Port)
+		cancel()
 		if err == nil {
 			host := req.Headers.Get("Host")
 			if host == "" {
@@ -155,9 +165,13 @@ func (p *Proxy) serviceTarget(ctx context.Context, req *protocol.ProxyRequest, r
 				}
 			}
 			u := &url.URL{Scheme: scheme, Host: hostport}
+			t := &target{url: u, client: p.clients.service(), host: host, what: name + " (" + hostport + ")"}
+			if d, ok := p.o.Resolver.(ServiceDialer); ok {
+				u.Host, t.client = serviceHost(ref, p.o.ClusterDomain), p.clients.dialing(d)
+				t.dial = p.clients.viaDial
+			}
 			setPath(u, "", path, req.Path)
-			return &target{url: u, client: p.clients.service(),
-				host: host, what: name + " (" + hostport + ")"}, nil
+			return t, nil
 		}
 		p.log.Debug("service not resolved; using the API server service proxy", "service", name, logging.KeyErr, err)
 	}

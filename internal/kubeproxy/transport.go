@@ -1,6 +1,8 @@
 package kubeproxy
 
 import (
+	"bytes"
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -8,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -42,6 +45,48 @@ type clientCache struct {
 
 	svcOnce sync.Once
 	svc     *http.Client
+
+	viaOnce sync.Once
+	via     *http.Client
+	viaDial func(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// ServiceDialer dials a Service port with the resolver's own fallbacks
+// (svcresolve.Resolver: ClusterIP, then ready endpoints). When the
+// Resolver also implements it, Service calls dial through it.
+type ServiceDialer interface {
+	Dial(ctx context.Context, network, namespace, name string, port int) (net.Conn, string, error)
+}
+
+// serviceHost is the connection-pool key of a Service dialed through a
+// ServiceDialer; it is never looked up in DNS.
+func serviceHost(ref ServiceRef, domain string) string {
+	return net.JoinHostPort(ref.Name+"."+ref.Namespace+".svc."+domain, strconv.Itoa(ref.Port))
+}
+
+// dialing is the Service client whose connections come from d.
+func (cc *clientCache) dialing(d ServiceDialer) *http.Client {
+	cc.viaOnce.Do(func() {
+		t := serviceTransport()
+		cc.viaDial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			host, port, err := net.SplitHostPort(addr)
+			if err != nil {
+				return nil, err
+			}
+			parts := strings.SplitN(host, ".", 3)
+			n, err := strconv.Atoi(port)
+			if len(parts) < 3 || err != nil {
+				return nil, fmt.Errorf("not a Service address: %s", addr)
+			}
+			dctx, cancel := context.WithTimeout(ctx, dialTimeout)
+			defer cancel()
+			c, _, err := d.Dial(dctx, network, parts[1], parts[0], n)
+			return c, err
+		}
+		t.DialContext = cc.viaDial
+		cc.via = &http.Client{Transport: t, CheckRedirect: noRedirects}
+	})
+	return cc.via
 }
 
 func (cc *clientCache) kube(cfg *rest.Config) (*kubeClients, error) {
@@ -50,7 +95,7 @@ func (cc *clientCache) kube(cfg *rest.Config) (*kubeClients, error) {
 	}
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
-	if cc.cur != nil && cc.cur.cfg == cfg {
+	if cc.cur != nil && (cc.cur.cfg == cfg || sameIdentity(cc.cur.cfg, cfg)) {
 		return cc.cur, nil
 	}
 	kc, err := buildKubeClients(cfg)
@@ -63,6 +108,19 @@ func (cc *clientCache) kube(cfg *rest.Config) (*kubeClients, error) {
 	}
 	cc.cur = kc
 	return kc, nil
+}
+
+// sameIdentity reports whether two configs reach the same server with the
+// same credentials. The kube manager hands out a fresh copy per call (the
+// token may be re-minted), so pointer identity is not enough.
+func sameIdentity(a, b *rest.Config) bool {
+	return a.Host == b.Host && a.APIPath == b.APIPath && a.BearerToken == b.BearerToken && a.BearerTokenFile == b.BearerTokenFile &&
+		a.Username == b.Username && a.Password == b.Password && a.Insecure == b.Insecure && a.ServerName == b.ServerName &&
+		a.CAFile == b.CAFile && a.CertFile == b.CertFile && a.KeyFile == b.KeyFile &&
+		bytes.Equal(a.CAData, b.CAData) && bytes.Equal(a.CertData, b.CertData) && bytes.Equal(a.KeyData, b.KeyData) &&
+		a.ExecProvider == nil && b.ExecProvider == nil && a.AuthProvider == nil && b.AuthProvider == nil &&
+		a.Transport == nil && b.Transport == nil && a.WrapTransport == nil && b.WrapTransport == nil &&
+		a.Dial == nil && b.Dial == nil && a.Proxy == nil && b.Proxy == nil
 }
 
 func buildKubeClients(cfg *rest.Config) (*kubeClients, error) {
@@ -151,16 +209,19 @@ func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastR
 // verification (§6.3), no total timeout.
 func (cc *clientCache) service() *http.Client {
 	cc.svcOnce.Do(func() {
-		t := &http.Transport{
-			DialContext:           (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext,
-			TLSClientConfig:       &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // in-cluster backends use self-signed certs (§6.3)
-			TLSHandshakeTimeout:   dialTimeout,
-			MaxIdleConnsPerHost:   64,
-			IdleConnTimeout:       90 * time.Second,
-			ExpectContinueTimeout: time.Second,
-			DisableCompression:    true,
-		}
-		cc.svc = &http.Client{Transport: t, CheckRedirect: noRedirects}
+		cc.svc = &http.Client{Transport: serviceTransport(), CheckRedirect: noRedirects}
 	})
 	return cc.svc
+}
+
+func serviceTransport() *http.Transport {
+	return &http.Transport{
+		DialContext:           (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext,
+		TLSClientConfig:       &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // in-cluster backends use self-signed certs (§6.3)
+		TLSHandshakeTimeout:   dialTimeout,
+		MaxIdleConnsPerHost:   64,
+		IdleConnTimeout:       90 * time.Second,
+		ExpectContinueTimeout: time.Second,
+		DisableCompression:    true,
+	}
 }
