@@ -1,7 +1,38 @@
 package daemon
 
-// kubePart holds what the kube wiring builds. Owned by wire_kube.go.
-type kubePart struct{}
+import (
+	"context"
+	"os"
 
-// wireKube builds and registers the kube subsystem.
-func (d *Daemon) wireKube() error { return nil }
+	"github.com/pipeops/pipeops-vm-agent/internal/apitype"
+	"github.com/pipeops/pipeops-vm-agent/internal/kube"
+	"github.com/pipeops/pipeops-vm-agent/internal/logging"
+)
+
+// kubePart holds what the kube wiring builds. Owned by wire_kube.go.
+// Later parts read d.kubePart.mgr: AdminConfig (Helm only), ProxyConfig and
+// Clientset/WaitClientset (ServiceAccount identity), Version, Credentials,
+// CredentialsChanged and Telemetry.
+type kubePart struct {
+	mgr *kube.Manager
+}
+
+// wireKube builds the Kubernetes manager: kubeconfig discovery, the agent's
+// own ServiceAccount and RBAC, its token, the API probe behind the
+// "kubernetes" health condition, and heartbeat telemetry.
+func (d *Daemon) wireKube() error {
+	opts := []kube.Option{kube.WithHealth(d.health)}
+	if d.cfg.Monitoring.Enabled {
+		ns := d.cfg.Monitoring.Namespace
+		if ns == "" {
+			ns = kube.DefaultMonitoringNS
+		}
+		opts = append(opts, kube.WithMonitoringNamespace(ns))
+	}
+	d.kubePart.mgr = kube.New(d.cfg.Kubernetes, os.Getenv, d.log.With(logging.KeyComponent, "kube"), d.reg, opts...)
+	d.addSubsystem("kubernetes", d.kubePart.mgr.Run)
+	d.fillers = append(d.fillers, func(ctx context.Context, st *apitype.StatusResponse) {
+		st.Kubernetes = d.kubePart.mgr.Status(ctx)
+	})
+	return nil
+}

@@ -1,0 +1,402 @@
+// Package kube gives the agent its access to the local Kubernetes cluster in
+// host mode: it discovers the admin kubeconfig (configured path, then
+// PIPEOPS_KUBECONFIG, KUBECONFIG and the k3s, rke2, kubeadm and microk8s
+// defaults), uses that admin identity only to bootstrap the agent's own
+// ServiceAccount and RBAC (protocol.md §14.3) and for Helm, mints the token
+// sent as k8s_service_token, probes the API server and reports the result
+// to health, and keeps the cluster figures for heartbeats. Everything the
+// control plane asks for runs as the ServiceAccount (ProxyConfig), never
+// as the admin.
+package kube
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/pipeops/pipeops-vm-agent/internal/apitype"
+	"github.com/pipeops/pipeops-vm-agent/internal/config"
+	"github.com/pipeops/pipeops-vm-agent/internal/health"
+	"github.com/pipeops/pipeops-vm-agent/internal/logging"
+)
+
+// Option adjusts a Manager.
+type Option func(*Manager)
+
+// WithHealth reports the health.Kubernetes condition to tr.
+func WithHealth(tr *health.Tracker) Option { return func(m *Manager) { m.health = tr } }
+
+// WithMonitoringNamespace also reconciles Role pipeops-agent-monitoring-proxy
+// (services/proxy) in ns; "" leaves it out. Call with the monitoring
+// namespace when monitoring is enabled.
+func WithMonitoringNamespace(ns string) Option {
+	return func(m *Manager) { m.names.MonitoringNamespace = ns }
+}
+
+// WithNames places the agent's objects elsewhere (tests on a shared cluster).
+func WithNames(n Names) Option { return func(m *Manager) { m.names = n.withDefaults() } }
+
+// WithWellKnownKubeconfigs replaces WellKnownKubeconfigs (tests).
+func WithWellKnownKubeconfigs(c []Candidate) Option { return func(m *Manager) { m.wellKnown = c } }
+
+// WithClock injects the clock that drives token renewal and caches (tests).
+func WithClock(now func() time.Time) Option { return func(m *Manager) { m.now = now } }
+
+// WithIntervals sets the probe interval while healthy, the retry interval
+// while failing, and how long to wait for the token controller to fill the
+// token Secret before falling back to TokenRequest. Zero keeps a default.
+func WithIntervals(probe, retry, tokenWait time.Duration) Option {
+	return func(m *Manager) {
+		if probe > 0 {
+			m.probeEvery = probe
+		}
+		if retry > 0 {
+			m.retryEvery = retry
+		}
+		if tokenWait > 0 {
+			m.tokenWait = tokenWait
+		}
+	}
+}
+
+// Manager owns the agent's view of the cluster. Build it with New, run it
+// with Run; the accessors are safe for concurrent use at any time.
+type Manager struct {
+	cfg        config.Kubernetes
+	getenv     func(string) string
+	log        *slog.Logger
+	health     *health.Tracker
+	names      Names
+	wellKnown  []Candidate
+	now        func() time.Time
+	probeEvery time.Duration
+	retryEvery time.Duration
+	tokenWait  time.Duration
+	reconcile  time.Duration
+	metrics    *metrics
+
+	ready     chan struct{} // closed when credentials are first set
+	readyOnce sync.Once
+	probed    chan struct{} // closed after the first probe
+	probeOnce sync.Once
+
+	mu          sync.Mutex
+	source      Candidate
+	admin       *rest.Config
+	adminCS     kubernetes.Interface
+	base        *rest.Config // server + CA, no credentials
+	saCS        kubernetes.Interface
+	cred        creds
+	credWaiters []chan struct{}
+	reachable   bool
+	version     string
+	lastErr     string
+	checkedAt   time.Time
+	reconciled  time.Time
+	tokenMode   string // TokenFromSecret until the token controller fails to fill the Secret
+	tel         *telemetry
+}
+
+// New builds a Manager. It does no I/O and starts nothing. getenv is
+// os.Getenv outside tests; reg may be nil.
+func New(cfg config.Kubernetes, getenv func(string) string, log *slog.Logger, reg prometheus.Registerer, opts ...Option) *Manager {
+	m := &Manager{
+		cfg: cfg, getenv: getenv, log: log, wellKnown: WellKnownKubeconfigs, now: time.Now,
+		names:      Names{Namespace: cfg.Namespace}.withDefaults(),
+		probeEvery: 10 * time.Second, retryEvery: 2 * time.Second, tokenWait: 20 * time.Second,
+		reconcile: 10 * time.Minute, ready: make(chan struct{}), probed: make(chan struct{}),
+		tokenMode: TokenFromSecret,
+	}
+	for _, o := range opts {
+		o(m)
+	}
+	m.metrics = newMetrics(reg)
+	return m
+}
+
+// Run discovers the kubeconfig, then probes, bootstraps and keeps the token
+// fresh until ctx ends. Failures are retried and reported to health, never
+// returned: the agent keeps running while the API server is down.
+func (m *Manager) Run(ctx context.Context) error {
+	m.setHealth(false, "looking for a kubeconfig")
+	for m.AdminConfig() == nil {
+		admin, src, err := Discover(Candidates(m.cfg, m.getenv, m.wellKnown))
+		if err == nil {
+			m.setAdmin(admin, src)
+			m.log.Info("using kubeconfig", logging.KeyPath, src.Path, "source", src.Source, logging.KeyURL, admin.Host)
+			break
+		}
+		m.fail(err.Error())
+		if !sleep(ctx, 30*time.Second) {
+			return nil
+		}
+	}
+	for {
+		ok := m.step(ctx)
+		wait := m.probeEvery
+		if !ok {
+			wait = m.retryEvery
+		}
+		if !sleep(ctx, wait) {
+			return nil
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+func (m *Manager) setAdmin(admin *rest.Config, src Candidate) {
+	admin = rest.CopyConfig(admin)
+	admin.UserAgent = "pipeops-agent"
+	if admin.QPS == 0 {
+		admin.QPS, admin.Burst = 20, 40
+	}
+	cs, err := kubernetes.NewForConfig(admin)
+	base := saBase(admin)
+	sa := rest.CopyConfig(base)
+	sa.WrapTransport = func(rt http.RoundTripper) http.RoundTripper { return &tokenTransport{token: m.token, next: rt} }
+	saCS, err2 := kubernetes.NewForConfig(sa)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.source, m.admin, m.base = src, admin, base
+	if err == nil && err2 == nil {
+		m.adminCS, m.saCS = cs, saCS
+	}
+}
+
+func (m *Manager) token() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.cred.token
+}
+
+// step is one probe-and-reconcile round; it reports whether all is well.
+func (m *Manager) step(ctx context.Context) bool {
+	m.mu.Lock()
+	cs := m.adminCS
+	m.mu.Unlock()
+	if cs == nil {
+		m.fail("cannot build a client from the kubeconfig")
+		return false
+	}
+	v, err := probe(ctx, cs)
+	if err != nil {
+		m.unreachable(err)
+		m.probeOnce.Do(func() { close(m.probed) })
+		return false
+	}
+	m.mu.Lock()
+	m.reachable, m.version, m.checkedAt = true, v, m.now()
+	due := m.reconciled.IsZero() || m.now().Sub(m.reconciled) >= m.reconcile
+	m.mu.Unlock()
+	m.probeOnce.Do(func() { close(m.probed) })
+	m.metrics.up.Set(1)
+
+	if due {
+		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		n, err := Bootstrap(rctx, cs, m.names)
+		cancel()
+		if err != nil {
+			m.fail("bootstrap of the agent's ServiceAccount and RBAC failed: " + err.Error())
+			return false
+		}
+		if n > 0 {
+			m.log.Info("reconciled the agent's ServiceAccount and RBAC", logging.KeyCount, n, "namespace", m.names.Namespace)
+			m.metrics.reconciled.Add(float64(n))
+		}
+		m.mu.Lock()
+		m.reconciled = m.now()
+		m.mu.Unlock()
+	}
+	if err := m.ensureCredentials(ctx); err != nil {
+		m.fail("ServiceAccount token: " + err.Error())
+		return false
+	}
+	m.startTelemetry(ctx)
+	m.mu.Lock()
+	m.lastErr = ""
+	m.mu.Unlock()
+	m.setHealth(true, "")
+	return true
+}
+
+// probe asks /readyz and /version with the admin identity.
+func probe(ctx context.Context, cs kubernetes.Interface) (string, error) {
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	rc := cs.Discovery().RESTClient()
+	if _, err := rc.Get().AbsPath("/readyz").Do(pctx).Raw(); err != nil {
+		return "", err
+	}
+	raw, err := rc.Get().AbsPath("/version").Do(pctx).Raw()
+	if err != nil {
+		return "", err
+	}
+	var info struct {
+		GitVersion string `json:"gitVersion"`
+	}
+	if err := json.Unmarshal(raw, &info); err != nil {
+		return "", fmt.Errorf("decode /version: %w", err)
+	}
+	if info.GitVersion == "" {
+		return "", errors.New("API server reported no version")
+	}
+	return info.GitVersion, nil
+}
+
+func (m *Manager) unreachable(err error) {
+	m.mu.Lock()
+	m.reachable, m.checkedAt = false, m.now()
+	m.mu.Unlock()
+	m.metrics.up.Set(0)
+	m.metrics.probeFailures.Inc()
+	m.fail("API server unreachable: " + err.Error())
+}
+
+// fail records a failure reason for health, status and the log (on change only).
+func (m *Manager) fail(reason string) {
+	m.mu.Lock()
+	changed := m.lastErr != reason
+	m.lastErr = reason
+	m.mu.Unlock()
+	if changed {
+		m.log.Warn("kubernetes not ready", logging.KeyErr, reason)
+	}
+	m.setHealth(false, reason)
+}
+
+func (m *Manager) setHealth(ok bool, reason string) {
+	if m.health != nil {
+		m.health.Set(health.Kubernetes, ok, reason)
+	}
+}
+
+// AdminConfig is the discovered admin identity, for bootstrap and Helm
+// only; nil until a kubeconfig is found. The caller gets its own copy.
+func (m *Manager) AdminConfig() *rest.Config {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.admin == nil {
+		return nil
+	}
+	return rest.CopyConfig(m.admin)
+}
+
+// ProxyConfig is the ServiceAccount identity (server, CA and the current
+// token; never the admin's credentials) for proxied calls. nil until the
+// first token is minted. Ask again per request: the token may be re-minted.
+func (m *Manager) ProxyConfig() *rest.Config {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.base == nil || m.cred.token == "" {
+		return nil
+	}
+	return withToken(m.base, m.cred.token)
+}
+
+// Clientset is a clientset with the ServiceAccount identity, for informers
+// (Ingresses, Services, EndpointSlices, nodes, pods). It always sends the
+// current token, so it survives re-minting. nil until the first token.
+func (m *Manager) Clientset() kubernetes.Interface {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.cred.token == "" {
+		return nil
+	}
+	return m.saCS
+}
+
+// WaitClientset blocks until Clientset is available or ctx ends.
+func (m *Manager) WaitClientset(ctx context.Context) (kubernetes.Interface, error) {
+	select {
+	case <-m.ready:
+		return m.Clientset(), nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("waiting for the Kubernetes ServiceAccount: %w", ctx.Err())
+	}
+}
+
+// Version is the API server's GitVersion. It waits for the first probe and
+// returns an error while the API server is unreachable; it never guesses.
+func (m *Manager) Version(ctx context.Context) (string, error) {
+	select {
+	case <-m.probed:
+	case <-ctx.Done():
+		return "", fmt.Errorf("kubernetes version: %w", ctx.Err())
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.reachable {
+		return "", errors.New("kubernetes version unknown: " + m.lastErr)
+	}
+	return m.version, nil
+}
+
+// Telemetry is the heartbeat's cluster figures, from informer caches
+// (recomputed at most every 15 s). It fails until the caches synced once.
+func (m *Manager) Telemetry(ctx context.Context) (Telemetry, error) {
+	m.mu.Lock()
+	tel, v := m.tel, m.version
+	m.mu.Unlock()
+	if tel == nil {
+		return Telemetry{}, errors.New("kubernetes telemetry not started: " + m.reason())
+	}
+	t, err := tel.get(ctx)
+	if err != nil {
+		return Telemetry{}, err
+	}
+	t.K8sVersion = v
+	return t, nil
+}
+
+func (m *Manager) reason() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.lastErr != "" {
+		return m.lastErr
+	}
+	return "waiting for the first probe"
+}
+
+// Status is the Kubernetes section of the local status snapshot.
+func (m *Manager) Status(ctx context.Context) apitype.KubeStatus {
+	m.mu.Lock()
+	st := apitype.KubeStatus{Reachable: m.reachable, Kubeconfig: m.source.Path, Version: m.version,
+		LastError: m.lastErr, CheckedAt: m.checkedAt}
+	if m.admin != nil {
+		st.Server = m.admin.Host
+	}
+	m.mu.Unlock()
+	if t, err := m.Telemetry(ctx); err == nil {
+		st.Nodes, st.Pods, st.CPUUsage, st.MemoryUsage, st.UsageSource = t.Nodes, t.Pods, t.CPUUsage, t.MemoryUsage, t.UsageSource
+	}
+	return st
+}
+
+func (m *Manager) startTelemetry(ctx context.Context) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.tel != nil || m.saCS == nil {
+		return
+	}
+	m.tel = newTelemetry(m.saCS, m.now, 15*time.Second)
+	m.tel.start(ctx)
+}
