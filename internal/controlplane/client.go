@@ -34,6 +34,13 @@ type Cluster interface {
 	Telemetry(ctx context.Context) (Telemetry, error)
 }
 
+// CredentialsWatcher is optionally implemented by a Cluster whose
+// credentials can rotate: the returned channel closes at the next change,
+// and the link then registers again with cluster_id (§8.6).
+type CredentialsWatcher interface {
+	CredentialsChanged() <-chan struct{}
+}
+
 // Telemetry is the cluster part of heartbeat.metadata (§4.2).
 type Telemetry struct {
 	K8sVersion  string

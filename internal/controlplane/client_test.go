@@ -275,3 +275,19 @@ func TestWorkerJoinIsSentForK3sServersAndNeverLogged(t *testing.T) {
 		t.Fatal("the k3s token reached the log")
 	}
 }
+
+func TestRotatedCredentialsAreRegisteredAtOnce(t *testing.T) {
+	p := startPlane(t)
+	cl := &fakeCluster{version: "v1.36.3", token: "t1"}
+	a := newAgent(t, testConfig(p.url()), nil, cl, nil)
+	a.start(t)
+	eventually(t, 5*time.Second, "first heartbeat", heartbeating(p, devplane.KindGateway, 1))
+	cl.rotate("t2")
+	eventually(t, 5*time.Second, "second registration carrying the new token", func() bool {
+		c, _ := onlyCluster(p)
+		return c.Registrations == 2 && c.Connected
+	})
+	if a.st.Get().ClusterToken != "t2" {
+		t.Fatalf("persisted token = %q; want t2", a.st.Get().ClusterToken)
+	}
+}

@@ -28,6 +28,27 @@ type fakeCluster struct {
 	version string
 	verErr  error
 	token   string
+	changed chan struct{}
+}
+
+func (f *fakeCluster) CredentialsChanged() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.changed == nil {
+		f.changed = make(chan struct{})
+	}
+	return f.changed
+}
+
+// rotate replaces the token and signals the change.
+func (f *fakeCluster) rotate(token string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.token = token
+	if f.changed != nil {
+		close(f.changed)
+	}
+	f.changed = make(chan struct{})
 }
 
 func (f *fakeCluster) Version(context.Context) (string, error) {

@@ -190,8 +190,17 @@ func (c *Client) serve(ctx context.Context, cn *conn) outcome {
 	}
 	t := time.NewTicker(c.cfg.Agent.HeartbeatInterval.Std())
 	defer t.Stop()
+	var credsChanged <-chan struct{}
+	if w, ok := c.cluster.(CredentialsWatcher); ok {
+		credsChanged = w.CredentialsChanged()
+	}
 	for {
 		select {
+		case <-credsChanged:
+			// The next attempt sees a new fingerprint and registers with cluster_id.
+			c.log.Info("Kubernetes credentials changed; registering again")
+			cn.close(websocket.CloseNormalClosure, "credentials changed")
+			return outcome{next: true, up: time.Since(start)}
 		case <-ctx.Done():
 			cn.close(websocket.CloseNormalClosure, "agent shutting down")
 			return outcome{up: time.Since(start)}
