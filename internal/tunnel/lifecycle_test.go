@@ -1,0 +1,181 @@
+package tunnel
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/pipeops/pipeops-vm-agent/internal/devplane"
+)
+
+func TestAReconnectMidTransferErrorsTheStreamAndNewStreamsWork(t *testing.T) {
+	// A target that streams forever.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 32<<10)
+				for {
+					if _, err := c.Write(buf); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	echo := echoServer(t)
+	r := startRig(t, Config{Forwards: map[string]string{"firehose": ln.Addr().String(), "echo": echo}}, nil, devplane.TunnelOptions{})
+	c := r.open(t, devplane.TunnelTarget{Service: "firehose"})
+	if _, err := io.ReadFull(c, make([]byte, 1<<20)); err != nil {
+		t.Fatalf("transfer did not start: %v", err)
+	}
+
+	r.plane.DropAll() // the WebSocket dies mid-transfer
+
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	n, err := io.Copy(io.Discard, c)
+	if err == nil {
+		t.Logf("old stream ended with EOF after %d more bytes", n)
+	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatalf("old stream hung instead of failing: %v", err)
+	}
+	eventually(t, 10*time.Second, "the agent dropped the old stream", func() bool { return r.mgr.Status().ActiveStreams == 0 })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := r.plane.WaitTunnel(ctx, ""); err != nil {
+		t.Fatalf("no new tunnel after reconnect: %v", err)
+	}
+	e := r.open(t, devplane.TunnelTarget{Service: "echo"})
+	if _, err := e.Write([]byte("after reconnect")); err != nil {
+		t.Fatal(err)
+	}
+	_ = e.Close()
+	got, err := io.ReadAll(e)
+	if err != nil || string(got) != "after reconnect" {
+		t.Fatalf("new stream echo = %q, %v", got, err)
+	}
+	if !r.mgr.Status().Active {
+		t.Error("status says inactive after the new session started")
+	}
+}
+
+func TestAGatewayListenerCarriesHTTPToTheAgentsOwnServer(t *testing.T) {
+	// The operator asks the gateway for a forward; curl on its local port
+	// reaches the agent-http forward (the agent's HTTP server).
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "agent says hi to %s", r.URL.Path)
+	})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	defer srv.Close()
+	r := startRig(t, Config{Forwards: map[string]string{"agent-http": ln.Addr().String()}}, nil, devplane.TunnelOptions{})
+	spec, err := devplane.ParseForwardFlag("agent-http")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := r.plane.TunnelListen(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.plane.CloseTunnelListener(info.ID)
+	for i := 0; i < 3; i++ { // new connection each time
+		resp, err := (&http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}).Get("http://" + info.Addr + "/health")
+		if err != nil {
+			t.Fatalf("GET through the gateway listener: %v", err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(body) != "agent says hi to /health" {
+			t.Fatalf("body = %q", body)
+		}
+	}
+}
+
+func TestUDPDatagramsCrossTheTunnelFramedAndUnframed(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	go func() { // UDP echo with a prefix
+		buf := make([]byte, 65535)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = pc.WriteTo(append([]byte("echo:"), buf[:n]...), from)
+		}
+	}()
+	for _, tc := range []struct {
+		name   string
+		framed bool
+	}{{"unframed, as the reference gateway", false}, {"length-prefixed when the gateway advertises it", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := startRig(t, Config{Forwards: map[string]string{"dns": pc.LocalAddr().String()}}, nil, devplane.TunnelOptions{UDPFraming: tc.framed})
+			info, err := r.plane.TunnelListen(devplane.ListenSpec{TunnelTarget: devplane.TunnelTarget{Protocol: "udp", Service: "dns"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.plane.CloseTunnelListener(info.ID)
+			c, err := net.Dial("udp", info.Addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			// Send datagrams one at a time (unframed UDP merges coalesced
+			// reads, the reference's known limitation), then, framed only,
+			// a burst that must stay separate.
+			for i := 0; i < 3; i++ {
+				msg := []byte(fmt.Sprintf("q%d", i))
+				if _, err := c.Write(msg); err != nil {
+					t.Fatal(err)
+				}
+				_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+				buf := make([]byte, 100)
+				n, err := c.Read(buf)
+				if err != nil || string(buf[:n]) != "echo:"+string(msg) {
+					t.Fatalf("datagram %d: got %q, %v", i, buf[:n], err)
+				}
+			}
+			if !tc.framed {
+				return
+			}
+			for i := 0; i < 20; i++ {
+				_, _ = c.Write(bytes.Repeat([]byte{byte('a' + i)}, 100+i))
+			}
+			seen := map[int]bool{}
+			for len(seen) < 20 {
+				_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+				buf := make([]byte, 1000)
+				n, err := c.Read(buf)
+				if err != nil {
+					t.Fatalf("burst: got %d of 20 datagrams: %v", len(seen), err)
+				}
+				i := n - len("echo:") - 100
+				if i < 0 || i >= 20 || !bytes.Equal(buf[5:n], bytes.Repeat([]byte{byte('a' + i)}, 100+i)) {
+					t.Fatalf("burst datagram merged or split: %d bytes %q", n, buf[:min(n, 40)])
+				}
+				seen[i] = true
+			}
+		})
+	}
+}

@@ -1,0 +1,199 @@
+package tunnel
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"testing"
+	"time"
+)
+
+// blockingBinary is a narrow fake of the control-plane connection whose
+// writes block until ctx ends (a stuck WebSocket writer).
+type blockingBinary struct {
+	ctx    context.Context
+	frames chan []byte
+	block  bool
+}
+
+func (b *blockingBinary) SendBinary(ctx context.Context, data []byte) error {
+	if b.block {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	b.frames <- append([]byte(nil), data...)
+	return nil
+}
+func (b *blockingBinary) Context() context.Context { return b.ctx }
+
+func TestWSConnDeadlinesUnblockReadsAndWrites(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c := NewWSConn(&blockingBinary{ctx: ctx, block: true})
+
+	t.Run("a read past its deadline times out", func(t *testing.T) {
+		_ = c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		_, err := c.Read(make([]byte, 10))
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("read = %v, want deadline exceeded", err)
+		}
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() {
+			t.Fatal("the error is not a net.Error timeout")
+		}
+	})
+	t.Run("moving the read deadline into the past wakes a blocked read", func(t *testing.T) {
+		_ = c.SetReadDeadline(time.Time{})
+		done := make(chan error, 1)
+		go func() { _, err := c.Read(make([]byte, 10)); done <- err }()
+		time.Sleep(20 * time.Millisecond)
+		_ = c.SetReadDeadline(time.Now().Add(-time.Second))
+		select {
+		case err := <-done:
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("read = %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("read stayed blocked")
+		}
+	})
+	t.Run("a stuck write returns when its deadline passes", func(t *testing.T) {
+		_ = c.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
+		if _, err := c.Write([]byte("x")); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("write = %v, want deadline exceeded", err)
+		}
+		if !os.IsTimeout(os.ErrDeadlineExceeded) {
+			t.Fatal("os.IsTimeout must see the write timeout (yamux relies on it)")
+		}
+	})
+	t.Run("a cleared deadline lets data through again", func(t *testing.T) {
+		_ = c.SetReadDeadline(time.Time{})
+		c.Sink([]byte("hello"))
+		buf := make([]byte, 10)
+		n, err := c.Read(buf)
+		if err != nil || string(buf[:n]) != "hello" {
+			t.Fatalf("read = %q, %v", buf[:n], err)
+		}
+	})
+	t.Run("close unblocks a stuck write", func(t *testing.T) {
+		_ = c.SetWriteDeadline(time.Time{})
+		done := make(chan error, 1)
+		go func() { _, err := c.Write([]byte("x")); done <- err }()
+		time.Sleep(20 * time.Millisecond)
+		_ = c.Close()
+		select {
+		case err := <-done:
+			if !errors.Is(err, net.ErrClosed) {
+				t.Fatalf("write = %v, want net.ErrClosed", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("write stayed blocked after Close")
+		}
+	})
+}
+
+func TestWSConnDeliversQueuedFramesInOrderThenEOF(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	c := NewWSConn(&blockingBinary{ctx: ctx, frames: make(chan []byte, 4)})
+	c.Sink([]byte("ab"))
+	c.Sink([]byte("cde"))
+	cancel() // the connection ends; queued bytes still arrive
+	got, err := io.ReadAll(c)
+	if err != nil || string(got) != "abcde" {
+		t.Fatalf("got %q, %v", got, err)
+	}
+}
+
+func TestTheBudgetAlwaysGrantsInitialWindowsButCapsGrowth(t *testing.T) {
+	b := newBudget(1 << 20)
+	a, _ := b.manager()
+	s, _ := b.manager()
+	if err := a.ReserveMemory(256<<10, 255); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.ReserveMemory(768<<10, 128); err != nil {
+		t.Fatalf("growth within the budget refused: %v", err)
+	}
+	if err := s.ReserveMemory(256<<10, 255); err != nil {
+		t.Fatalf("an initial window was refused: %v", err)
+	}
+	if err := s.ReserveMemory(1, 128); err == nil {
+		t.Fatal("growth past the budget was granted")
+	}
+	a.Done()
+	if err := s.ReserveMemory(512<<10, 128); err != nil {
+		t.Fatalf("growth refused after another stream released: %v", err)
+	}
+	s.Done()
+	if u := b.used.Load(); u != 0 {
+		t.Fatalf("used = %d after every stream ended", u)
+	}
+}
+
+func TestHeadersRoundTripAndAnomaliesAreReported(t *testing.T) {
+	cases := []struct {
+		name    string
+		h       Header
+		anomaly bool
+	}{
+		{"a Service over TCP", Header{Version: 1, Protocol: ProtoTCP, Port: 80, Name: "web", Namespace: "default", TunnelID: "t-1"}, false},
+		{"a forward over UDP", Header{Version: 1, Protocol: ProtoUDP, Name: "dns"}, false},
+		{"an unknown version", Header{Version: 2, Protocol: ProtoTCP, Port: 1, Name: "a", Namespace: "b"}, true},
+		{"an unknown protocol", Header{Version: 1, Protocol: 9, Port: 1, Name: "a", Namespace: "b"}, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := tc.h.MarshalBinary()
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := bytes.NewReader(append(b, "payload"...))
+			got, err := ReadHeader(r)
+			if err != nil || got != tc.h {
+				t.Fatalf("ReadHeader = %+v, %v; want %+v", got, err, tc.h)
+			}
+			rest, _ := io.ReadAll(r)
+			if string(rest) != "payload" {
+				t.Fatalf("header read consumed payload: %q left", rest)
+			}
+			if (got.Anomaly() != "") != tc.anomaly {
+				t.Fatalf("anomaly = %q", got.Anomaly())
+			}
+		})
+	}
+}
+
+// FuzzReadHeader: no input panics, over-reads or allocates past the bounds;
+// whatever parses re-encodes to the same bytes.
+func FuzzReadHeader(f *testing.F) {
+	for _, h := range []Header{
+		{Version: 1, Protocol: 1, Port: 80, Name: "web", Namespace: "default", TunnelID: "t"},
+		{Version: 1, Protocol: 2, Name: "dns"},
+	} {
+		b, _ := h.MarshalBinary()
+		f.Add(b)
+	}
+	f.Add([]byte{1, 1, 0})
+	f.Add([]byte{1, 1, 0, 80, 0xff, 0xff})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r := bytes.NewReader(data)
+		h, err := ReadHeader(r)
+		if err != nil {
+			if !errors.Is(err, ErrBadHeader) {
+				t.Fatalf("error %v does not wrap ErrBadHeader", err)
+			}
+			return
+		}
+		consumed := len(data) - r.Len()
+		b, err := h.MarshalBinary()
+		if err != nil {
+			t.Fatalf("parsed header does not re-encode: %v", err)
+		}
+		if !bytes.Equal(b, data[:consumed]) {
+			t.Fatalf("re-encoded %x, parsed from %x", b, data[:consumed])
+		}
+	})
+}
