@@ -286,4 +286,3 @@ func (s *Syncer) record(op string, err error) {
 	}
 	s.setHealth(true, "")
 }
-
