@@ -150,6 +150,10 @@ const (
 	// ReleaseSkipped: not installed on purpose (e.g. Traefik when the
 	// cluster already has an ingress controller); Reason says why.
 	ReleaseSkipped = "skipped"
+	// ReleaseUninstalling and ReleaseUninstalled follow
+	// "pipeopsctl monitoring uninstall".
+	ReleaseUninstalling = "uninstalling"
+	ReleaseUninstalled  = "uninstalled"
 )
 
 // Release is one Helm release of the monitoring stack.

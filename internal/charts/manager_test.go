@@ -382,7 +382,7 @@ func TestUninstallRemovesReleasesAndInstallBringsThemBack(t *testing.T) {
 	if c := m.Calls(); c.Uninstalls != 3 {
 		t.Fatalf("helm calls = %+v; want 3 uninstalls", c)
 	}
-	if !slices.Contains(seen, "loki=installing") || !slices.Contains(seen, "metrics-server=pending") {
+	if !slices.Contains(seen, "loki=uninstalling") || !slices.Contains(seen, "metrics-server=uninstalled") {
 		t.Errorf("uninstall progress = %v; want each release uninstalling then pending", seen)
 	}
 	for _, c := range m.opts.Components {

@@ -136,11 +136,11 @@ func (m *Manager) apply(ctx context.Context, c *Component, h *helmEnv, src sourc
 	}
 	opCtx, cancel := context.WithTimeout(ctx, m.opts.Timeout)
 	defer cancel()
-	verb := "install"
+	verb, doing, done := "install", "installing", "installed"
 	if rel != nil {
-		verb = "upgrade"
+		verb, doing, done = "upgrade", "upgrading", "upgraded"
 	}
-	m.setRelease(c, apitype.ReleaseInstalling, fmt.Sprintf("%sing %s %s (%s)", verb, ch.Metadata.Name, ch.Metadata.Version, why), nil)
+	m.setRelease(c, apitype.ReleaseInstalling, fmt.Sprintf("%s %s %s (%s)", doing, ch.Metadata.Name, ch.Metadata.Version, why), nil)
 	var out *release.Release
 	if rel == nil {
 		out, err = h.install(opCtx, c, ch, vals, labels, m.opts.Timeout)
@@ -152,7 +152,7 @@ func (m *Manager) apply(ctx context.Context, c *Component, h *helmEnv, src sourc
 		m.setRelease(c, apitype.ReleaseFailed, err.Error(), nil)
 		return nil, err
 	}
-	m.log.Info("release "+map[string]string{"install": "installed", "upgrade": "upgraded"}[verb], logging.KeyRelease, c.Release, "namespace", c.Namespace,
+	m.log.Info("release "+done, logging.KeyRelease, c.Release, "namespace", c.Namespace,
 		"chart", ch.Metadata.Name, "version", ch.Metadata.Version, "revision", out.Version, "why", why)
 	return out, nil
 }

@@ -256,7 +256,7 @@ func (m *Manager) Uninstall(ctx context.Context, emit func(apitype.MonitoringEve
 	var errs []error
 	for _, c := range slices.Backward(m.opts.Components) {
 		c := &c
-		m.setRelease(c, apitype.ReleaseInstalling, "uninstalling", nil)
+		m.setRelease(c, apitype.ReleaseUninstalling, "", nil)
 		flush()
 		if err := h.uninstall(c.Namespace, c.Release, m.opts.Timeout); err != nil {
 			err = fmt.Errorf("helm uninstall %s/%s: %w", c.Namespace, c.Release, err)
@@ -265,7 +265,7 @@ func (m *Manager) Uninstall(ctx context.Context, emit func(apitype.MonitoringEve
 			continue
 		}
 		m.log.Info("release uninstalled", logging.KeyRelease, c.Release, "namespace", c.Namespace)
-		m.setRelease(c, apitype.ReleasePending, "uninstalled; \"pipeopsctl monitoring install\" installs it again", func(r *apitype.Release) { r.Revision = 0 })
+		m.setRelease(c, apitype.ReleaseUninstalled, "\"pipeopsctl monitoring install\" installs it again", func(r *apitype.Release) { r.Revision = 0 })
 		flush()
 	}
 	m.setEndpoints(nil)
