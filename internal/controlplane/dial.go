@@ -109,6 +109,10 @@ func newDialer(t config.TLS) (*websocket.Dialer, error) {
 	}, nil
 }
 
+// TLSConfig is the link's TLS configuration (ca_file, client certificate,
+// SPKI pins), for other clients of the same server such as the route REST calls.
+func TLSConfig(t config.TLS) (*tls.Config, error) { return tlsConfig(t) }
+
 func tlsConfig(t config.TLS) (*tls.Config, error) {
 	tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: t.InsecureSkipVerify} //nolint:gosec // opt-in, documented
 	if t.CAFile != "" {

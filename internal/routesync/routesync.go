@@ -234,6 +234,16 @@ func (s *Syncer) Lookup(host string) (namespace, service string, port int, ok bo
 	return s.ctrl.Namespace, s.ctrl.Name, int(s.ctrl.Port), true
 }
 
+// Controller is the detected ingress-controller Service (§6.3 rule 4).
+func (s *Syncer) Controller() (namespace, service string, port int, ok bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if !s.ctrl.found() {
+		return "", "", 0, false
+	}
+	return s.ctrl.Namespace, s.ctrl.Name, int(s.ctrl.Port), true
+}
+
 // RouteCount is the number of managed routes, for heartbeat gateway_routes.
 func (s *Syncer) RouteCount() int {
 	s.mu.RLock()
