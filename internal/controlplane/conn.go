@@ -127,7 +127,12 @@ func (cn *conn) write(ctx context.Context, kind int, data []byte) error {
 	case err := <-f.done:
 		return err
 	case <-cn.ctx.Done():
-		return ErrConnClosed
+		select {
+		case err := <-f.done: // written just before the end
+			return err
+		default:
+			return ErrConnClosed
+		}
 	}
 }
 

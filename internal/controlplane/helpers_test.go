@@ -193,7 +193,12 @@ func (a *agent) start(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	a.cancel, a.done = cancel, make(chan struct{})
 	go func() { defer close(a.done); _ = a.c.Run(ctx) }()
-	t.Cleanup(a.stop)
+	t.Cleanup(func() {
+		a.stop()
+		if t.Failed() {
+			t.Logf("agent log:\n%s", a.logs.String())
+		}
+	})
 }
 
 func (a *agent) stop() {

@@ -120,12 +120,9 @@ func (s *Session) write(ctx context.Context, kind int, data []byte) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	select {
-	case err := <-f.done:
-		return err
-	case <-s.done:
-		return ErrSessionClosed
-	}
+	// The writer took the frame (unbuffered hand-off) and always reports;
+	// a closed socket makes the write fail at once.
+	return <-f.done
 }
 
 // writeLoop is the session's only writer.
