@@ -10,8 +10,15 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/pipeops/pipeops-vm-agent/internal/devplane"
+	"github.com/pipeops/pipeops-vm-agent/internal/kubetest"
+	"github.com/pipeops/pipeops-vm-agent/internal/svcresolve"
 )
+
+func TestMain(m *testing.M) { kubetest.Main(m) }
 
 func TestAReconnectMidTransferErrorsTheStreamAndNewStreamsWork(t *testing.T) {
 	// A target that streams forever.
@@ -178,4 +185,56 @@ func TestUDPDatagramsCrossTheTunnelFramedAndUnframed(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestHTTPReachesAServiceBackedByAHostProcess(t *testing.T) {
+	// The API server rejects loopback endpoints (§15.10), so the Service is
+	// an ExternalName to localhost, resolved by svcresolve through the host
+	// resolver. The gateway's listener names it as service.namespace:port.
+	env := kubetest.Cluster(t)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "service %s", r.Host)
+	})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	defer srv.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	_, err = env.Client.CoreV1().Services(env.Namespace).Create(context.Background(), &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "web"},
+		Spec:       corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "localhost"},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := svcresolve.New(env.Client, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go res.Run(ctx)
+	if err := res.WaitSynced(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	r := startRig(t, Config{}, res, devplane.TunnelOptions{})
+	spec, err := devplane.ParseForwardFlag(fmt.Sprintf("web.%s:%d", env.Namespace, port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := r.plane.TunnelListen(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.plane.CloseTunnelListener(info.ID)
+	client := &http.Client{Timeout: 10 * time.Second}
+	eventually(t, 10*time.Second, "the Service answers through the tunnel", func() bool {
+		resp, err := client.Get("http://" + info.Addr + "/")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode == 200 && string(body) == "service "+info.Addr
+	})
 }

@@ -125,6 +125,9 @@ func New(cfg Config, dialer ServiceDialer, reg prometheus.Registerer, log *slog.
 // Service port `port` of namespace/service (e.g. grafana, prometheus, loki
 // installed by the monitoring stack). A configured forward of the same name wins.
 func (m *Manager) SetServiceForward(name, namespace, service string, port int) {
+	if m == nil { // tunnel disabled
+		return
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if f, ok := m.forwards[name]; ok && f.fromConfigure {
@@ -136,6 +139,9 @@ func (m *Manager) SetServiceForward(name, namespace, service string, port int) {
 
 // Forwards lists the named forwards, sorted by name.
 func (m *Manager) Forwards() []apitype.Forward {
+	if m == nil {
+		return nil
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	out := make([]apitype.Forward, 0, len(m.forwards))

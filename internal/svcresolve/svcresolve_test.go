@@ -1,0 +1,162 @@
+package svcresolve
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"strconv"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/pipeops/pipeops-vm-agent/internal/kubetest"
+)
+
+func TestMain(m *testing.M) { kubetest.Main(m) }
+
+// start runs a Resolver against the test cluster until the test ends.
+func start(t *testing.T, cs kubernetes.Interface) *Resolver {
+	t.Helper()
+	r := New(cs, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = r.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return r
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func createService(t *testing.T, cs kubernetes.Interface, ns string, svc *corev1.Service) {
+	t.Helper()
+	svc.Namespace = ns
+	if _, err := cs.CoreV1().Services(ns).Create(context.Background(), svc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func createSlice(t *testing.T, cs kubernetes.Interface, ns, svc, name string, ports []discoveryv1.EndpointPort, eps ...discoveryv1.Endpoint) {
+	t.Helper()
+	s := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: name, Namespace: ns, Labels: map[string]string{discoveryv1.LabelServiceName: svc}},
+		AddressType: discoveryv1.AddressTypeIPv4, Ports: ports, Endpoints: eps,
+	}
+	if _, err := cs.DiscoveryV1().EndpointSlices(ns).Create(context.Background(), s, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// resolveEventually retries until the informers saw the objects.
+func resolveEventually(t *testing.T, r *Resolver, network, ns, name string, port int, want string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	var got string
+	var err error
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		got, err = r.ResolveNetwork(ctx, network, ns, name, port)
+		cancel()
+		if err == nil && got == want {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("Resolve(%s/%s:%d %s) = %q, %v; want %q", ns, name, port, network, got, err, want)
+}
+
+func TestServicesResolveToClusterIPEndpointsOrExternalNames(t *testing.T) {
+	env := kubetest.Cluster(t)
+	cs, ns := env.Client, env.Namespace
+	createService(t, cs, ns, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "web"}, Spec: corev1.ServiceSpec{
+		Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt(8080)}, {Name: "dns", Port: 53, Protocol: corev1.ProtocolUDP}}}})
+	createService(t, cs, ns, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "db"}, Spec: corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone,
+		Ports: []corev1.ServicePort{{Name: "pg", Port: 5432}, {Name: "metrics", Port: 9187}}}})
+	createService(t, cs, ns, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "outside"}, Spec: corev1.ServiceSpec{
+		Type: corev1.ServiceTypeExternalName, ExternalName: "localhost"}})
+	createSlice(t, cs, ns, "db", "db-a", []discoveryv1.EndpointPort{{Name: ptr("pg"), Port: ptr(int32(15432))}, {Name: ptr("metrics"), Port: ptr(int32(19187))}},
+		discoveryv1.Endpoint{Addresses: []string{"10.244.0.9"}, Conditions: discoveryv1.EndpointConditions{Ready: ptr(false)}},
+		discoveryv1.Endpoint{Addresses: []string{"10.244.0.7"}, Conditions: discoveryv1.EndpointConditions{Ready: ptr(true)}})
+	createSlice(t, cs, ns, "web", "web-a", []discoveryv1.EndpointPort{{Name: ptr("http"), Port: ptr(int32(8080))}},
+		discoveryv1.Endpoint{Addresses: []string{"10.244.1.3"}})
+	web, err := cs.CoreV1().Services(ns).Get(context.Background(), "web", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := start(t, cs)
+
+	t.Run("a ClusterIP Service resolves to its ClusterIP and the Service port", func(t *testing.T) {
+		resolveEventually(t, r, "tcp", ns, "web", 80, net.JoinHostPort(web.Spec.ClusterIP, "80"))
+	})
+	t.Run("a headless Service resolves to a ready endpoint on the port of the same name", func(t *testing.T) {
+		resolveEventually(t, r, "tcp", ns, "db", 9187, "10.244.0.7:19187")
+		resolveEventually(t, r, "tcp", ns, "db", 5432, "10.244.0.7:15432")
+	})
+	t.Run("an ExternalName Service resolves through the host resolver's name", func(t *testing.T) {
+		resolveEventually(t, r, "tcp", ns, "outside", 8443, "localhost:8443")
+	})
+	t.Run("a UDP port is matched by protocol", func(t *testing.T) {
+		resolveEventually(t, r, "udp", ns, "web", 53, net.JoinHostPort(web.Spec.ClusterIP, "53"))
+	})
+	t.Run("unroutable ClusterIPs fall back to endpoints", func(t *testing.T) {
+		r.MarkClusterIPsUnroutable()
+		defer r.unroutable.Store(0)
+		resolveEventually(t, r, "tcp", ns, "web", 80, "10.244.1.3:8080")
+	})
+	for _, tc := range []struct {
+		name, svc string
+		port      int
+		network   string
+		want      error
+	}{
+		{"a missing Service is not found", "nope", 80, "tcp", ErrNotFound},
+		{"a port the Service lacks is not found", "web", 81, "tcp", ErrNotFound},
+		{"a TCP lookup of a UDP-only port is not found", "web", 53, "tcp", ErrNotFound},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_, err := r.ResolveNetwork(ctx, tc.network, ns, tc.svc, tc.port)
+			if !errors.Is(err, tc.want) || !IsNotFound(err) {
+				t.Fatalf("err = %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestDialReachesAHostProcessBehindAnExternalNameService(t *testing.T) {
+	env := kubetest.Cluster(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			_, _ = c.Write([]byte("hello from the host"))
+			c.Close()
+		}
+	}()
+	port := ln.Addr().(*net.TCPAddr).Port
+	createService(t, env.Client, env.Namespace, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "host"}, Spec: corev1.ServiceSpec{
+		Type: corev1.ServiceTypeExternalName, ExternalName: "localhost"}})
+	r := start(t, env.Client)
+	resolveEventually(t, r, "tcp", env.Namespace, "host", port, "localhost:"+strconv.Itoa(port))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, addr, err := r.Dial(ctx, "tcp", env.Namespace, "host", port)
+	if err != nil {
+		t.Fatalf("dial %s: %v", addr, err)
+	}
+	defer c.Close()
+	got, _ := io.ReadAll(c)
+	if string(got) != "hello from the host" {
+		t.Fatalf("got %q", got)
+	}
+}
