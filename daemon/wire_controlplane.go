@@ -2,10 +2,10 @@ package daemon
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/pipeops/pipeops-vm-agent/internal/controlplane"
+	"github.com/pipeops/pipeops-vm-agent/internal/kube"
 	"github.com/pipeops/pipeops-vm-agent/internal/logging"
 )
 
@@ -26,7 +26,7 @@ func (d *Daemon) wireControlPlane() error {
 		Health:  d.health,
 		Log:     d.log.With(logging.KeyComponent, "controlplane"),
 		Metrics: d.reg,
-		Cluster: kubeCluster{d},
+		Cluster: kubeCluster{d.kubePart.mgr},
 	})
 	if err != nil {
 		return fmt.Errorf("control-plane link: %w", err)
@@ -38,17 +38,23 @@ func (d *Daemon) wireControlPlane() error {
 	return nil
 }
 
-// kubeCluster adapts the Kubernetes part to controlplane.Cluster.
-type kubeCluster struct{ d *Daemon }
+// kubeCluster adapts *kube.Manager to controlplane.Cluster (and
+// CredentialsWatcher, so rotated tokens are registered at once).
+type kubeCluster struct{ m *kube.Manager }
 
-var errKubeNotWired = errors.New("the Kubernetes client is not available yet")
-
-func (k kubeCluster) Version(ctx context.Context) (string, error) { return "", errKubeNotWired }
+func (k kubeCluster) Version(ctx context.Context) (string, error) { return k.m.Version(ctx) }
 
 func (k kubeCluster) Credentials(ctx context.Context) (string, string, error) {
-	return "", "", errKubeNotWired
+	return k.m.Credentials(ctx)
 }
 
+func (k kubeCluster) CredentialsChanged() <-chan struct{} { return k.m.CredentialsChanged() }
+
 func (k kubeCluster) Telemetry(ctx context.Context) (controlplane.Telemetry, error) {
-	return controlplane.Telemetry{}, errKubeNotWired
+	t, err := k.m.Telemetry(ctx)
+	if err != nil {
+		return controlplane.Telemetry{}, err
+	}
+	return controlplane.Telemetry{K8sVersion: t.K8sVersion, Nodes: t.Nodes, Pods: t.Pods,
+		CPUUsage: t.CPUUsage, MemoryUsage: t.MemoryUsage, UsageSource: t.UsageSource}, nil
 }
