@@ -4,6 +4,8 @@ import (
 	"context"
 	"flag"
 	"reflect"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -11,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/pipeops/pipeops-vm-agent/internal/devplane"
+	"github.com/pipeops/pipeops-vm-agent/internal/health"
 	"github.com/pipeops/pipeops-vm-agent/internal/kubetest"
 	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
 )
@@ -256,4 +259,97 @@ func TestAPublicLoadBalancerAddressSwitchesToDirectMode(t *testing.T) {
 func waitForFirstSync(t *testing.T, cp *controlPlane) {
 	t.Helper()
 	waitFor(t, converge, "the first full sync", func() bool { c, _ := cp.dp.RouteCluster(testCluster); return c.Syncs == 1 })
+}
+
+func TestAChangeThatDoesNotTouchRoutesRegistersNothing(t *testing.T) {
+	env := kubetest.Cluster(t)
+	cp := startControlPlane(t)
+	fixture(t, env, corev1.ServiceTypeClusterIP)
+	startSyncer(t, testOptions(env.Client, env.Namespace, cp))
+	waitForFirstSync(t, cp)
+	applyIngress(t, env, ingressSpec{name: "web", managed: true, host: "web.example.com", paths: []string{"/"}})
+	cp.waitRoutes(t, converge, "web.example.com/")
+	before := cp.dp.RouteCalls()
+
+	api := env.Client.NetworkingV1().Ingresses(env.Namespace)
+	ing, err := api.Get(context.Background(), "web", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ing.Labels["team"] = "blue" // a new resourceVersion, the same routes
+	if _, err := api.Update(context.Background(), ing, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// One worker handles events in order: once a later change has arrived,
+	// the label change has been handled too.
+	applyIngress(t, env, ingressSpec{name: "marker", managed: true, host: "marker.example.com", paths: []string{"/"}})
+	cp.waitRoutes(t, converge, "marker.example.com/", "web.example.com/")
+	after := cp.dp.RouteCalls()
+	if after[OpRegister]-before[OpRegister] != 1 || after[OpUnregister] != before[OpUnregister] || after[OpSync] != before[OpSync] {
+		t.Fatalf("calls went from %v to %v; want exactly one register (the marker)", before, after)
+	}
+}
+
+func TestNothingIsSentBeforeTheClusterHasAnID(t *testing.T) {
+	env := kubetest.Cluster(t)
+	cp := startControlPlane(t)
+	fixture(t, env, corev1.ServiceTypeClusterIP)
+	applyIngress(t, env, ingressSpec{name: "web", managed: true, host: "web.example.com", paths: []string{"/"}})
+	var id atomic.Value
+	id.Store("")
+	opt := testOptions(env.Client, env.Namespace, cp)
+	opt.ClusterID = func() string { return id.Load().(string) }
+	opt.Health = health.New(nil)
+	startSyncer(t, opt)
+	waitFor(t, converge, "the syncer to wait for a cluster id", func() bool {
+		for _, c := range opt.Health.Snapshot() {
+			if c.Name == HealthCondition && strings.Contains(c.Reason, "cluster id") {
+				return true
+			}
+		}
+		return false
+	})
+	if calls := cp.dp.RouteCalls(); len(calls) != 0 {
+		t.Fatalf("calls before registration: %v", calls)
+	}
+	id.Store(testCluster)
+	cp.waitRoutes(t, converge, "web.example.com/")
+}
+
+func TestAControllerThatAppearsLaterTriggersAFullSync(t *testing.T) {
+	env := kubetest.Cluster(t)
+	cp := startControlPlane(t)
+	_, err := env.Client.CoreV1().Services(env.Namespace).Create(context.Background(), &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "app"},
+		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 8080}}}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	applyIngress(t, env, ingressSpec{name: "web", managed: true, host: "web.example.com", paths: []string{"/"}})
+	opt := testOptions(env.Client, env.Namespace, cp)
+	opt.DetectTimeout = time.Second // then sync without a controller rather than wait 3 min
+	s := startSyncer(t, opt)
+	waitForFirstSync(t, cp)
+	if c, _ := cp.dp.RouteCluster(testCluster); c.IngressController != nil {
+		t.Fatalf("controller %+v before any controller Service exists", c.IngressController)
+	}
+	if _, _, _, ok := s.Lookup("web.example.com"); ok {
+		t.Fatal("Lookup answered without a controller to target")
+	}
+
+	_, err = env.Client.CoreV1().Services(env.Namespace).Create(context.Background(), &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "traefik"},
+		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "web", Port: 8000}}}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, converge, "a full sync naming the controller", func() bool {
+		c, _ := cp.dp.RouteCluster(testCluster)
+		return c.Syncs == 2 && c.IngressController != nil && c.IngressController.Name == "traefik" &&
+			c.IngressController.Port == 8000 && c.IngressController.Type == "traefik" &&
+			len(c.Routes) == 1 && c.Routes[0].ServiceName == "traefik" && c.Routes[0].ServicePort == 8000
+	})
+	if ns, svc, port, ok := s.Lookup("web.example.com"); !ok || ns != env.Namespace || svc != "traefik" || port != 8000 {
+		t.Fatalf("Lookup = %s %s %d %v", ns, svc, port, ok)
+	}
 }
