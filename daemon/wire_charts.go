@@ -1,7 +1,136 @@
 package daemon
 
-// chartsPart holds what the charts wiring builds. Owned by wire_charts.go.
-type chartsPart struct{}
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"sync"
+	"time"
 
-// wireCharts builds and registers the charts subsystem.
-func (d *Daemon) wireCharts() error { return nil }
+	"k8s.io/client-go/rest"
+
+	"github.com/pipeops/pipeops-vm-agent/internal/apitype"
+	"github.com/pipeops/pipeops-vm-agent/internal/charts"
+	"github.com/pipeops/pipeops-vm-agent/internal/localapi"
+	"github.com/pipeops/pipeops-vm-agent/internal/logging"
+	"github.com/pipeops/pipeops-vm-agent/internal/paths"
+)
+
+// chartsPart holds what the charts wiring builds. Owned by wire_charts.go.
+type chartsPart struct {
+	charts *charts.Manager
+}
+
+// wireCharts builds the monitoring stack's manager (protocol.md §12): its
+// loop, its status section, its heartbeat fields, its tunnel forwards and
+// the local API routes behind `pipeopsctl monitoring`.
+func (d *Daemon) wireCharts() error {
+	mc := d.cfg.Monitoring
+	cacheDir := mc.CacheDir
+	if cacheDir == "" {
+		cacheDir = filepath.Join(paths.CacheDir(), "helm")
+	}
+	var comps []charts.Component
+	for _, c := range mc.Components.Each() { // install order of §12
+		if c.Name == "grafana" || !c.Enabled {
+			continue
+		}
+		ns := c.Namespace
+		if ns == "" {
+			ns = mc.Namespace
+		}
+		comps = append(comps, charts.Component{Name: c.Name, Release: c.Release, Namespace: ns,
+			Repo: c.Repo, Chart: c.Chart, Version: c.Version, Values: c.Values})
+	}
+	m, err := charts.New(charts.Options{
+		Enabled:        mc.Enabled,
+		Components:     comps,
+		Grafana:        mc.Components.Grafana.Enabled && mc.Components.Prometheus.Enabled,
+		GrafanaSubPath: d.cfg.Agent.GrafanaSubPath,
+		APIURL:         d.cfg.PipeOps.APIURL,
+		ClusterDomain:  d.cfg.Kubernetes.ClusterDomain,
+		Profile:        mc.Profile,
+		ChartsDir:      mc.ChartsDir,
+		CacheDir:       cacheDir,
+		Timeout:        mc.Timeout.Std(),
+		ReadyTimeout:   mc.ReadyTimeout.Std(),
+		RESTConfig:     d.adminConfig,
+		State:          d.state,
+		Health:         d.health,
+		Log:            d.log.With(logging.KeyComponent, "charts"),
+		OnEndpoints:    d.monitoringForwards,
+	})
+	if err != nil {
+		return fmt.Errorf("monitoring: %w", err)
+	}
+	d.chartsPart.charts = m
+	d.addSubsystem("monitoring", m.Run)
+	d.fillers = append(d.fillers, func(_ context.Context, st *apitype.StatusResponse) { st.Monitoring = m.Status() })
+	if d.cpPart.cp != nil {
+		d.cpPart.cp.AddHeartbeatContributor(m.FillHeartbeat)
+	}
+	d.api.Handle("GET /v1/monitoring", localapi.Handle(d.log, func(*http.Request) (apitype.MonitoringStatus, error) {
+		return m.Status(), nil
+	}))
+	d.api.Handle("POST /v1/monitoring/install", monitoringStream(d, m.Install))
+	d.api.Handle("POST /v1/monitoring/uninstall", monitoringStream(d, m.Uninstall))
+	return nil
+}
+
+// adminConfig waits (bounded) for kubeconfig discovery and bootstrap: Helm
+// installs with the admin identity, never the ServiceAccount's.
+func (d *Daemon) adminConfig(ctx context.Context) (*rest.Config, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if _, err := d.kubePart.mgr.WaitClientset(ctx); err != nil {
+		return nil, err
+	}
+	if c := d.kubePart.mgr.AdminConfig(); c != nil {
+		return c, nil
+	}
+	return nil, errors.New("no admin kubeconfig discovered yet")
+}
+
+// monitoringForwards registers tunnel forwards for the ready endpoints, so
+// the control plane can open streams to Grafana, Prometheus and Loki.
+func (d *Daemon) monitoringForwards(eps []charts.Endpoint) {
+	for _, e := range eps {
+		d.log.Info("monitoring endpoint ready", "component", e.Name, logging.KeyURL, e.URL)
+		// TODO(charts): d.tunnelPart.tunnel.SetServiceForward(e.Name, e.Namespace, e.Service, e.Port) once wire_tunnel.go lands.
+	}
+}
+
+// monitoringStream serves an action as NDJSON (application/x-ndjson): one
+// event per line, flushed at once, so `pipeopsctl monitoring install` can
+// show progress; the last line has done: true and the final status.
+func monitoringStream(d *Daemon, action func(context.Context, func(apitype.MonitoringEvent)) error) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !d.cfg.Monitoring.Enabled && r.URL.Path == "/v1/monitoring/install" {
+			localapi.Handle(d.log, func(*http.Request) (struct{}, error) { return struct{}{}, charts.ErrDisabled }).ServeHTTP(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		w.WriteHeader(http.StatusOK)
+		fl, _ := w.(http.Flusher)
+		enc := json.NewEncoder(w)
+		var mu sync.Mutex
+		emit := func(ev apitype.MonitoringEvent) {
+			mu.Lock()
+			defer mu.Unlock()
+			_ = enc.Encode(ev) // the client went away; the action still completes
+			if fl != nil {
+				fl.Flush()
+			}
+		}
+		err := action(r.Context(), emit)
+		st := d.chartsPart.charts.Status()
+		final := apitype.MonitoringEvent{Time: time.Now(), Done: true, Status: &st}
+		if err != nil {
+			final.Error = err.Error()
+		}
+		emit(final)
+	}
+}
