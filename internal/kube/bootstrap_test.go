@@ -40,6 +40,7 @@ func resourceVersions(t *testing.T, env *kubetest.Env, n kube.Names) map[string]
 }
 
 func TestBootstrapIsIdempotentAndRepairsDrift(t *testing.T) {
+	t.Parallel()
 	env := kubetest.Cluster(t)
 	n := testNames(t, env, true)
 	ctx := context.Background()

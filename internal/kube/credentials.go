@@ -46,13 +46,14 @@ type TokenInfo struct {
 	Expires  time.Time // zero: does not expire
 	RenewAt  time.Time // zero: never renewed on a timer
 	Verified bool      // passed the create-namespaces SelfSubjectAccessReview
+	Secret   string    // name of the token Secret in the agent's namespace (TokenFromSecret)
 }
 
 // TokenInfo reports where the current token came from and when it is renewed.
 func (m *Manager) TokenInfo() TokenInfo {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return TokenInfo{Source: m.cred.source, Expires: m.cred.expires, RenewAt: m.cred.renewAt(), Verified: m.cred.verified}
+	return TokenInfo{Source: m.cred.source, Expires: m.cred.expires, RenewAt: m.cred.renewAt(), Verified: m.cred.verified, Secret: m.cred.secret}
 }
 
 // ensureCredentials keeps the token current. Order (protocol.md §14.3): a
@@ -169,12 +170,12 @@ func (m *Manager) mint(ctx context.Context, cs kubernetes.Interface, cur creds) 
 	if mode == TokenFromSecret {
 		deadline := time.Now().Add(m.tokenWait)
 		for {
-			tok, caPEM, err := secretToken(ctx, cs, ns)
+			name, tok, caPEM, err := secretToken(ctx, cs, ns)
 			if err == nil {
 				if cur.source == TokenFromSecret && tok == cur.token {
 					return cur, caPEM, nil
 				}
-				return creds{token: tok, source: TokenFromSecret, issued: m.now()}, caPEM, nil
+				return creds{token: tok, source: TokenFromSecret, secret: name, issued: m.now()}, caPEM, nil
 			}
 			if !errors.Is(err, errTokenPending) {
 				return creds{}, nil, err
@@ -187,7 +188,7 @@ func (m *Manager) mint(ctx context.Context, cs kubernetes.Interface, cur creds) 
 			return creds{}, nil, ctx.Err()
 		}
 		m.log.Warn("no token controller filled the ServiceAccount token Secret; using TokenRequest tokens renewed before 80% of their lifetime",
-			"secret", ns+"/"+TokenSecretName, "wait", m.tokenWait.String(), "ttl", m.cfg.TokenTTL.String())
+			"secret", ns+"/"+TokenSecretName+"-*", "wait", m.tokenWait.String(), "ttl", m.tokenTTL().String())
 		m.mu.Lock()
 		m.tokenMode = TokenFromRequest
 		m.mu.Unlock()
@@ -197,11 +198,19 @@ func (m *Manager) mint(ctx context.Context, cs kubernetes.Interface, cur creds) 
 	}
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	c, err := requestToken(rctx, cs, ns, time.Duration(m.cfg.TokenTTL), m.now())
+	c, err := requestToken(rctx, cs, ns, m.tokenTTL(), m.now())
 	if err == nil {
 		m.log.Info("minted a ServiceAccount token", "expires", c.expires, "renew_at", c.renewAt())
 	}
 	return c, nil, err
+}
+
+// tokenTTL is the lifetime asked for TokenRequest tokens (kubernetes.token_ttl, default 24 h).
+func (m *Manager) tokenTTL() time.Duration {
+	if d := time.Duration(m.cfg.TokenTTL); d > 0 {
+		return d
+	}
+	return defaultTokenRequest
 }
 
 // setCreds stores c and wakes waiters when the token or CA changed.

@@ -32,6 +32,7 @@ current-context: x
 }
 
 func TestDiscoveryTakesTheFirstUsableKubeconfigInOrder(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	good := func(n string) string { return kubeconfigFor(t, dir, n, "https://"+n+".example:6443") }
 	garbage := filepath.Join(dir, "garbage.yaml")
@@ -79,6 +80,7 @@ func TestDiscoveryTakesTheFirstUsableKubeconfigInOrder(t *testing.T) {
 }
 
 func TestDiscoveryErrorListsEveryPathTriedAndWhy(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	garbage := filepath.Join(dir, "garbage.yaml")
 	os.WriteFile(garbage, []byte("this: [is not a kubeconfig"), 0o600)

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -243,8 +244,8 @@ func probe(ctx context.Context, cs kubernetes.Interface) (string, error) {
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	rc := cs.Discovery().RESTClient()
-	if _, err := rc.Get().AbsPath("/readyz").Do(pctx).Raw(); err != nil {
-		return "", err
+	if body, err := rc.Get().AbsPath("/readyz").Do(pctx).Raw(); err != nil {
+		return "", readyzError(body, err)
 	}
 	raw, err := rc.Get().AbsPath("/version").Do(pctx).Raw()
 	if err != nil {
@@ -262,12 +263,37 @@ func probe(ctx context.Context, cs kubernetes.Interface) (string, error) {
 	return info.GitVersion, nil
 }
 
+// readyzError turns a failed /readyz into one short line: the names of the
+// failing checks, not the whole 40-line report.
+func readyzError(body []byte, err error) error {
+	var failed []string
+	for _, line := range strings.Split(string(body), "\n") {
+		if name, ok := strings.CutPrefix(line, "[-]"); ok {
+			failed = append(failed, strings.TrimSuffix(strings.TrimSuffix(name, " failed: reason withheld"), " failed"))
+		}
+	}
+	if len(failed) > 0 {
+		return &notReadyError{checks: strings.Join(failed, ", ")}
+	}
+	return err
+}
+
+// notReadyError is an API server that answers but fails /readyz.
+type notReadyError struct{ checks string }
+
+func (e *notReadyError) Error() string { return "/readyz failed: " + e.checks }
+
+
 func (m *Manager) unreachable(err error) {
 	m.mu.Lock()
 	m.reachable, m.checkedAt = false, m.now()
 	m.mu.Unlock()
 	m.metrics.up.Set(0)
 	m.metrics.probeFailures.Inc()
+	if nr := (*notReadyError)(nil); errors.As(err, &nr) {
+		m.fail("API server not ready: " + err.Error())
+		return
+	}
 	m.fail("API server unreachable: " + err.Error())
 }
 

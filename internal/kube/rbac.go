@@ -18,7 +18,8 @@ const (
 	ServiceAccountName   = "pipeops-agent"
 	ClusterRoleName      = "pipeops-agent"
 	MonitoringRoleName   = "pipeops-agent-monitoring-proxy"
-	TokenSecretName      = "pipeops-agent-token"
+	TokenSecretName      = "pipeops-agent-token" // prefix; the name is generated
+	tokenLabel           = "pipeops.io/token-for"
 	ManagedByLabel       = "app.kubernetes.io/managed-by"
 	ManagedByValue       = "pipeops-agent"
 	DefaultNamespace     = "pipeops-system"

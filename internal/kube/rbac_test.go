@@ -52,6 +52,7 @@ func splitSub(res string) (string, string) {
 }
 
 func TestServiceAccountMayDoExactlyWhatTheClusterRoleGrants(t *testing.T) {
+	t.Parallel()
 	env := kubetest.Cluster(t)
 	n := testNames(t, env, true)
 	if _, err := kube.Bootstrap(context.Background(), env.Client, n); err != nil {
@@ -107,6 +108,7 @@ func TestServiceAccountMayDoExactlyWhatTheClusterRoleGrants(t *testing.T) {
 }
 
 func TestTheMonitoringRoleIsSeparateAndNamespaced(t *testing.T) {
+	t.Parallel()
 	env := kubetest.Cluster(t)
 	n := testNames(t, env, true)
 	ctx := context.Background()

@@ -32,6 +32,7 @@ type creds struct {
 	token    string
 	caData   string // base64 of the PEM CA bundle
 	source   string
+	secret   string // name of the token Secret (TokenFromSecret)
 	issued   time.Time
 	expires  time.Time // zero: does not expire
 	verified bool
@@ -48,30 +49,46 @@ func (c creds) renewAt() time.Time {
 var errTokenPending = errors.New("token not populated yet")
 
 // secretToken returns the token of the agent's service-account-token
-// Secret, creating the Secret when it is missing. The token controller of
-// kube-controller-manager fills it in asynchronously; until then it returns
-// errTokenPending.
-func secretToken(ctx context.Context, cs kubernetes.Interface, ns string) (token string, caPEM []byte, err error) {
+// Secret, creating one when there is none. The Secret's name is generated:
+// a legacy token is a deterministic function of the Secret's name and the
+// ServiceAccount, so a Secret re-created under the same name would bring the
+// revoked token back. Deleting the Secret is therefore how an operator
+// rotates the token. The token controller of kube-controller-manager fills
+// the Secret asynchronously; until then secretToken returns errTokenPending.
+func secretToken(ctx context.Context, cs kubernetes.Interface, ns string) (name, token string, caPEM []byte, err error) {
 	api := cs.CoreV1().Secrets(ns)
-	s, err := api.Get(ctx, TokenSecretName, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		s, err = api.Create(ctx, &corev1.Secret{
-			ObjectMeta: metav1.ObjectMeta{Name: TokenSecretName, Labels: managedLabels(),
+	list, err := api.List(ctx, metav1.ListOptions{LabelSelector: tokenLabel + "=" + ServiceAccountName})
+	if err != nil {
+		return "", "", nil, fmt.Errorf("list token secrets in %s: %w", ns, err)
+	}
+	var pick *corev1.Secret
+	for i := range list.Items {
+		s := &list.Items[i]
+		if s.Type != corev1.SecretTypeServiceAccountToken || s.Annotations[serviceAccountAnnKey] != ServiceAccountName || s.DeletionTimestamp != nil {
+			continue
+		}
+		// The oldest wins, so every agent instance settles on the same one.
+		if pick == nil || s.CreationTimestamp.Before(&pick.CreationTimestamp) ||
+			(s.CreationTimestamp.Equal(&pick.CreationTimestamp) && s.Name < pick.Name) {
+			pick = s
+		}
+	}
+	if pick == nil {
+		labels := managedLabels()
+		labels[tokenLabel] = ServiceAccountName
+		pick, err = api.Create(ctx, &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{GenerateName: TokenSecretName + "-", Labels: labels,
 				Annotations: map[string]string{serviceAccountAnnKey: ServiceAccountName}},
 			Type: corev1.SecretTypeServiceAccountToken,
 		}, metav1.CreateOptions{})
+		if err != nil {
+			return "", "", nil, fmt.Errorf("create token secret in %s: %w", ns, err)
+		}
 	}
-	if err != nil {
-		return "", nil, fmt.Errorf("token secret %s/%s: %w", ns, TokenSecretName, err)
+	if len(pick.Data[corev1.ServiceAccountTokenKey]) == 0 {
+		return pick.Name, "", nil, errTokenPending
 	}
-	if s.Type != corev1.SecretTypeServiceAccountToken || s.Annotations[serviceAccountAnnKey] != ServiceAccountName {
-		return "", nil, fmt.Errorf("secret %s/%s exists but is not a service-account-token Secret for %s; delete it and the agent recreates it",
-			ns, TokenSecretName, ServiceAccountName)
-	}
-	if len(s.Data[corev1.ServiceAccountTokenKey]) == 0 {
-		return "", nil, errTokenPending
-	}
-	return string(s.Data[corev1.ServiceAccountTokenKey]), s.Data[corev1.ServiceAccountRootCAKey], nil
+	return pick.Name, string(pick.Data[corev1.ServiceAccountTokenKey]), pick.Data[corev1.ServiceAccountRootCAKey], nil
 }
 
 // requestToken mints a bound token for the ServiceAccount with the TokenRequest API.
