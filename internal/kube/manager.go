@@ -283,7 +283,6 @@ type notReadyError struct{ checks string }
 
 func (e *notReadyError) Error() string { return "/readyz failed: " + e.checks }
 
-
 func (m *Manager) unreachable(err error) {
 	m.mu.Lock()
 	m.reachable, m.checkedAt = false, m.now()
