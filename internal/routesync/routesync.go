@@ -150,6 +150,9 @@ func New(opt Options) *Syncer {
 		reg: map[string]map[string]route{}, regHosts: map[string]map[string]int{},
 		desired: map[string][]route{}, hosts: map[string]int{},
 	}
+	// A full sync is pending from the start, so ingress events queued before
+	// it (the informers' initial adds) cause no per-route calls.
+	s.fullGen.Store(1)
 	s.rt = detectRouting(nil, nil, true) // tunnel until detected
 	s.status.RoutingMode = s.rt.Mode
 	s.status.Private = true
