@@ -145,6 +145,9 @@ func New(o Options) (*Manager, error) {
 	m := &Manager{opts: o, log: o.Log, releases: map[string]*apitype.Release{}, endpoints: map[string]Endpoint{},
 		subs: map[int]chan apitype.MonitoringEvent{}, kick: make(chan struct{}, 1)}
 	for _, c := range o.Components {
+		if !o.Enabled {
+			break // Status lists releases only once something acts on them
+		}
 		m.releases[c.Name] = &apitype.Release{Component: c.Name, Name: c.Release, Namespace: c.Namespace,
 			Chart: c.Chart, Version: c.Version, State: apitype.ReleasePending, Reason: "waiting for the first round"}
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"helm.sh/helm/v3/pkg/release"
@@ -105,12 +106,12 @@ func (m *Manager) runRound(ctx context.Context) error {
 	m.lastRound = m.opts.Now()
 	m.lastErr = ""
 	if err != nil {
-		m.lastErr = err.Error()
+		m.lastErr = oneLine(err)
 	}
 	m.mu.Unlock()
 	if h := m.opts.Health; h != nil {
 		if err != nil {
-			h.Set(HealthCondition, false, err.Error())
+			h.Set(HealthCondition, false, oneLine(err))
 		} else {
 			h.Set(HealthCondition, true, "ready")
 		}
@@ -271,3 +272,7 @@ func (m *Manager) Uninstall(ctx context.Context, emit func(apitype.MonitoringEve
 	m.setEndpoints(nil)
 	return errors.Join(errs...)
 }
+
+// oneLine joins the errors of a round (errors.Join puts each on its own
+// line) for STATUS=-style one-line places.
+func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", "; ") }
