@@ -112,7 +112,7 @@ type Manager struct {
 func New(cfg config.Kubernetes, getenv func(string) string, log *slog.Logger, reg prometheus.Registerer, opts ...Option) *Manager {
 	m := &Manager{
 		cfg: cfg, getenv: getenv, log: log, wellKnown: WellKnownKubeconfigs, now: time.Now,
-		names:      Names{Namespace: cfg.Namespace}.withDefaults(),
+		names:      defaultNames(cfg.Namespace),
 		probeEvery: 10 * time.Second, retryEvery: 2 * time.Second, tokenWait: 20 * time.Second,
 		reconcile: 10 * time.Minute, ready: make(chan struct{}), probed: make(chan struct{}),
 		tokenMode: TokenFromSecret,
@@ -122,6 +122,18 @@ func New(cfg config.Kubernetes, getenv func(string) string, log *slog.Logger, re
 	}
 	m.metrics = newMetrics(reg)
 	return m
+}
+
+// defaultNames places the objects for the configured namespace. An agent in
+// a namespace other than pipeops-system gets its own ClusterRole and binding
+// (pipeops-agent-<ns>), so two agents in one cluster never fight over the
+// binding's subject.
+func defaultNames(ns string) Names {
+	n := Names{Namespace: ns}.withDefaults()
+	if n.Namespace != DefaultNamespace {
+		n.ClusterRole = ClusterRoleName + "-" + n.Namespace
+	}
+	return n
 }
 
 // Run discovers the kubeconfig, then probes, bootstraps and keeps the token
