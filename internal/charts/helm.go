@@ -125,6 +125,15 @@ func (h *helmEnv) history(namespace, name string) ([]*release.Release, error) {
 	return hist, err
 }
 
+// fresh drops cached discovery before an action that applies objects: a
+// chart installed since (a CRD from kube-prometheus-stack, say) may have
+// added kinds the next chart uses.
+func fresh(c *action.Configuration) {
+	if dc, err := c.RESTClientGetter.ToDiscoveryClient(); err == nil && dc != nil {
+		dc.Invalidate()
+	}
+}
+
 // maxHistory keeps release storage small: recovery needs the last good revision, not all of them.
 const maxHistory = 5
 
@@ -133,6 +142,7 @@ func (h *helmEnv) install(ctx context.Context, s *Component, ch *chart.Chart, va
 	if err != nil {
 		return nil, err
 	}
+	fresh(c)
 	in := action.NewInstall(c)
 	in.ReleaseName, in.Namespace, in.CreateNamespace = s.Release, s.Namespace, true
 	in.Timeout, in.Labels = timeout, labels
@@ -148,6 +158,7 @@ func (h *helmEnv) upgrade(ctx context.Context, s *Component, ch *chart.Chart, va
 	if err != nil {
 		return nil, err
 	}
+	fresh(c)
 	up := action.NewUpgrade(c)
 	up.Namespace, up.Timeout, up.Labels, up.MaxHistory = s.Namespace, timeout, labels, maxHistory
 	h.calls.upgrades.Add(1)
@@ -159,6 +170,7 @@ func (h *helmEnv) rollback(namespace, name string, revision int, timeout time.Du
 	if err != nil {
 		return err
 	}
+	fresh(c)
 	rb := action.NewRollback(c)
 	rb.Version, rb.Timeout, rb.MaxHistory = revision, timeout, maxHistory
 	h.calls.rollbacks.Add(1)

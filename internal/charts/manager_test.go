@@ -418,3 +418,23 @@ func TestUninstallRemovesReleasesAndInstallBringsThemBack(t *testing.T) {
 	}
 	requireAllReady(t, m)
 }
+
+func TestAGrafanaPasswordFromAnEarlierInstallerIsAdopted(t *testing.T) {
+	h := newHarness(t)
+	h.opts.Components = h.opts.Components[1:2] // prometheus (with Grafana)
+	// The reference agent installed the release with its own random password.
+	legacy := map[string]any{"grafana": map[string]any{"adminPassword": "legacy-password-from-the-reference"}}
+	mustRound(t, h.manager(func(o *Options) { o.Components[0].Values = legacy }))
+	if err := h.state.Update(func(s *state.State) error { delete(s.Secrets, SecretGrafanaPassword); return nil }); err != nil {
+		t.Fatal(err)
+	}
+
+	m := h.manager(nil)
+	mustRound(t, m)
+	if got := h.state.Get().Secrets[SecretGrafanaPassword]; got != "legacy-password-from-the-reference" {
+		t.Fatalf("persisted grafana password = %q; want the one already in the release", got)
+	}
+	if c := m.Calls(); c.Mutations() != 0 {
+		t.Errorf("helm calls = %+v; want none (the adopted password renders the deployed values)", c)
+	}
+}

@@ -78,6 +78,11 @@ func (m *Manager) reconcile(ctx context.Context, c *Component, f facts, h *helmE
 			return nil, nil
 		}
 	}
+	if c.Name == "prometheus" && rel != nil {
+		if pw, ok := dig(rel.Config, "grafana", "adminPassword").(string); ok {
+			m.adoptSecret(SecretGrafanaPassword, pw)
+		}
+	}
 	vals, err := m.desiredValues(c, f)
 	if err != nil {
 		m.setRelease(c, apitype.ReleasePending, err.Error(), nil)
@@ -260,4 +265,17 @@ func foreignIngressClass(classes []networkingv1.IngressClass, release, namespace
 		return fmt.Sprintf("the cluster already has an ingress controller (IngressClass %s, controller %s)", ic.Name, ic.Spec.Controller)
 	}
 	return ""
+}
+
+// dig reads a nested value of Helm values ("a", "b" → v["a"]["b"]).
+func dig(v map[string]any, path ...string) any {
+	var cur any = v
+	for _, p := range path {
+		m, ok := cur.(map[string]any)
+		if !ok {
+			return nil
+		}
+		cur = m[p]
+	}
+	return cur
 }

@@ -48,6 +48,30 @@ func (m *Manager) secret(key string) (string, error) {
 	return out, nil
 }
 
+// adoptSecret persists a credential an earlier installer (the reference
+// agent) already put into a release, instead of generating a new one that
+// Grafana, which keeps its admin password in its database, would ignore.
+func (m *Manager) adoptSecret(key, value string) {
+	if value == "" || m.opts.State.Get().Secrets[key] != "" {
+		return
+	}
+	err := m.opts.State.Update(func(s *state.State) error {
+		if s.Secrets[key] != "" {
+			return nil
+		}
+		if s.Secrets == nil {
+			s.Secrets = map[string]string{}
+		}
+		s.Secrets[key] = value
+		return nil
+	})
+	if err != nil {
+		m.log.Warn("cannot persist the adopted credential", "key", key, "err", err)
+		return
+	}
+	m.log.Info("adopted the credential found in the existing release", "key", key)
+}
+
 // generateSecret is 32 random bytes, base64 without padding (43 characters,
 // URL-safe so it needs no quoting in grafana.ini or a URL).
 func generateSecret() (string, error) {

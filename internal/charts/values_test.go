@@ -112,18 +112,6 @@ func unitManager(t *testing.T, mod func(o *Options)) *Manager {
 	return m
 }
 
-func dig(v map[string]any, path ...string) any {
-	var cur any = v
-	for _, p := range path {
-		m, ok := cur.(map[string]any)
-		if !ok {
-			return nil
-		}
-		cur = m[p]
-	}
-	return cur
-}
-
 func TestDefaultsScaleWithProfileAndStorage(t *testing.T) {
 	m := unitManager(t, nil)
 	prom := m.component("prometheus")
