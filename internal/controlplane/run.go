@@ -31,6 +31,7 @@ type outcome struct {
 func (c *Client) Run(ctx context.Context) error {
 	bo := backoff.New(c.cfg.PipeOps.Reconnect.Interval.Std(), c.cfg.PipeOps.Reconnect.MaxInterval.Std())
 	hb := c.cfg.Agent.HeartbeatInterval.Std()
+	immediate := false // the last retry skipped the backoff
 	for {
 		o := c.attempt(ctx)
 		if ctx.Err() != nil {
@@ -44,8 +45,18 @@ func (c *Client) Run(ctx context.Context) error {
 		if o.up >= hb {
 			bo.Reset()
 		}
-		delay := bo.Next()
+		// A switch back to the controller (§8.6) is retried at once, but
+		// never twice in a row: a control plane that keeps forgetting the
+		// cluster gets the backoff.
 		var ae *AuthError
+		if !immediate && (errors.Is(o.err, errReregister) || errors.As(o.err, &ae) && ae.Mode == ModeGateway) {
+			immediate = true
+			c.metrics.reconnects.Inc()
+			c.noteFailure(o.err, 0)
+			continue
+		}
+		immediate = false
+		delay := bo.Next()
 		if errors.As(o.err, &ae) && ae.Mode == ModeController {
 			// The install token is rejected: retry at the cap (§8.6).
 			delay = bo.Nominal(1 << 10)
@@ -137,6 +148,7 @@ func (c *Client) gateway(ctx context.Context, st state.State) outcome {
 		c.clearGateway()
 		return outcome{err: err}
 	}
+	c.bestEffortVersion(ctx)
 	c.connecting(ModeGateway, u)
 	cn, err := c.dial(ctx, ModeGateway, u)
 	var ae *AuthError
@@ -267,6 +279,24 @@ func (c *Client) version(ctx context.Context) (string, error) {
 	c.k8sVersion = v
 	c.mu.Unlock()
 	return v, nil
+}
+
+// bestEffortVersion learns the Kubernetes version for heartbeats on a
+// resume, which does not need it; a slow API does not delay the resume.
+func (c *Client) bestEffortVersion(ctx context.Context) {
+	c.mu.Lock()
+	known := c.k8sVersion != ""
+	c.mu.Unlock()
+	if known {
+		return
+	}
+	vctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if v, err := c.cluster.Version(vctx); err == nil && v != "" {
+		c.mu.Lock()
+		c.k8sVersion = v
+		c.mu.Unlock()
+	}
 }
 
 func (c *Client) credentials(ctx context.Context) (string, string, error) {
