@@ -72,3 +72,18 @@ func TestLogBufferSignalsEachAdd(t *testing.T) {
 	b.Add(newWarn("x"))
 	<-ch
 }
+
+func TestEndpointURLsLoseUserInfoAndQuery(t *testing.T) {
+	cases := map[string]string{
+		"wss://gw.example/ws?cluster_uuid=x&token=abc": "wss://gw.example/ws",
+		"https://user:pw@api.example:6443/base#frag":   "https://api.example:6443/base",
+		"": "",
+		"ws://127.0.0.1:9/api/v1/clusters/agent/ws": "ws://127.0.0.1:9/api/v1/clusters/agent/ws",
+		"http://[::1]:x": "(unparsable URL)",
+	}
+	for in, want := range cases {
+		if got := redactURL(in); got != want {
+			t.Errorf("redactURL(%q) = %q; want %q", in, got, want)
+		}
+	}
+}

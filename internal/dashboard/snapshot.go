@@ -3,6 +3,7 @@ package dashboard
 import (
 	"context"
 	"encoding/json"
+	"net/url"
 	"time"
 
 	"github.com/pipeops/pipeops-vm-agent/internal/apitype"
@@ -85,6 +86,21 @@ func (s *sampler) sample(st apitype.StatusResponse, now time.Time) Snapshot {
 		LinkHistory: append([]LinkChange{}, s.history...)}
 }
 
+// redactURL drops user info and the query string from an endpoint: the
+// page needs where the agent connects, and a URL is where a credential
+// would most likely hide.
+func redactURL(raw string) string {
+	if raw == "" {
+		return raw
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	u.User, u.RawQuery, u.ForceQuery, u.Fragment = nil, "", false, ""
+	return u.String()
+}
+
 func trafficBytes(st apitype.StatusResponse) int64 {
 	return st.Proxy.BytesIn + st.Proxy.BytesOut + st.Tunnel.BytesIn + st.Tunnel.BytesOut
 }
@@ -115,6 +131,8 @@ func (s *Server) produce(ctx context.Context) *Event {
 	st := s.o.Snapshot(sctx)
 	cancel()
 	now := s.o.Now()
+	st.Link.URL = redactURL(st.Link.URL)
+	st.Kubernetes.Server = redactURL(st.Kubernetes.Server)
 	snap := s.sampler.sample(st, now)
 	data, err := json.Marshal(snap)
 	if err != nil { // cannot happen with these types; keep the last good snapshot

@@ -12,10 +12,14 @@ import (
 
 func TestMain(m *testing.M) { kubetest.Main(m) }
 
-// artifacts is where screenshots go (gitignored; CI keeps them).
+// artifacts is where screenshots go: $PIPEOPS_TEST_ARTIFACTS (scripts/test.sh
+// sets it) or tests/artifacts, which git ignores.
 func artifacts(t *testing.T) string {
 	t.Helper()
-	dir := filepath.Join("..", "artifacts")
+	dir := os.Getenv("PIPEOPS_TEST_ARTIFACTS")
+	if dir == "" {
+		dir = filepath.Join("..", "artifacts")
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
