@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -45,7 +46,7 @@ type Options struct {
 	Keepalive       time.Duration // SSE comment / WebSocket ping period (15 s)
 	WriteTimeout    time.Duration // one write to a viewer (10 s)
 	SnapshotTimeout time.Duration // one Snapshot call (2 s)
-	ViewerBuffer    int           // events queued per viewer before it is dropped (32)
+	ViewerBuffer    int           // log events queued per viewer before it is dropped (64)
 	MaxViewers      int           // concurrent streams (256)
 	LogHistory      int           // log events kept for replay (100)
 
@@ -66,7 +67,7 @@ func (o *Options) defaults() {
 	def(&o.WriteTimeout, 10*time.Second)
 	def(&o.SnapshotTimeout, 2*time.Second)
 	if o.ViewerBuffer <= 0 {
-		o.ViewerBuffer = 32
+		o.ViewerBuffer = 64
 	}
 	if o.MaxViewers <= 0 {
 		o.MaxViewers = 256
@@ -251,9 +252,19 @@ func (s *Server) viewerClosed(transport string, v *viewer) {
 	if s.metrics != nil {
 		s.metrics.viewers.WithLabelValues(transport).Dec()
 	}
-	if v.reason != dropUnsubbed && v.reason != dropShutdown {
-		s.o.Log.Info("dashboard viewer dropped", "transport", transport, "reason", v.reason)
+	if r := s.hub.closedReason(v); r != dropUnsubbed && r != dropShutdown {
+		s.o.Log.Info("dashboard viewer dropped", "transport", transport, "reason", r)
 	}
+}
+
+// writeFailed drops a viewer whose write failed: a write that hit its
+// deadline means the viewer stopped reading, which counts as slow.
+func (s *Server) writeFailed(v *viewer, err error) {
+	reason := dropUnsubbed // the viewer went away
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		reason = dropSlow
+	}
+	s.hub.drop(v, reason)
 }
 
 // subscribeError answers a refused subscription.

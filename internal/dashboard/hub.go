@@ -63,13 +63,19 @@ var (
 	dropOverflown = "request flood"
 )
 
-// viewer is one connected page. Its channel is bounded: a viewer that falls
-// behind by a full buffer is dropped, never buffered without bound.
+// viewer is one connected page. What waits for it is bounded: the latest
+// status only (a newer snapshot replaces an unsent one) and at most
+// hub.bufSize log events; a viewer further behind than that is dropped, and
+// a write that blocks for WriteTimeout ends its stream too. Nothing is
+// buffered without bound.
 type viewer struct {
-	ch     chan *Event
-	onDrop func() // unblocks the viewer's writer; called once, under the hub lock
-	reason string // why ch was closed; read after ch is closed
-	closed bool   // guarded by hub.mu
+	wake   chan struct{} // signalled when something is pending; closed on drop
+	onDrop func()        // unblocks the viewer's writer; called once, under the hub lock
+	// Guarded by hub.mu.
+	status *Event
+	logs   []*Event
+	closed bool
+	reason string // why the viewer was closed
 }
 
 // hub fans events out to viewers and keeps what a (re)connecting viewer needs:
@@ -112,10 +118,18 @@ func (h *hub) publish(typ string, data json.RawMessage, now time.Time) *Event {
 		h.logs = append(h.logs, ev)
 	}
 	for v := range h.viewers {
+		if typ == EventStatus {
+			v.status = ev
+		} else {
+			if len(v.logs) >= h.bufSize {
+				h.dropLocked(v, dropSlow)
+				continue
+			}
+			v.logs = append(v.logs, ev)
+		}
 		select {
-		case v.ch <- ev:
-		default:
-			h.dropLocked(v, dropSlow)
+		case v.wake <- struct{}{}:
+		default: // already signalled
 		}
 	}
 	return ev
@@ -147,7 +161,7 @@ func (h *hub) subscribe(lastID string, onDrop func()) (*viewer, []*Event, error)
 		}
 		replay = append(replay[:i], append([]*Event{st}, replay[i:]...)...)
 	}
-	v := &viewer{ch: make(chan *Event, h.bufSize), onDrop: onDrop}
+	v := &viewer{wake: make(chan struct{}, 1), onDrop: onDrop}
 	h.viewers[v] = struct{}{}
 	select {
 	case h.kick <- struct{}{}: // a new viewer gets a fresh snapshot at once
@@ -174,6 +188,34 @@ func (h *hub) unsubscribe(v *viewer) {
 	h.dropLocked(v, dropUnsubbed)
 }
 
+// take returns what is pending for v, oldest first, and whether v was closed
+// (then nothing more is to be sent).
+func (h *hub) take(v *viewer) ([]*Event, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if v.closed {
+		return nil, true
+	}
+	out := v.logs
+	v.logs = nil
+	if st := v.status; st != nil {
+		i := len(out)
+		for i > 0 && out[i-1].seq > st.seq {
+			i--
+		}
+		out = append(out[:i], append([]*Event{st}, out[i:]...)...)
+		v.status = nil
+	}
+	return out, false
+}
+
+// closedReason is why v was closed ("" while it is open).
+func (h *hub) closedReason(v *viewer) string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return v.reason
+}
+
 // drop removes a viewer from outside the fan-out (a request flood on its socket).
 func (h *hub) drop(v *viewer, reason string) {
 	h.mu.Lock()
@@ -186,8 +228,9 @@ func (h *hub) dropLocked(v *viewer, reason string) {
 		return
 	}
 	v.closed, v.reason = true, reason
+	v.status, v.logs = nil, nil
 	delete(h.viewers, v)
-	close(v.ch)
+	close(v.wake)
 	if reason != dropUnsubbed && reason != dropShutdown {
 		if v.onDrop != nil {
 			v.onDrop()

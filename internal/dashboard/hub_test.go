@@ -33,7 +33,22 @@ func droppedCount(f *fixture, reason string) float64 {
 	return 0
 }
 
-func TestHubDropsAViewerThatFallsAFullBufferBehind(t *testing.T) {
+func TestHubKeepsOnlyTheLatestStatusForAViewerThatLags(t *testing.T) {
+	h := newHub(2, 10, 10, time.Unix(0, 0))
+	v, _, _ := h.subscribe("", nil)
+	for i := 0; i < 100; i++ {
+		h.publish(EventStatus, []byte(`{}`), time.Unix(0, 0))
+	}
+	h.publish(EventLog, []byte(`"l"`), time.Unix(0, 0))
+	last := h.publish(EventStatus, []byte(`{}`), time.Unix(0, 0))
+	<-v.wake
+	evs, closed := h.take(v)
+	if closed || len(evs) != 2 || evs[0].Type != EventLog || evs[1] != last {
+		t.Fatalf("pending = %d events (closed %v); want the log line then only the newest status", len(evs), closed)
+	}
+}
+
+func TestHubDropsAViewerThatFallsAFullBufferOfLogLinesBehind(t *testing.T) {
 	h := newHub(2, 10, 10, time.Unix(0, 0))
 	var reasons []string
 	h.onDrop = func(r string) { reasons = append(reasons, r) }
@@ -41,15 +56,16 @@ func TestHubDropsAViewerThatFallsAFullBufferBehind(t *testing.T) {
 	slow, _, _ := h.subscribe("", func() { unblocked = true })
 	fast, _, _ := h.subscribe("", nil)
 	for i := 0; i < 3; i++ {
-		h.publish(EventStatus, []byte(`{}`), time.Unix(0, 0))
-		<-fast.ch
+		h.publish(EventLog, []byte(`"l"`), time.Unix(0, 0))
+		if evs, _ := h.take(fast); len(evs) != 1 {
+			t.Fatalf("fast viewer got %d events; want 1", len(evs))
+		}
 	}
-	if _, ok := <-slow.ch; !ok {
-		t.Fatal("slow viewer's first queued event is missing")
+	if _, ok := <-slow.wake; ok {
+		<-slow.wake // the signal was pending; the channel must be closed next
 	}
-	<-slow.ch
-	if _, ok := <-slow.ch; ok || slow.reason != dropSlow {
-		t.Fatalf("slow viewer not dropped after a full buffer (reason %q)", slow.reason)
+	if _, closed := h.take(slow); !closed || h.closedReason(slow) != dropSlow {
+		t.Fatalf("slow viewer not dropped after a full buffer (reason %q)", h.closedReason(slow))
 	}
 	if !unblocked || len(reasons) != 1 || reasons[0] != dropSlow {
 		t.Fatalf("drop did not unblock the writer or count it: unblocked=%v reasons=%v", unblocked, reasons)
@@ -57,18 +73,14 @@ func TestHubDropsAViewerThatFallsAFullBufferBehind(t *testing.T) {
 	if h.count() != 1 {
 		t.Fatalf("viewers = %d; want the fast one only", h.count())
 	}
-	h.publish(EventStatus, []byte(`{}`), time.Unix(0, 0))
-	if _, ok := <-fast.ch; !ok {
-		t.Fatal("fast viewer was dropped too")
-	}
 }
 
 // TestSSEViewerThatStopsReadingIsDroppedWhileOthersStay runs real sockets:
-// a client that never reads fills the kernel buffers, its queue fills, and
-// the agent drops it; a reading viewer keeps receiving.
+// a client that never reads fills the kernel buffers, the agent's write
+// blocks past WriteTimeout and the viewer is dropped; a reading viewer stays.
 func TestSSEViewerThatStopsReadingIsDroppedWhileOthersStay(t *testing.T) {
 	big := strings.Repeat("x", 128<<10)
-	f := newFixture(t, Options{EnableSSE: true, Interval: 5 * time.Millisecond, ViewerBuffer: 4, WriteTimeout: time.Second,
+	f := newFixture(t, Options{EnableSSE: true, Interval: 5 * time.Millisecond, WriteTimeout: 500 * time.Millisecond,
 		Snapshot: func(context.Context) apitype.StatusResponse {
 			return apitype.StatusResponse{AgentID: "a", NotReady: []string{big}}
 		}})

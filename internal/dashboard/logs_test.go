@@ -87,3 +87,20 @@ func TestEndpointURLsLoseUserInfoAndQuery(t *testing.T) {
 		}
 	}
 }
+
+func TestALogBurstIsCutToHalfAViewerQueueSoHealthyViewersStay(t *testing.T) {
+	logs := NewLogBuffer(500)
+	s := New(Options{Logs: logs, ViewerBuffer: 8})
+	v, _, _ := s.hub.subscribe("", nil)
+	for i := 0; i < 300; i++ {
+		logs.Add(newWarn(fmt.Sprintf("burst %d", i)))
+	}
+	s.ingestLogs()
+	evs, closed := s.hub.take(v)
+	if closed {
+		t.Fatalf("viewer dropped by a log burst (%s)", s.hub.closedReason(v))
+	}
+	if len(evs) != 4 || !strings.Contains(string(evs[3].Data), "burst 299") || !strings.Contains(string(evs[0].Data), "burst 296") {
+		t.Fatalf("got %d events; want the newest 4 lines of the burst", len(evs))
+	}
+}

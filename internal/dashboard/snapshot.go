@@ -153,6 +153,11 @@ func (s *Server) ingestLogs() {
 	}
 	lines, newest := s.logs.Since(s.logSeq)
 	s.logSeq = newest
+	// A burst larger than half a viewer's queue would drop healthy viewers:
+	// keep its newest lines (the full log is in the journal).
+	if max := s.o.ViewerBuffer / 2; len(lines) > max {
+		lines = lines[len(lines)-max:]
+	}
 	for _, l := range lines {
 		data, err := json.Marshal(l)
 		if err != nil {

@@ -60,10 +60,15 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 
 	write := func(b []byte) bool {
 		_ = rc.SetWriteDeadline(time.Now().Add(s.o.WriteTimeout))
-		if _, err := w.Write(b); err != nil {
+		_, err := w.Write(b)
+		if err == nil {
+			err = rc.Flush()
+		}
+		if err != nil {
+			s.writeFailed(v, err)
 			return false
 		}
-		return rc.Flush() == nil
+		return true
 	}
 	head := []byte("retry: " + strconv.Itoa(sseRetryMillis) + "\n\n")
 	for _, ev := range replay {
@@ -78,11 +83,16 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-r.Context().Done():
 			return
-		case ev, ok := <-v.ch:
-			if !ok {
+		case <-v.wake:
+			evs, closed := s.hub.take(v)
+			if closed {
 				return
 			}
-			if !write(ev.sse) {
+			var b []byte
+			for _, ev := range evs {
+				b = append(b, ev.sse...)
+			}
+			if !write(b) {
 				return
 			}
 		case <-keep.C:

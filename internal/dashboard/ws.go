@@ -57,7 +57,11 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 
 	write := func(f func() error) bool {
 		_ = conn.SetWriteDeadline(time.Now().Add(s.o.WriteTimeout))
-		return f() == nil
+		if err := f(); err != nil {
+			s.writeFailed(v, err)
+			return false
+		}
+		return true
 	}
 	send := func(ev *Event) bool {
 		pm, err := ev.prepared()
@@ -76,17 +80,20 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 			return
 		case <-readerDone:
 			return
-		case ev, ok := <-v.ch:
-			if !ok {
+		case <-v.wake:
+			evs, closed := s.hub.take(v)
+			if closed {
 				code, text := websocket.CloseGoingAway, "agent stopping"
-				if v.reason != dropShutdown {
-					code, text = websocket.ClosePolicyViolation, "viewer "+v.reason+"; reconnect"
+				if r := s.hub.closedReason(v); r != dropShutdown {
+					code, text = websocket.ClosePolicyViolation, "viewer "+r+"; reconnect"
 				}
 				_ = conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, text), time.Now().Add(time.Second))
 				return
 			}
-			if !send(ev) {
-				return
+			for _, ev := range evs {
+				if !send(ev) {
+					return
+				}
 			}
 		case b := <-replies:
 			if !write(func() error { return conn.WriteMessage(websocket.TextMessage, b) }) {
