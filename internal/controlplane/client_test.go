@@ -179,6 +179,11 @@ func TestForgottenClusterOnTheGatewayRegistersAgain(t *testing.T) {
 	if c, _ := onlyCluster(p); c.ID != a.c.ClusterID() {
 		t.Fatalf("cluster id changed: %s vs %s", c.ID, a.c.ClusterID())
 	}
+	// One retry for the drop, one immediate switch to the controller: the
+	// "cluster not found" is honoured even though the gateway closed at once.
+	if n := metricValue(t, a.reg, "pipeops_agent_controlplane_reconnects_total"); n != 2 {
+		t.Fatalf("reconnects = %v; want 2", n)
+	}
 }
 
 func TestControllerRejectingTheTokenKeepsRetryingAndNotReady(t *testing.T) {

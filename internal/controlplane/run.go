@@ -189,9 +189,21 @@ func (c *Client) serve(ctx context.Context, cn *conn) outcome {
 		l.State, l.Mode, l.Registered, l.ConnectedSince, l.Generation = apitype.LinkConnected, cn.mode, true, now, cn.gen
 		l.NextRetry = time.Time{}
 	})
+	// end says why the connection ended. A re-registration request read
+	// before the socket closed wins over the read or write error it caused.
+	end := func(err error) outcome {
+		select {
+		case reason := <-cn.reregister:
+			c.log.Warn("control plane no longer knows this cluster; registering again", "reason", reason)
+			c.clearRegistration()
+			err = fmt.Errorf("%w (%s)", errReregister, reason)
+		default:
+		}
+		cn.close(websocket.CloseNormalClosure, "connection ended")
+		return outcome{err: err, up: time.Since(start)}
+	}
 	if err := c.sendHeartbeat(ctx, cn); err != nil {
-		cn.close(websocket.CloseNormalClosure, "heartbeat failed")
-		return outcome{err: err}
+		return end(err)
 	}
 	c.limiter.Reset()
 	c.hmu.RLock()
@@ -217,16 +229,13 @@ func (c *Client) serve(ctx context.Context, cn *conn) outcome {
 			cn.close(websocket.CloseNormalClosure, "agent shutting down")
 			return outcome{up: time.Since(start)}
 		case <-cn.Done():
-			return outcome{err: cn.Err(), up: time.Since(start)}
+			return end(cn.Err())
 		case reason := <-cn.reregister:
-			c.log.Warn("control plane no longer knows this cluster; registering again", "reason", reason)
-			c.clearRegistration()
-			cn.close(websocket.CloseNormalClosure, "registering again")
-			return outcome{err: fmt.Errorf("%w (%s)", errReregister, reason), up: time.Since(start)}
+			cn.signalReregister(reason) // end reads it back
+			return end(nil)
 		case <-t.C:
 			if err := c.sendHeartbeat(ctx, cn); err != nil {
-				cn.close(websocket.CloseNormalClosure, "heartbeat failed")
-				return outcome{err: err, up: time.Since(start)}
+				return end(err)
 			}
 		}
 	}
