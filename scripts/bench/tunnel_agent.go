@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -58,6 +59,16 @@ func runTunnelAgent(args []string) error {
 		return err
 	}
 	cp.Register(mgr)
+	if path := os.Getenv("TUNNEL_BENCH_CPUPROFILE"); path != "" { // profile the agent side
+		f, err := os.Create(path)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	go func() { // parent gone → exit
@@ -65,7 +76,8 @@ func runTunnelAgent(args []string) error {
 		stop()
 	}()
 	go func() { _ = mgr.Run(ctx) }()
-	return cp.Run(ctx)
+	err = cp.Run(ctx)
+	return err
 }
 
 type multiFlag []string
