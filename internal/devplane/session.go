@@ -38,12 +38,12 @@ type Session struct {
 
 	mu        sync.Mutex
 	clusterID string
-	subs      map[string]chan *protocol.Envelope
+	subs      map[string]*subscription
 	binary    func([]byte)
 }
 
 func newSession(kind string, ws *websocket.Conn) *Session {
-	s := &Session{kind: kind, ws: ws, out: make(chan frame), done: make(chan struct{}), subs: map[string]chan *protocol.Envelope{}}
+	s := &Session{kind: kind, ws: ws, out: make(chan frame), done: make(chan struct{}), subs: map[string]*subscription{}}
 	go s.writeLoop()
 	return s
 }
@@ -84,8 +84,8 @@ func (s *Session) shutdown() {
 		close(s.done)
 		_ = s.ws.Close()
 		s.mu.Lock()
-		for id, ch := range s.subs {
-			close(ch)
+		for id, sub := range s.subs {
+			sub.end()
 			delete(s.subs, id)
 		}
 		s.mu.Unlock()
@@ -155,18 +155,35 @@ func (s *Session) Subscribe(requestID string) (<-chan *protocol.Envelope, func()
 	default:
 	}
 	if old, ok := s.subs[requestID]; ok {
-		close(old)
+		old.end()
 	}
-	s.subs[requestID] = ch
+	sub := &subscription{ch: ch, gone: make(chan struct{})}
+	s.subs[requestID] = sub
 	s.mu.Unlock()
 	return ch, func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		if cur, ok := s.subs[requestID]; ok && cur == ch {
-			close(ch)
+		if cur, ok := s.subs[requestID]; ok && cur == sub {
+			sub.end()
 			delete(s.subs, requestID)
 		}
 	}
+}
+
+// subscription is one Subscribe. deliver sends under send; end closes gone
+// first (which unblocks a waiting deliver) and then ch under send, so a
+// send never races with the close.
+type subscription struct {
+	ch   chan *protocol.Envelope
+	gone chan struct{}
+	send sync.Mutex
+}
+
+func (sub *subscription) end() {
+	close(sub.gone)
+	sub.send.Lock()
+	close(sub.ch)
+	sub.send.Unlock()
 }
 
 // SetBinaryHandler receives every later inbound binary frame.
@@ -183,14 +200,21 @@ func (s *Session) deliver(env *protocol.Envelope) bool {
 		return false
 	}
 	s.mu.Lock()
-	ch, ok := s.subs[env.RequestID]
+	sub, ok := s.subs[env.RequestID]
 	s.mu.Unlock()
 	if !ok {
 		return false
 	}
-	defer func() { _ = recover() }() // the subscriber cancelled while we were blocked: closed channel
+	sub.send.Lock()
+	defer sub.send.Unlock()
 	select {
-	case ch <- env:
+	case <-sub.gone: // cancelled meanwhile
+		return true
+	default:
+	}
+	select {
+	case sub.ch <- env:
+	case <-sub.gone:
 	case <-s.done:
 	}
 	return true
