@@ -7,6 +7,8 @@ import (
 	"time"
 )
 
+const keepaliveFrame = ": keepalive\n\n"
+
 // sseRetryMillis is the reconnect delay EventSource uses after a drop.
 const sseRetryMillis = 2000
 
@@ -58,9 +60,15 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 	h.Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(http.StatusOK)
 
-	write := func(b []byte) bool {
+	// write sends frames as they are (no per-viewer copy), then flushes once.
+	write := func(frames ...[]byte) bool {
 		_ = rc.SetWriteDeadline(time.Now().Add(s.o.WriteTimeout))
-		_, err := w.Write(b)
+		var err error
+		for _, b := range frames {
+			if _, err = w.Write(b); err != nil {
+				break
+			}
+		}
 		if err == nil {
 			err = rc.Flush()
 		}
@@ -70,11 +78,7 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 		}
 		return true
 	}
-	head := []byte("retry: " + strconv.Itoa(sseRetryMillis) + "\n\n")
-	for _, ev := range replay {
-		head = append(head, ev.sse...)
-	}
-	if !write(head) {
+	if !write(append([][]byte{[]byte("retry: " + strconv.Itoa(sseRetryMillis) + "\n\n")}, frames(replay)...)...) {
 		return
 	}
 	keep := time.NewTicker(s.o.Keepalive)
@@ -88,17 +92,21 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 			if closed {
 				return
 			}
-			var b []byte
-			for _, ev := range evs {
-				b = append(b, ev.sse...)
-			}
-			if !write(b) {
+			if !write(frames(evs)...) {
 				return
 			}
 		case <-keep.C:
-			if !write([]byte(": keepalive\n\n")) {
+			if !write([]byte(keepaliveFrame)) {
 				return
 			}
 		}
 	}
+}
+
+func frames(evs []*Event) [][]byte {
+	out := make([][]byte, len(evs))
+	for i, ev := range evs {
+		out[i] = ev.sse
+	}
+	return out
 }
