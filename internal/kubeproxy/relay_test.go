@@ -67,7 +67,9 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func frame(op byte, s string) string { return base64.StdEncoding.EncodeToString(append([]byte{op}, s...)) }
+func frame(op byte, s string) string {
+	return base64.StdEncoding.EncodeToString(append([]byte{op}, s...))
+}
 
 // wsData waits for the next relay frame and returns its opcode and bytes.
 func (f *fakeConn) wsData(t *testing.T, id string) (byte, string) {
