@@ -43,6 +43,9 @@ type Session struct {
 // find returns the first of names on PATH (or the override in env).
 func find(env string, names ...string) string {
 	if p := os.Getenv(env); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			return ""
+		}
 		return p
 	}
 	for _, n := range names {
