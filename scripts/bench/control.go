@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -99,7 +100,9 @@ func benchControl(args []string) error {
 	rss, _ := sseRSS(agent.Process.Pid)
 	fmt.Printf("idle control traffic: %.1f B/s (agent→cp %.1f B/s, cp→agent %.1f B/s) over %s (target ≤ 500 B/s)\n",
 		(in+out)/secs, out/secs, in/secs, *idle)
-	fmt.Printf("idle agent RSS: %.1f MiB (target ≤ 40 MiB)\n", float64(rss)/(1<<20))
+	heap, sys := ctlMetric(agentPort, "go_memstats_heap_inuse_bytes"), ctlMetric(agentPort, "go_memstats_sys_bytes")
+	fmt.Printf("idle agent RSS: %.1f MiB (target ≤ 40 MiB); Go heap in use %.1f MiB, Go runtime sys %.1f MiB\n",
+		float64(rss)/(1<<20), heap/(1<<20), sys/(1<<20))
 
 	var took []time.Duration
 	for i := 0; i < *cycles; i++ {
@@ -223,6 +226,23 @@ func (c ctlCounter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
 	c.n.Add(int64(n))
 	return n, err
+}
+
+// ctlMetric reads one unlabelled sample from the agent's /metrics.
+func ctlMetric(port int, name string) float64 {
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, name+" "); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return f
+		}
+	}
+	return 0
 }
 
 func ctlFreePort() int {
