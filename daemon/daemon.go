@@ -223,8 +223,8 @@ func (d *Daemon) supervise(ctx context.Context) error {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	last := ""
+	changed := d.health.Changed()
 	for {
-		changed := d.health.Changed()
 		if _, err := os.Stat(wedge); err == nil {
 			// Simulated hang: stop beating (and stop doing anything useful).
 		} else {
@@ -238,6 +238,7 @@ func (d *Daemon) supervise(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-changed:
+			changed = d.health.Changed() // one waiter at a time, never one per tick
 		case <-t.C:
 		}
 	}
