@@ -3,6 +3,7 @@ package controlplane
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"net"
@@ -265,3 +266,5 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name string, labels ...
 var errBoom = errors.New("apiserver not reachable")
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
