@@ -21,7 +21,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 say "building pipeops-agent, pipeopsctl and pipeops-devplane"
 make -s build
-scripts/setup-tools.sh
+scripts/setup-tools.sh core
 say "building (or reusing) the Kubernetes binaries"
 K8S_BIN=$(scripts/k8s/build.sh)
 

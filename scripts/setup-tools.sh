@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# scripts/setup-tools.sh - install the host tools the tests use, from Debian's
-# packages. Idempotent and quick when everything is present.
+# scripts/setup-tools.sh - install the host tools the tests and the demo use,
+# from Debian's packages. Idempotent and quick when everything is present.
+#   core:    openssl (test-cluster PKI), curl, python3 (free ports), shellcheck
+#   browser: chromium + chromedriver for the dashboard test (scripts/browser-setup.sh)
+#   host:    bats, lintian, rpm, debootstrap, systemd-container … (scripts/host/tools.sh apt)
+# Usage: scripts/setup-tools.sh [core]   (core only: what `make demo` needs)
 set -euo pipefail
+cd "$(dirname "$0")/.."
 need=()
 have() { command -v "$1" >/dev/null 2>&1; }
-have shellcheck || need+=(shellcheck)
 have openssl || need+=(openssl)
+have curl || need+=(curl)
+have python3 || need+=(python3)
+have shellcheck || need+=(shellcheck)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "missing tools: ${need[*]}; install them with: sudo apt-get install -y ${need[*]}" >&2
@@ -16,3 +23,6 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq >/dev/null
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+[ "${1:-}" = core ] && exit 0
+scripts/browser-setup.sh
+scripts/host/tools.sh apt
