@@ -5,10 +5,13 @@ import (
 	"compress/gzip"
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -81,6 +84,22 @@ func (o *responder) buffer(resp *http.Response) {
 	o.p.m.finished(statusClass(resp.StatusCode), 0)
 }
 
+// appendChunkPayload renders a proxy_response_chunk payload straight into
+// b (no intermediate string and struct encoding: at 32 KiB per chunk those
+// copies are most of the garbage a large stream makes). The envelope
+// encoder copies the payload, so b is reusable as soon as Send returns.
+func appendChunkPayload(b, data []byte) []byte {
+	b = append(b, `{"data":"`...)
+	n, k := len(b), base64.StdEncoding.EncodedLen(len(data))
+	b = slices.Grow(b, k)[:n+k]
+	base64.StdEncoding.Encode(b[n:], data)
+	b = append(b, `","encoding":"base64","size":`...)
+	b = strconv.AppendInt(b, int64(len(data)), 10)
+	return append(b, '}')
+}
+
+var payloadBufs = sync.Pool{New: func() any { b := make([]byte, 0, 48<<10); return &b }}
+
 var chunkBufs = sync.Pool{New: func() any { b := make([]byte, protocol.MaxChunk); return &b }}
 
 // stream sends the header, one chunk per backend read (at most 32 KiB),
@@ -106,9 +125,10 @@ func (o *responder) stream(resp *http.Response) {
 				o.fail(context.Cause(o.ctx))
 				return
 			}
-			err := o.c.Send(o.ctx, protocol.TypeProxyResponseChunk, o.id, protocol.ProxyResponseChunk{
-				Data: base64.StdEncoding.EncodeToString(buf[:n]), Encoding: "base64", Size: n,
-			})
+			pb := payloadBufs.Get().(*[]byte)
+			*pb = appendChunkPayload((*pb)[:0], buf[:n])
+			err := o.c.Send(o.ctx, protocol.TypeProxyResponseChunk, o.id, json.RawMessage(*pb))
+			payloadBufs.Put(pb)
 			if err != nil {
 				o.fail(err)
 				return

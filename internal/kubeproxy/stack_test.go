@@ -26,7 +26,12 @@ import (
 	"github.com/pipeops/pipeops-vm-agent/internal/state"
 )
 
-func TestMain(m *testing.M) { kubetest.Main(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv(envHelper) != "" {
+		os.Exit(runAgentHelper())
+	}
+	kubetest.Main(m)
+}
 
 const stackToken = "proxy-test-token"
 
@@ -58,20 +63,7 @@ func (stubCluster) Telemetry(context.Context) (controlplane.Telemetry, error) {
 // the proxy uses (the test's stand-in for the ServiceAccount config).
 func startStack(t testing.TB, identity *rest.Config, mod func(*kubeproxy.Options)) *stack {
 	t.Helper()
-	s := &stack{plane: devplane.New(devplane.Config{Tokens: []string{stackToken}})}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.base = "http://" + ln.Addr().String()
-	s.hs = &http.Server{Handler: s.plane.Handler(), ReadHeaderTimeout: 10 * time.Second}
-	go func() { _ = s.hs.Serve(ln) }()
-	t.Cleanup(func() {
-		s.stop()
-		s.plane.CloseAll()
-		_ = s.hs.Close()
-	})
-
+	s := newPlane(t)
 	cfg := config.Default()
 	cfg.PipeOps.APIURL = s.base
 	cfg.PipeOps.Token = stackToken
@@ -96,12 +88,37 @@ func startStack(t testing.TB, identity *rest.Config, mod func(*kubeproxy.Options
 	ctx, cancel := context.WithCancel(context.Background())
 	s.stopAgent, s.agentDone = cancel, make(chan struct{})
 	go func() { defer close(s.agentDone); _ = cp.Run(ctx) }()
+	s.waitGateway(t, agentID)
+	return s
+}
+
+// newPlane starts only the reference control plane.
+func newPlane(t testing.TB) *stack {
+	t.Helper()
+	s := &stack{plane: devplane.New(devplane.Config{Tokens: []string{stackToken}})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.base = "http://" + ln.Addr().String()
+	s.hs = &http.Server{Handler: s.plane.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = s.hs.Serve(ln) }()
+	t.Cleanup(func() {
+		s.stop()
+		s.plane.CloseAll()
+		_ = s.hs.Close()
+	})
+	return s
+}
+
+// waitGateway waits until the agent agentID is connected to the gateway.
+func (s *stack) waitGateway(t testing.TB, agentID string) {
+	t.Helper()
 	s.clusterID = devplane.ClusterIDFor(agentID)
 	eventually(t, 20*time.Second, "the agent is connected to the gateway", func() bool {
 		c, ok := s.plane.Cluster(s.clusterID)
 		return ok && c.Connected && c.Mode == devplane.KindGateway
 	})
-	return s
 }
 
 func (s *stack) stop() {

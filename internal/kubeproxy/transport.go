@@ -177,7 +177,10 @@ func clientFor(cfg *rest.Config) (*http.Client, *tls.Config, error) {
 		ExpectContinueTimeout: time.Second,
 		ForceAttemptHTTP2:     true,
 		DisableCompression:    true,
-		HTTP2:                 &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second},
+		// A 1 MiB per-stream window (Go's default is 4 MiB) bounds what a
+		// fast API server can push ahead of a slow control plane.
+		HTTP2: &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second,
+			MaxReceiveBufferPerStream: 1 << 20},
 	}
 	rt, err := rest.HTTPWrappersForConfig(cfg, t)
 	if err != nil {
