@@ -3,6 +3,7 @@ package link
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -67,6 +68,7 @@ func eventually(t *testing.T, within time.Duration, what string, cond func() boo
 // killed and started again at the same address.
 type devplaneProc struct {
 	t      *testing.T
+	host   string // listen address; 127.0.0.1 unless "--listen-host" is given
 	bin    string
 	port   int
 	scheme string
@@ -78,11 +80,17 @@ type devplaneProc struct {
 
 func startDevplane(t *testing.T, extra ...string) *devplaneProc {
 	t.Helper()
-	p := &devplaneProc{t: t, bin: testbin.Build(t, "pipeops-devplane"), port: freePort(t), scheme: "http", extra: extra, out: &syncBuffer{}}
-	for _, a := range extra {
-		if a == "--tls-cert" {
+	p := &devplaneProc{t: t, bin: testbin.Build(t, "pipeops-devplane"), port: freePort(t), scheme: "http", host: "127.0.0.1", out: &syncBuffer{}}
+	for i := 0; i < len(extra); i++ {
+		switch extra[i] {
+		case "--listen-host": // a helper option, not a devplane flag
+			p.host = extra[i+1]
+			i++
+			continue
+		case "--tls-cert":
 			p.scheme = "https"
 		}
+		p.extra = append(p.extra, extra[i])
 	}
 	p.start()
 	t.Cleanup(func() {
@@ -94,12 +102,12 @@ func startDevplane(t *testing.T, extra ...string) *devplaneProc {
 	return p
 }
 
-func (p *devplaneProc) url() string { return fmt.Sprintf("%s://127.0.0.1:%d", p.scheme, p.port) }
+func (p *devplaneProc) url() string { return fmt.Sprintf("%s://%s:%d", p.scheme, p.host, p.port) }
 
 // start runs the binary and waits until it accepts connections.
 func (p *devplaneProc) start() {
 	p.t.Helper()
-	args := append([]string{"--listen", fmt.Sprintf("127.0.0.1:%d", p.port), "--token", token, "--log-level", "debug"}, p.extra...)
+	args := append([]string{"--listen", fmt.Sprintf("%s:%d", p.host, p.port), "--token", token, "--log-level", "debug"}, p.extra...)
 	var err error
 	for i := 0; i < 50; i++ { // the port may still be in TIME_WAIT-free limbo for a moment
 		p.cmd = exec.Command(p.bin, args...)
@@ -126,7 +134,7 @@ func (p *devplaneProc) waitListening() bool {
 			return false
 		default:
 		}
-		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", p.port), 200*time.Millisecond)
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("%s:%d", p.host, p.port), 200*time.Millisecond)
 		if err == nil {
 			c.Close()
 			return true
@@ -147,7 +155,7 @@ func (p *devplaneProc) kill() {
 
 func (p *devplaneProc) admin(method, path, body string) *http.Response {
 	p.t.Helper()
-	req, _ := http.NewRequest(method, "http://127.0.0.1:"+strconv.Itoa(p.port)+path, strings.NewReader(body))
+	req, _ := http.NewRequest(method, p.adminURL()+path, strings.NewReader(body))
 	resp, err := insecureClient.Do(req)
 	if err != nil {
 		p.t.Fatalf("%s %s: %v", method, path, err)
@@ -155,11 +163,17 @@ func (p *devplaneProc) admin(method, path, body string) *http.Response {
 	return resp
 }
 
-var insecureClient = &http.Client{Timeout: 5 * time.Second}
+var insecureClient = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+	TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // the test's own self-signed devplane
+	Proxy:           nil,
+}}
+
+// adminURL is where the admin API answers (the agent-facing listener).
+func (p *devplaneProc) adminURL() string { return fmt.Sprintf("%s://%s:%d", p.scheme, p.host, p.port) }
 
 // clusters lists what the devplane's admin API shows (nil when it is down).
 func (p *devplaneProc) clusters() []devplane.ClusterInfo {
-	resp, err := insecureClient.Get(fmt.Sprintf("http://127.0.0.1:%d/admin/clusters", p.port))
+	resp, err := insecureClient.Get(p.adminURL() + "/admin/clusters")
 	if err != nil {
 		return nil
 	}
@@ -188,6 +202,7 @@ type agentProc struct {
 	cmd    *exec.Cmd
 	out    *syncBuffer
 	done   chan struct{}
+	env    []string // extra environment
 }
 
 // newAgent writes a config pointing at apiURL and the test cluster; the
@@ -227,7 +242,7 @@ pipeops:
 func (a *agentProc) start() {
 	a.t.Helper()
 	a.cmd = exec.Command(a.bin, "run", "--config", a.cfg)
-	a.cmd.Env = append(os.Environ(), "PIPEOPS_TOKEN="+token, "PIPEOPS_LOG_FORMAT=json", "NOTIFY_SOCKET=")
+	a.cmd.Env = append(append(os.Environ(), "PIPEOPS_TOKEN="+token, "PIPEOPS_LOG_FORMAT=json", "NOTIFY_SOCKET="), a.env...)
 	a.cmd.Stdout, a.cmd.Stderr = a.out, a.out
 	if err := a.cmd.Start(); err != nil {
 		a.t.Fatal(err)

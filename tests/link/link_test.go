@@ -128,7 +128,7 @@ func TestAGateway401LeadsToRegistrationThroughTheControllerAndAWorkingSession(t 
 func TestAPinMismatchIsRefusedWithAClearError(t *testing.T) {
 	env := kubetest.Cluster(t)
 	dir := t.TempDir()
-	cert, key := writeServerCert(t, dir)
+	cert, key := writeServerCert(t, dir, "127.0.0.1")
 	dp := startDevplane(t, "--tls-cert", cert, "--tls-key", key)
 	pin := "sha256//" + strings.Repeat("A", 43) + "="
 	a := newAgent(t, dp.url(), env.Kubeconfig, "  tls:\n    ca_file: "+cert+"\n    pin_sha256: [\""+pin+"\"]\n")
@@ -145,8 +145,8 @@ func TestAPinMismatchIsRefusedWithAClearError(t *testing.T) {
 	}
 }
 
-// writeServerCert writes a self-signed certificate for 127.0.0.1.
-func writeServerCert(t *testing.T, dir string) (certFile, keyFile string) {
+// writeServerCert writes a self-signed certificate for ip.
+func writeServerCert(t *testing.T, dir, ip string) (certFile, keyFile string) {
 	t.Helper()
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -154,7 +154,7 @@ func writeServerCert(t *testing.T, dir string) (certFile, keyFile string) {
 	}
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "devplane"},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		IPAddresses: []net.IP{net.ParseIP(ip)}, KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, BasicConstraintsValid: true, IsCA: true}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
 	if err != nil {
