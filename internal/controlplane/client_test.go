@@ -296,3 +296,25 @@ func TestRotatedCredentialsAreRegisteredAtOnce(t *testing.T) {
 		t.Fatalf("persisted token = %q; want t2", a.st.Get().ClusterToken)
 	}
 }
+
+func TestRegisterInProgressExtendsTheWaitAndAnErrorFailsItAtOnce(t *testing.T) {
+	p := startPlane(t)
+	p.srv.SetFaults(devplane.Faults{RegisterDelayMS: 600})
+	a := newAgent(t, testConfig(p.url()), nil, &fakeCluster{version: "v1.36.3"}, func(o *Options) { o.RegisterTimeout = 300 * time.Millisecond })
+	a.start(t)
+	eventually(t, 5*time.Second, "registration after register_in_progress", heartbeating(p, devplane.KindGateway, 1))
+	if n := metricValue(t, a.reg, "pipeops_agent_controlplane_reconnects_total"); n != 0 {
+		t.Fatalf("reconnects = %v; want the first attempt to succeed", n)
+	}
+	a.stop()
+
+	q := startPlane(t)
+	q.srv.SetFaults(devplane.Faults{RegisterError: "workspace suspended"})
+	b := newAgent(t, testConfig(q.url()), nil, &fakeCluster{version: "v1.36.3"}, func(o *Options) { o.RegisterTimeout = time.Minute })
+	b.start(t)
+	var st apitype.StatusResponse
+	eventually(t, 3*time.Second, "the refusal as the last error, long before the timeout", func() bool {
+		b.c.FillStatus(context.Background(), &st)
+		return contains(st.Link.LastError, "workspace suspended")
+	})
+}

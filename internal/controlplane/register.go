@@ -47,16 +47,12 @@ func (c *Client) register(ctx context.Context, cn *conn, st state.State, k8sVers
 		case reason := <-cn.reregister:
 			return nil, fmt.Errorf("registration refused: %s", reason)
 		case <-timer.C:
-			return nil, fmt.Errorf("no register_success within %s; the control plane may be overloaded", time.Since(start).Round(time.Second))
+			return nil, fmt.Errorf("no register_success within %s; the control plane may be overloaded", time.Since(start).Round(100*time.Millisecond))
 		case env := <-replies:
 			switch env.Type {
 			case protocol.TypeRegisterInProgress:
-				// Extend the wait, up to 120 s in total.
-				left := registerMaxWait - time.Since(start)
-				if left > c.registerTimeout {
-					left = c.registerTimeout
-				}
-				if left > 0 {
+				// The control plane is working on it: wait up to 120 s in total.
+				if left := registerMaxWait - time.Since(start); left > 0 {
 					timer.Reset(left)
 				}
 			case protocol.TypeError:

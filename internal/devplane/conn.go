@@ -95,7 +95,7 @@ func (s *Server) admit(w http.ResponseWriter, r *http.Request, fault int) bool {
 
 // gatewayURL is the gateway_ws_url handed out in register_success.
 func (s *Server) gatewayURL(r *http.Request) string {
-	if s.faultNoGateway() {
+	if s.GetFaults().NoGatewayURL {
 		return ""
 	}
 	base := s.cfg.PublicURL
@@ -206,17 +206,36 @@ func (s *Server) register(ctx context.Context, sess *Session, env *protocol.Enve
 		_ = sess.Send(ctx, protocol.TypeError, env.RequestID, protocol.ErrorPayload{Error: "register needs payload.agent_id"})
 		return
 	}
+	f := s.GetFaults()
+	if f.RegisterError != "" {
+		_ = sess.Send(ctx, protocol.TypeError, env.RequestID, protocol.ErrorPayload{Error: f.RegisterError})
+		return
+	}
 	id := ClusterIDFor(reg.AgentID)
-	s.recordRegistration(id, &reg, env.Payload)
-	sess.setClusterID(id)
-	s.attach(sess, nil)
-	s.log.Info("cluster registered", "cluster_id", id, "agent_id", reg.AgentID, "name", reg.Name)
-	_ = sess.Send(ctx, protocol.TypeRegisterSuccess, env.RequestID, protocol.RegisterSuccess{
-		ClusterID:    id,
-		ClusterUUID:  id,
-		Name:         reg.Name,
-		Status:       "active",
-		WorkspaceID:  json.Number("1"),
-		GatewayWSURL: gatewayURL,
-	})
+	answer := func() {
+		s.recordRegistration(id, &reg, env.Payload)
+		sess.setClusterID(id)
+		s.attach(sess, nil)
+		s.log.Info("cluster registered", "cluster_id", id, "agent_id", reg.AgentID, "name", reg.Name)
+		_ = sess.Send(ctx, protocol.TypeRegisterSuccess, env.RequestID, protocol.RegisterSuccess{
+			ClusterID:    id,
+			ClusterUUID:  id,
+			Name:         reg.Name,
+			Status:       "active",
+			WorkspaceID:  json.Number("1"),
+			GatewayWSURL: gatewayURL,
+		})
+	}
+	if f.RegisterDelayMS <= 0 {
+		answer()
+		return
+	}
+	_ = sess.Send(ctx, protocol.TypeRegisterInProgress, env.RequestID, nil)
+	go func() {
+		select {
+		case <-time.After(time.Duration(f.RegisterDelayMS) * time.Millisecond):
+			answer()
+		case <-sess.Done():
+		}
+	}()
 }

@@ -104,7 +104,7 @@ type Server struct {
 	waiters      map[string][]chan struct{}
 	gatewayHooks []func(*Session)
 	typeHandlers map[string]func(*Session, *protocol.Envelope)
-	faults       faults
+	faults       Faults
 }
 
 // New builds a Server; it starts nothing.

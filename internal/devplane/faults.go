@@ -7,36 +7,37 @@ import (
 	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
 )
 
-// faults are injected failures for tests (admin API: /admin/faults).
-type faults struct {
-	controllerStatus int  // non-zero: answer the controller handshake with it
-	gatewayStatus    int  // non-zero: answer the gateway handshake with it
-	noGateway        bool // register_success without gateway_ws_url
-	times            int  // >0: the handshake faults apply to this many more handshakes
-}
-
-// Faults is the settable part of the fault state.
+// Faults are injected failures for tests (admin API: GET/PUT /admin/faults).
+// The zero value injects nothing.
 type Faults struct {
-	ControllerStatus int  `json:"controller_status"`
-	GatewayStatus    int  `json:"gateway_status"`
-	NoGatewayURL     bool `json:"no_gateway_url"`
-	// Times limits the handshake faults to the next Times faulted
+	// ControllerStatus / GatewayStatus, when non-zero, answer that
+	// WebSocket handshake with this HTTP status (e.g. 401).
+	ControllerStatus int `json:"controller_status"`
+	GatewayStatus    int `json:"gateway_status"`
+	// Times limits the two handshake faults to the next Times faulted
 	// handshakes; 0 keeps them until cleared.
 	Times int `json:"times,omitempty"`
+	// NoGatewayURL sends register_success without gateway_ws_url.
+	NoGatewayURL bool `json:"no_gateway_url"`
+	// RegisterError answers `register` with an `error` carrying its request_id.
+	RegisterError string `json:"register_error,omitempty"`
+	// RegisterDelayMS sends register_in_progress, then waits this long
+	// before register_success.
+	RegisterDelayMS int `json:"register_delay_ms,omitempty"`
 }
 
-// SetFaults replaces the handshake faults (zero value: none).
+// SetFaults replaces the injected faults.
 func (s *Server) SetFaults(f Faults) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.faults = faults{controllerStatus: f.ControllerStatus, gatewayStatus: f.GatewayStatus, noGateway: f.NoGatewayURL, times: f.Times}
+	s.faults = f
 }
 
-// GetFaults returns the current handshake faults.
+// GetFaults returns the injected faults.
 func (s *Server) GetFaults() Faults {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return Faults{ControllerStatus: s.faults.controllerStatus, GatewayStatus: s.faults.gatewayStatus, NoGatewayURL: s.faults.noGateway, Times: s.faults.times}
+	return s.faults
 }
 
 // faultStatus is the injected handshake answer for kind (0: none). It
@@ -44,23 +45,17 @@ func (s *Server) GetFaults() Faults {
 func (s *Server) faultStatus(kind string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	code := s.faults.controllerStatus
+	code := s.faults.ControllerStatus
 	if kind == KindGateway {
-		code = s.faults.gatewayStatus
+		code = s.faults.GatewayStatus
 	}
-	if code != 0 && s.faults.times > 0 {
-		s.faults.times--
-		if s.faults.times == 0 {
-			s.faults = faults{noGateway: s.faults.noGateway}
+	if code != 0 && s.faults.Times > 0 {
+		s.faults.Times--
+		if s.faults.Times == 0 {
+			s.faults.ControllerStatus, s.faults.GatewayStatus = 0, 0
 		}
 	}
 	return code
-}
-
-func (s *Server) faultNoGateway() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.faults.noGateway
 }
 
 // DropAll ends every live session without a close frame, as a crash would.
