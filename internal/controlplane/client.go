@@ -109,7 +109,7 @@ func New(o Options) (*Client, error) {
 	if o.Config == nil || o.State == nil || o.Health == nil || o.Cluster == nil {
 		return nil, errors.New("controlplane: Config, State, Health and Cluster are required")
 	}
-	d, err := newDialer(o.Config.PipeOps.TLS)
+	d, err := newDialer(o.Config.PipeOps.TLS, o.Config.PipeOps.Timeout.Std())
 	if err != nil {
 		return nil, err
 	}

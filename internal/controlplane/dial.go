@@ -23,8 +23,9 @@ import (
 // ControllerPath is appended to the api_url's base path (§2).
 const ControllerPath = "/api/v1/clusters/agent/ws"
 
-// handshakeTimeout bounds the WebSocket handshake (§2).
-const handshakeTimeout = 30 * time.Second
+// defaultHandshakeTimeout bounds the WebSocket handshake (§2) when
+// pipeops.timeout is unset.
+const defaultHandshakeTimeout = 30 * time.Second
 
 // ErrPinMismatch means the control plane's certificate matched none of the
 // configured SPKI pins.
@@ -93,8 +94,12 @@ func GatewayURL(gatewayWSURL, clusterUUID string) (string, error) {
 
 // newDialer builds the WebSocket dialer: TLS ≥ 1.2 against the system roots
 // plus ca_file, an optional client certificate, optional SPKI pins, and the
-// proxy from HTTPS_PROXY/NO_PROXY. No compression, no subprotocol.
-func newDialer(t config.TLS) (*websocket.Dialer, error) {
+// proxy from HTTPS_PROXY/NO_PROXY. No compression, no subprotocol. The
+// handshake is bounded by pipeops.timeout (default 30 s).
+func newDialer(t config.TLS, handshake time.Duration) (*websocket.Dialer, error) {
+	if handshake <= 0 {
+		handshake = defaultHandshakeTimeout
+	}
 	tc, err := tlsConfig(t)
 	if err != nil {
 		return nil, err
@@ -102,7 +107,7 @@ func newDialer(t config.TLS) (*websocket.Dialer, error) {
 	return &websocket.Dialer{
 		Proxy:             http.ProxyFromEnvironment,
 		TLSClientConfig:   tc,
-		HandshakeTimeout:  handshakeTimeout,
+		HandshakeTimeout:  handshake,
 		ReadBufferSize:    32 << 10,
 		WriteBufferSize:   32 << 10,
 		EnableCompression: false,
