@@ -19,6 +19,9 @@ import (
 // not found` (§8.6).
 var errReregister = errors.New("control plane does not know this cluster; registering again")
 
+// heartbeatFreshness is how old the last heartbeat may be while healthy (§8.5).
+const heartbeatFreshness = 90 * time.Second
+
 // outcome is how one attempt ended.
 type outcome struct {
 	err  error
@@ -214,6 +217,10 @@ func (c *Client) serve(ctx context.Context, cn *conn) outcome {
 	}
 	t := time.NewTicker(c.cfg.Agent.HeartbeatInterval.Std())
 	defer t.Stop()
+	// §8.5: healthy only while the last successful heartbeat is < 90 s old
+	// (matters when agent.heartbeat_interval is set above that).
+	fresh := time.NewTicker(15 * time.Second)
+	defer fresh.Stop()
 	var credsChanged <-chan struct{}
 	if w, ok := c.cluster.(CredentialsWatcher); ok {
 		credsChanged = w.CredentialsChanged()
@@ -233,6 +240,13 @@ func (c *Client) serve(ctx context.Context, cn *conn) outcome {
 		case reason := <-cn.reregister:
 			cn.signalReregister(reason) // end reads it back
 			return end(nil)
+		case <-fresh.C:
+			c.mu.Lock()
+			last := c.link.LastHeartbeat
+			c.mu.Unlock()
+			if time.Since(last) > heartbeatFreshness {
+				c.notReady(fmt.Sprintf("connected, but the last heartbeat was %s ago", time.Since(last).Round(time.Second)))
+			}
 		case <-t.C:
 			if err := c.sendHeartbeat(ctx, cn); err != nil {
 				return end(err)
