@@ -17,7 +17,9 @@ import (
 // for svcresolve; the resolver has its own tests against a real cluster).
 type fixedResolver struct{ addr string }
 
-func (f fixedResolver) Resolve(context.Context, string, string, int) (string, error) { return f.addr, nil }
+func (f fixedResolver) Resolve(context.Context, string, string, int) (string, error) {
+	return f.addr, nil
+}
 
 func TestAppServiceWebSocketRelay(t *testing.T) {
 	var gotHost string
