@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	authnv1 "k8s.io/api/authentication/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -133,5 +134,49 @@ func TestTokenRequestFallbackRenewsBeforeEightyPercentOfItsLifetime(t *testing.T
 	if ok, why, err := kube.VerifyToken(context.Background(), &rest.Config{Host: p.Config.Host,
 		TLSClientConfig: rest.TLSClientConfig{CAData: p.Config.CAData}}, tok2); err != nil || !ok {
 		t.Fatalf("renewed token fails the create-namespaces check: %v %s", err, why)
+	}
+}
+
+func TestAConfiguredTokenIsUsedOnlyWhenItPassesTheCheck(t *testing.T) {
+	t.Parallel()
+	env := kubetest.RequireFull(t)
+	n := testNames(t, env, false)
+	ctx := context.Background()
+	if _, err := kube.Bootstrap(ctx, env.Client, n); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := env.Client.CoreV1().ServiceAccounts(n.Namespace).CreateToken(ctx, kube.ServiceAccountName, &authnv1.TokenRequest{}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := tr.Status.Token
+	tests := []struct {
+		name       string
+		configured string
+		wantSource string
+		wantToken  string
+	}{
+		{"a configured token that may create namespaces wins", good, kube.TokenFromConfig, good},
+		{"a configured token that fails the check gives way to the minted one", "not-a-token", kube.TokenFromSecret, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			kcfg := config.Kubernetes{Namespace: n.Namespace, ServiceToken: config.Secret(tt.configured), CACertData: "-----BEGIN CERTIFICATE-----\nX\n-----END CERTIFICATE-----"}
+			m := startManager(t, env, kcfg, kube.WithNames(n))
+			tok, ca := credentials(t, m)
+			info := m.TokenInfo()
+			if info.Source != tt.wantSource || !info.Verified {
+				t.Fatalf("TokenInfo = %+v; want verified %s", info, tt.wantSource)
+			}
+			if tt.wantToken != "" && tok != tt.wantToken {
+				t.Fatal("the configured token was not the one sent")
+			}
+			if tok == "not-a-token" {
+				t.Fatal("a token that failed the check was sent although a good one existed")
+			}
+			if pem, _ := base64.StdEncoding.DecodeString(ca); !strings.HasPrefix(string(pem), "-----BEGIN CERTIFICATE-----\nX\n") {
+				t.Fatalf("configured CA not used: %q", pem)
+			}
+		})
 	}
 }

@@ -42,7 +42,7 @@ built=0
 step() { # name command...
   local name=$1 t0=$SECONDS; shift
   if [ -x "$BIN/$name" ]; then return 0; fi
-  echo "building $name (cold builds take minutes; see scripts/k8s/README)..." >&2
+  echo "building $name (cold builds take minutes; see docs/kubernetes.md)..." >&2
   "$@"
   built=1
   echo "built $name in $((SECONDS - t0))s ($(du -m "$BIN/$name" | cut -f1) MiB)" >&2
