@@ -1,0 +1,202 @@
+#!/usr/bin/env bash
+# scripts/host/nspawn.sh ROOTFS OLD_DIR NEW_DIR - the systemd tier.
+#
+# Boots the cached Debian 12 tree with systemd-nspawn (systemd 252 as PID 1,
+# throwaway copy through -x, host network) and drives it with nsenter:
+#   1. the .deb: install (enabled, inactive without a token), pipeopsctl install
+#      → the service reaches READY and pipeopsctl status answers;
+#   2. upgrade to the newer snapshot: config, drop-ins and token are kept;
+#   3. the watchdog kills and restarts a hung agent (debug-wedge trigger);
+#   4. remove, then purge: nothing left;
+#   5. install.sh from a local HTTP server serving the snapshot, rerun
+#      (idempotent), then the generated uninstall script.
+# OLD_DIR and NEW_DIR hold goreleaser snapshot artifacts (scripts/host/release.sh).
+set -euo pipefail
+ROOTFS=${1:?usage: nspawn.sh ROOTFS OLD_DIR NEW_DIR}
+OLD=$(cd "${2:?}" && pwd)
+NEW=$(cd "${3:?}" && pwd)
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+WORK=$(mktemp -d /tmp/pipeops-nspawn.XXXXXX)
+ARCH=$(dpkg --print-architecture)
+NSPAWN_PID='' CT='' HTTP_PID=''
+t0=$SECONDS
+
+step() { printf '==> [nspawn %3ss] %s\n' "$((SECONDS - t0))" "$*"; }
+fail() {
+  printf 'FAIL: %s\n' "$*" >&2
+  if [ -n "$CT" ]; then
+    echo "--- journal of pipeops-agent (last 60 lines)" >&2
+    in_ct journalctl -u pipeops-agent.service --no-pager -n 60 >&2 || true
+  fi
+  exit 1
+}
+in_ct() { nsenter -t "$CT" -a -- env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root "$@"; }
+# ct_sh runs a shell snippet inside the container.
+ct_sh() { in_ct sh -c "$1"; }
+show() { in_ct systemctl show pipeops-agent.service -p "$1" --value; }
+
+cleanup() {
+  set +e
+  if [ -n "$CT" ]; then in_ct systemctl poweroff >/dev/null 2>&1; fi
+  if [ -n "$NSPAWN_PID" ]; then
+    for _ in $(seq 100); do kill -0 "$NSPAWN_PID" 2>/dev/null || break; sleep 0.2; done
+    kill "$NSPAWN_PID" 2>/dev/null
+  fi
+  [ -n "$HTTP_PID" ] && kill "$HTTP_PID" 2>/dev/null
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
+  local limit=$1 what=$2
+  shift 2
+  local end=$((SECONDS + limit))
+  until "$@" >/dev/null 2>&1; do
+    [ "$SECONDS" -lt "$end" ] || fail "timed out after ${limit}s waiting for $what"
+    sleep 0.5
+  done
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+boot() {
+  mkdir -p "$WORK/artifacts"
+  cp -a "$OLD" "$WORK/artifacts/old"
+  cp -a "$NEW" "$WORK/artifacts/new"
+  systemd-nspawn -q -D "$ROOTFS" -x -b --register=no --keep-unit --console=pipe \
+    --bind-ro="$WORK/artifacts:/artifacts" >"$WORK/boot.log" 2>&1 </dev/null &
+  NSPAWN_PID=$!
+  local end=$((SECONDS + 60))
+  while [ -z "$CT" ]; do
+    kill -0 "$NSPAWN_PID" 2>/dev/null || { cat "$WORK/boot.log" >&2; fail "systemd-nspawn exited"; }
+    [ "$SECONDS" -lt "$end" ] || fail "the container's systemd did not appear"
+    CT=$({ ps -o pid=,comm= --ppid "$NSPAWN_PID" || true; } | awk '$2 == "systemd" {print $1; exit}')
+    sleep 0.2
+  done
+  wait_for 60 "the container to finish booting" sh -c "nsenter -t $CT -a -- systemctl is-system-running --wait | grep -Eq 'running|degraded'"
+  step "booted $(in_ct systemctl --version | head -n1) as PID 1"
+}
+
+# agent_port writes a test drop-in so the agent's loopback status server does
+# not collide with anything on the shared host network.
+test_dropin() {
+  ct_sh "mkdir -p /etc/pipeops/agent.d && printf 'version: 1\nagent:\n  port: $(free_port)\n' > /etc/pipeops/agent.d/50-test.yaml"
+}
+
+deb_tier() {
+  local old_deb new_deb
+  old_deb=$(cd "$WORK/artifacts/old" && ls pipeops-agent_*_"$ARCH".deb)
+  new_deb=$(cd "$WORK/artifacts/new" && ls pipeops-agent_*_"$ARCH".deb)
+
+  step "dpkg -i $old_deb"
+  in_ct dpkg -i "/artifacts/old/$old_deb" >/dev/null || fail "dpkg -i failed"
+  [ "$(in_ct systemctl is-enabled pipeops-agent.service)" = enabled ] || fail "the package did not enable the unit"
+  [ "$(show ActiveState)" = inactive ] || fail "the package started the agent without a token"
+  in_ct test ! -e /etc/systemd/system/pipeops-agent.service || fail "a unit in /etc shadows the packaged one"
+
+  step "pipeopsctl install (package-owned unit) → READY"
+  test_dropin
+  ct_sh 'echo nspawn-token | pipeopsctl install --token-file - --api-url http://127.0.0.1:9 --cluster-name nspawn' ||
+    fail "pipeopsctl install failed"
+  [ "$(show ActiveState)" = active ] || fail "agent not active after pipeopsctl install (Type=notify start returned)"
+  in_ct test ! -e /etc/systemd/system/pipeops-agent.service || fail "pipeopsctl install wrote a unit over a package install"
+  [ "$(in_ct stat -c %a /etc/pipeops/token)" = 600 ] || fail "token file is not 0600"
+  step "StatusText: $(show StatusText)"
+  in_ct pipeopsctl status >"$WORK/status.txt" || fail "pipeopsctl status failed: $(cat "$WORK/status.txt")"
+  grep -q '^Agent:' "$WORK/status.txt" || fail "pipeopsctl status printed no agent line"
+  in_ct pipeopsctl doctor >"$WORK/doctor.txt" || true # no cluster here: kubernetes FAILs
+  grep -q '^OK    service' "$WORK/doctor.txt" || { cat "$WORK/doctor.txt"; fail "doctor does not see the running unit"; }
+  grep -q '^OK    token' "$WORK/doctor.txt" || { cat "$WORK/doctor.txt"; fail "doctor does not see the token"; }
+
+  step "pipeopsctl install again changes nothing and keeps the PID"
+  local pid
+  pid=$(show MainPID)
+  in_ct pipeopsctl install </dev/null >"$WORK/install-again.txt" || fail "second pipeopsctl install failed"
+  grep -q 'nothing changed' "$WORK/install-again.txt" || fail "second pipeopsctl install changed something"
+  [ "$(show MainPID)" = "$pid" ] || fail "second pipeopsctl install restarted the agent"
+
+  step "upgrade to $new_deb keeps the config"
+  ct_sh 'printf "# edited by the admin\n" >> /etc/pipeops/agent.yaml'
+  ct_sh 'printf "version: 1\nlogging:\n  level: debug\n" > /etc/pipeops/agent.d/60-admin.yaml'
+  in_ct dpkg -i "/artifacts/new/$new_deb" </dev/null >/dev/null || fail "dpkg -i of the newer package failed"
+  in_ct grep -q 'edited by the admin' /etc/pipeops/agent.yaml || fail "upgrade replaced the edited agent.yaml"
+  in_ct test -s /etc/pipeops/agent.d/60-admin.yaml || fail "upgrade lost agent.d/60-admin.yaml"
+  in_ct grep -q nspawn /etc/pipeops/agent.d/10-install.yaml || fail "upgrade lost 10-install.yaml"
+  [ "$(in_ct cat /etc/pipeops/token)" = nspawn-token ] || fail "upgrade lost the token"
+  [ "$(show ActiveState)" = active ] || fail "agent not active after the upgrade"
+  [ "$(show MainPID)" != "$pid" ] || fail "the upgrade did not restart the agent"
+  local want_version got_version
+  want_version=$(basename "$new_deb" | cut -d_ -f2 | tr '~' '-')
+  got_version=$(in_ct pipeops-agent version)
+  [[ "$got_version" == *"$want_version"* ]] || fail "the upgraded binary reports $got_version, not $want_version"
+
+  step "the watchdog restarts a hung agent"
+  ct_sh 'mkdir -p /etc/systemd/system/pipeops-agent.service.d &&
+    printf "[Service]\nWatchdogSec=5s\n" > /etc/systemd/system/pipeops-agent.service.d/50-test-watchdog.conf &&
+    systemctl daemon-reload && systemctl restart pipeops-agent.service'
+  pid=$(show MainPID)
+  local restarts
+  restarts=$(show NRestarts)
+  in_ct touch /run/pipeops/debug-wedge
+  # The daemon's liveness window is 30 s, then pings stop and WatchdogSec=5s fires.
+  wait_for 90 "a watchdog restart" sh -c "[ \"\$(nsenter -t $CT -a -- systemctl show pipeops-agent.service -p NRestarts --value)\" -gt $restarts ]"
+  in_ct journalctl -u pipeops-agent.service --no-pager >"$WORK/journal.txt"
+  grep -q 'Watchdog timeout' "$WORK/journal.txt" || fail "no watchdog timeout in the journal"
+  wait_for 60 "the agent to be active again" sh -c "[ \"\$(nsenter -t $CT -a -- systemctl is-active pipeops-agent.service)\" = active ]"
+  [ "$(show MainPID)" != "$pid" ] || fail "the watchdog did not replace the process"
+  in_ct rm -f /etc/systemd/system/pipeops-agent.service.d/50-test-watchdog.conf
+  in_ct systemctl daemon-reload
+
+  step "dpkg -r keeps token and state; dpkg -P removes everything"
+  in_ct dpkg -r pipeops-agent >/dev/null || fail "dpkg -r failed"
+  [ "$(show LoadState)" = not-found ] || fail "the unit is still loaded after dpkg -r"
+  in_ct test ! -e /usr/bin/pipeops-agent || fail "dpkg -r left the binary"
+  in_ct test -s /etc/pipeops/token || fail "dpkg -r removed the token"
+  in_ct dpkg -P pipeops-agent >/dev/null || fail "dpkg -P failed"
+  for p in /etc/pipeops /var/lib/pipeops /etc/default/pipeops-agent /usr/lib/systemd/system/pipeops-agent.service; do
+    in_ct test ! -e "$p" || fail "purge left $p"
+  done
+}
+
+script_tier() {
+  step "install.sh from a local HTTP server"
+  local srv=$WORK/srv port
+  mkdir -p "$srv/latest/download"
+  cp "$NEW"/*.tar.gz "$NEW/checksums.txt" "$srv/latest/download/"
+  cp "$REPO/installer/install.sh" "$srv/install.sh"
+  port=$(free_port)
+  python3 -m http.server --bind 127.0.0.1 --directory "$srv" "$port" >"$WORK/http.log" 2>&1 &
+  HTTP_PID=$!
+  wait_for 10 "the HTTP server" curl -fsS -o /dev/null "http://127.0.0.1:$port/install.sh"
+  test_dropin
+  local url="http://127.0.0.1:$port"
+  ct_sh "curl -sfL $url/install.sh | PIPEOPS_TOKEN=script-token PIPEOPS_INSTALL_BASE_URL=$url PIPEOPS_API_URL=http://127.0.0.1:9 PIPEOPS_CLUSTER_NAME=scripted sh -" \
+    >"$WORK/install1.log" 2>&1 || { cat "$WORK/install1.log"; fail "install.sh failed"; }
+  grep -q 'sha256 verified' "$WORK/install1.log" || fail "install.sh did not verify the checksum"
+  [ "$(show ActiveState)" = active ] || fail "agent not active after install.sh"
+  in_ct cat /etc/systemd/system/pipeops-agent.service | cmp -s - "$REPO/systemd/pipeops-agent.service" ||
+    fail "kardianos/service did not write the unit byte for byte"
+  [ "$(in_ct cat /etc/pipeops/token)" = script-token ] || fail "install.sh did not install the token"
+  in_ct pipeopsctl status >/dev/null || fail "pipeopsctl status failed after install.sh"
+
+  step "install.sh again is idempotent"
+  local pid
+  pid=$(show MainPID)
+  ct_sh "curl -sfL $url/install.sh | PIPEOPS_INSTALL_BASE_URL=$url sh -" >"$WORK/install2.log" 2>&1 ||
+    { cat "$WORK/install2.log"; fail "second install.sh failed"; }
+  grep -q 'nothing changed' "$WORK/install2.log" || { cat "$WORK/install2.log"; fail "second install.sh changed something"; }
+  [ "$(show MainPID)" = "$pid" ] || fail "second install.sh restarted the agent"
+
+  step "pipeops-uninstall.sh removes everything"
+  in_ct /usr/bin/pipeops-uninstall.sh >/dev/null || fail "the uninstall script failed"
+  [ "$(show LoadState)" = not-found ] || fail "the unit is still loaded after uninstall"
+  for p in /usr/bin/pipeops-agent /usr/bin/pipeopsctl /usr/bin/pipeops-uninstall.sh /etc/pipeops /var/lib/pipeops \
+    /etc/systemd/system/pipeops-agent.service; do
+    in_ct test ! -e "$p" || fail "uninstall left $p"
+  done
+}
+
+boot
+deb_tier
+script_tier
+step "systemd tier passed"
