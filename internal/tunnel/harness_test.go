@@ -32,6 +32,9 @@ type rig struct {
 	mgr   *Manager
 	reg   *prometheus.Registry
 	logs  *syncBuffer
+	// stopTunnel cancels only the Manager's Run; mgrDone closes when it returned.
+	stopTunnel context.CancelFunc
+	mgrDone    chan struct{}
 }
 
 // startRig starts a devplane and an agent; cfg.Forwards etc. come from tc.
@@ -64,10 +67,12 @@ func startRig(t *testing.T, tc Config, dialer ServiceDialer, opts devplane.Tunne
 	}
 	cp.Register(r.mgr)
 	ctx, cancel := context.WithCancel(context.Background())
+	mctx, mcancel := context.WithCancel(ctx)
+	r.stopTunnel, r.mgrDone = mcancel, make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); _ = cp.Run(ctx) }()
-	go func() { defer wg.Done(); _ = r.mgr.Run(ctx) }()
+	go func() { defer wg.Done(); defer close(r.mgrDone); _ = r.mgr.Run(mctx) }()
 	t.Cleanup(func() {
 		cancel()
 		wg.Wait()

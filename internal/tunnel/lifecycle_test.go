@@ -238,3 +238,50 @@ func TestHTTPReachesAServiceBackedByAHostProcess(t *testing.T) {
 		return resp.StatusCode == 200 && string(body) == "service "+info.Addr
 	})
 }
+
+func TestStoppingTheTunnelRefusesNewStreamsAndLetsActiveOnesFinish(t *testing.T) {
+	echo := echoServer(t)
+	r := startRig(t, Config{Forwards: map[string]string{"echo": echo}}, nil, devplane.TunnelOptions{})
+	c := r.open(t, devplane.TunnelTarget{Service: "echo"})
+	if _, err := c.Write([]byte("before")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, make([]byte, len("before"))); err != nil { // the agent serves it
+		t.Fatal(err)
+	}
+	r.stopTunnel()
+	eventually(t, 5*time.Second, "new streams refused after GoAway", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		s, err := r.plane.OpenTunnelStream(ctx, "", devplane.TunnelTarget{Service: "echo"})
+		if err != nil {
+			return true
+		}
+		defer s.Close()
+		_ = s.SetReadDeadline(time.Now().Add(time.Second))
+		_, err = s.Write([]byte("x"))
+		if err == nil {
+			_, err = s.Read(make([]byte, 1))
+		}
+		return err != nil
+	})
+	select {
+	case <-r.mgrDone:
+		t.Fatal("Run returned while a stream was still active")
+	default:
+	}
+	if _, err := c.Write([]byte(" after")); err != nil {
+		t.Fatalf("the active stream broke when the tunnel stopped: %v", err)
+	}
+	_ = c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.ReadAll(c)
+	if err != nil || string(got) != " after" {
+		t.Fatalf("active stream echo = %q, %v", got, err)
+	}
+	select {
+	case <-r.mgrDone:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after the last stream ended")
+	}
+}

@@ -125,7 +125,16 @@ func (m *Manager) runSession(c controlplane.Conn, ws *WSConn, hello protocol.Gat
 		if err != nil {
 			break
 		}
+		// Add only while not stopping, under the lock Run takes before it
+		// waits: a WaitGroup must not grow while someone waits on it.
+		m.mu.Lock()
+		if m.stopped {
+			m.mu.Unlock()
+			_ = st.Reset()
+			continue
+		}
 		m.streams.Add(1)
+		m.mu.Unlock()
 		go func() {
 			defer m.streams.Done()
 			m.serveStream(c.Context(), s, st)

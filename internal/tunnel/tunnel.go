@@ -35,6 +35,7 @@ const (
 	acceptBacklog            = 256
 	minWindow                = 256 << 10 // yamux's initial window
 	drainTimeout             = 30 * time.Second
+	flushGrace               = time.Second
 )
 
 // Config bounds the tunnel. Zero values take the defaults.
@@ -184,6 +185,13 @@ func (m *Manager) Run(ctx context.Context) error {
 	go func() { m.streams.Wait(); close(done) }()
 	select {
 	case <-done:
+		// The last streams' FINs may still be queued in yamux, which does
+		// not flush on Close: give them a moment unless the connection
+		// goes first (it does as soon as the control-plane link stops).
+		select {
+		case <-time.After(flushGrace):
+		case <-cur.ys.CloseChan():
+		}
 	case <-time.After(drainTimeout):
 		m.log.Warn("tunnel streams still active after 30s; closing the session")
 	case <-cur.ys.CloseChan():
