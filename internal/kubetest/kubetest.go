@@ -166,12 +166,25 @@ func findOrStart() (*cluster, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	out, err := runScript("start", dir, []string{"FULL=1", "BIN=" + bin, "OWNER_PID=" + strconv.Itoa(os.Getpid())})
+	out, err := startCluster(dir, []string{"FULL=1", "BIN=" + bin})
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, out, fmt.Errorf("start test cluster: %w\n%s", err, out)
 	}
 	return &cluster{kubeconfig: filepath.Join(dir, "admin.kubeconfig"), dir: dir, full: true, bin: bin, owned: true}, out, nil
+}
+
+// startCluster runs cluster.sh start, once more on failure: ports are picked
+// free but another cluster starting at the same moment may take one first.
+func startCluster(dir string, env []string) (string, error) {
+	env = append(env, "OWNER_PID="+strconv.Itoa(os.Getpid()))
+	out, err := runScript("start", dir, env)
+	if err != nil {
+		var again string
+		again, err = runScript("start", dir, env)
+		out += "\nretrying:\n" + again
+	}
+	return out, err
 }
 
 // binDir finds the Kubernetes test binaries and checks the ones a cluster needs.

@@ -3,7 +3,6 @@ package kubetest
 import (
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"testing"
 )
@@ -36,7 +35,7 @@ func PrivateCluster(t testing.TB, full bool) *Private {
 	if full {
 		fullEnv = "FULL=1"
 	}
-	out, err := runScript("start", dir, []string{fullEnv, "BIN=" + bin, "OWNER_PID=" + strconv.Itoa(os.Getpid())})
+	out, err := startCluster(dir, []string{fullEnv, "BIN=" + bin})
 	if err != nil {
 		os.RemoveAll(dir)
 		t.Fatalf("kubetest: start private cluster: %v\n%s", err, out)

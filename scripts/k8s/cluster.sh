@@ -80,10 +80,12 @@ free_port() {
   echo "no free port found in 20000-31999" >&2; return 1
 }
 
-# wait_http PORT PATH SECONDS: plain-HTTP GET on loopback until "200".
+# wait_http PORT PATH SECONDS PID: plain-HTTP GET on loopback until "200";
+# fails at once if PID exits (e.g. its port was taken in the meantime).
 wait_http() {
   local deadline=$(( $(now_ms) + $3 * 1000 )) resp
   while [ "$(now_ms)" -lt "$deadline" ]; do
+    if ! alive "$4"; then echo "process $4 exited; see $LOGS" >&2; return 1; fi
     resp=$( (exec 3<>"/dev/tcp/127.0.0.1/$1" && printf 'GET %s HTTP/1.0\r\n\r\n' "$2" >&3 && head -1 <&3) 2>/dev/null || true)
     case $resp in *" 200 "*) return 0 ;; esac
     sleep 0.1
@@ -243,7 +245,7 @@ T_PKI=$(now_ms)
   --unsafe-no-fsync --quota-backend-bytes=$((2 * 1024 * 1024 * 1024)) \
   </dev/null >"$LOGS/etcd.log" 2>&1 &
 echo $! > "$DIR/etcd.pid"
-wait_http "$ETCD_PORT" /health 30
+wait_http "$ETCD_PORT" /health 30 "$(cat "$DIR/etcd.pid")"
 T_ETCD=$(now_ms)
 
 # --- kube-apiserver
