@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -293,6 +294,31 @@ func (s *Server) registerTunnelAdmin(mux *http.ServeMux) {
 		}
 		w.WriteHeader(http.StatusNoContent)
 	})
+}
+
+func init() { RegisterFlags(tunnelFlags) }
+
+// tunnelFlags are pipeops-devplane's tunnel flags.
+func tunnelFlags(fs *flag.FlagSet) func(*Server) error {
+	var forwards multiFlag
+	fs.Var(&forwards, "forward", "open a local listener whose connections become tunnel streams: "+
+		"[listen=]service.namespace:port[/udp] or [listen=]forward-name[/udp] (repeatable), e.g. 127.0.0.1:9000=web.default:80 or agent-http")
+	window := fs.Int("tunnel-window", 0, "gateway yamux stream window in bytes, announced in gateway_hello (default 262144, as the reference gateway)")
+	udpFraming := fs.Bool("udp-framing", false, "advertise length-prefixed UDP framing in gateway_hello")
+	noYamux := fs.Bool("no-yamux", false, "send no gateway_hello: no tunnel")
+	return func(s *Server) error {
+		s.SetTunnelOptions(TunnelOptions{Window: *window, UDPFraming: *udpFraming, NoHello: *noYamux})
+		for _, f := range forwards {
+			spec, err := ParseForwardFlag(f)
+			if err != nil {
+				return err
+			}
+			if _, err := s.TunnelListen(spec); err != nil {
+				return fmt.Errorf("--forward %s: %w", f, err)
+			}
+		}
+		return nil
+	}
 }
 
 // ParseForwardFlag parses the devplane's --forward flag:
