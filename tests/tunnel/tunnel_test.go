@@ -1,0 +1,191 @@
+// Package tunnel tests the reverse tunnel end to end: the real
+// pipeops-agent binary against the real pipeops-devplane binary (whose
+// --forward listeners turn local connections into yamux streams) and a real
+// kube-apiserver (internal/kubetest) for Service resolution.
+package tunnel
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/pipeops/pipeops-vm-agent/internal/apitype"
+	"github.com/pipeops/pipeops-vm-agent/internal/kubetest"
+	"github.com/pipeops/pipeops-vm-agent/tests/testbin"
+)
+
+func TestMain(m *testing.M) { kubetest.Main(m) }
+
+const token = "e2e-tunnel-token"
+
+func TestCurlOnAGatewayForwardReachesTheAgentAndAClusterService(t *testing.T) {
+	env := kubetest.Cluster(t)
+
+	// A "cluster Service" backed by a process on this host: the API server
+	// rejects loopback endpoints, so it is an ExternalName to localhost.
+	web := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "web service saw %s", r.URL.Path)
+	})}
+	wln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go web.Serve(wln)
+	defer web.Close()
+	webPort := wln.Addr().(*net.TCPAddr).Port
+	if _, err := env.Client.CoreV1().Services(env.Namespace).Create(context.Background(), &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "web"},
+		Spec:       corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "localhost"},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	agentPort, dpPort, fwdAgent, fwdWeb := freePort(t), freePort(t), freePort(t), freePort(t)
+	dp := start(t, testbin.Build(t, "pipeops-devplane"), nil,
+		"--listen", fmt.Sprintf("127.0.0.1:%d", dpPort), "--token", token, "--log-level", "debug",
+		"--forward", fmt.Sprintf("127.0.0.1:%d=agent-http", fwdAgent),
+		"--forward", fmt.Sprintf("127.0.0.1:%d=web.%s:%d", fwdWeb, env.Namespace, webPort))
+
+	dir := testbin.ShortTempDir(t)
+	cfg := filepath.Join(dir, "agent.yaml")
+	socket := filepath.Join(dir, "agent.sock")
+	yaml := fmt.Sprintf(`version: 1
+agent:
+  name: e2e-tunnel
+  port: %d
+  state_dir: %s
+  socket: %s
+  heartbeat_interval: 1s
+pipeops:
+  api_url: http://127.0.0.1:%d
+  reconnect:
+    interval: 200ms
+    max_interval: 1s
+kubernetes:
+  kubeconfig: %s
+tunnel:
+  enabled: true
+  forwards:
+    - name: agent-http
+      local_addr: 127.0.0.1:%d
+`, agentPort, filepath.Join(dir, "state"), socket, dpPort, env.Kubeconfig, agentPort)
+	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	agent := start(t, testbin.Build(t, "pipeops-agent"), []string{"PIPEOPS_TOKEN=" + token, "NOTIFY_SOCKET="}, "run", "--config", cfg)
+
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}}
+	get := func(port int, path string) (int, string) {
+		resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d%s", port, path))
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	var last string
+	eventually(t, 90*time.Second, "curl through the agent-http forward reaches the agent's /version", func() bool {
+		code, body := get(fwdAgent, "/version")
+		last = body
+		return code == 200 && strings.Contains(body, "0.0.0-e2e")
+	}, func() string { return last + "\nagent:\n" + agent.String() + "\ndevplane:\n" + dp.String() })
+	eventually(t, 60*time.Second, "curl through the Service forward reaches the host process", func() bool {
+		code, body := get(fwdWeb, "/hello")
+		last = body
+		return code == 200 && body == "web service saw /hello"
+	}, func() string { return last + "\nagent:\n" + agent.String() })
+
+	ctl := testbin.Build(t, "pipeopsctl")
+	var st apitype.StatusResponse
+	eventually(t, 10*time.Second, "pipeopsctl status shows the tunnel", func() bool {
+		out, err := exec.Command(ctl, "--socket", socket, "status", "--json").Output()
+		if err != nil || json.Unmarshal(out, &st) != nil {
+			return false
+		}
+		return st.Tunnel.Active && len(st.Tunnel.Forwards) == 1 && st.Tunnel.Forwards[0].Name == "agent-http" && st.Tunnel.StreamsTotal >= 2
+	}, func() string { return fmt.Sprintf("%+v", st.Tunnel) })
+	out, err := exec.Command(ctl, "--socket", socket, "status").Output()
+	if err != nil || !strings.Contains(string(out), "agent-http") {
+		t.Fatalf("pipeopsctl status does not list the forward: %v\n%s", err, out)
+	}
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// proc is a started binary whose output is kept for failure messages.
+type proc struct {
+	mu  sync.Mutex
+	out bytes.Buffer
+}
+
+func (p *proc) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.out.Write(b)
+}
+
+func (p *proc) String() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.out.String()
+}
+
+// start runs bin until the test ends (SIGTERM, then SIGKILL after 30 s).
+func start(t *testing.T, bin string, env []string, args ...string) *proc {
+	t.Helper()
+	p := &proc{}
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdout, cmd.Stderr = p, p
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	})
+	return p
+}
+
+// eventually polls cond; on timeout it fails with what and detail().
+func eventually(t *testing.T, within time.Duration, what string, cond func() bool, detail func() string) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for: %s\n%s", within, what, detail())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
