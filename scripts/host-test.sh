@@ -48,6 +48,14 @@ if [ "$(id -u)" != 0 ]; then
   exit 0
 fi
 scripts/host/tools.sh all >/dev/null
+# debootstrap is network- and disk-bound: build the tree while the CPU-bound
+# fast tier runs (a no-op once cached).
+ROOTFS_LOG=$ART/rootfs.log
+ROOTFS_PID=''
+if command -v debootstrap >/dev/null; then
+  scripts/host/rootfs.sh >"$ROOTFS_LOG" 2>&1 &
+  ROOTFS_PID=$!
+fi
 
 phase "fast: shellcheck"
 shellcheck -s sh installer/install.sh installer/uninstall.sh packaging/scripts/*.sh
@@ -105,7 +113,12 @@ if ! command -v systemd-nspawn >/dev/null || ! command -v debootstrap >/dev/null
   missing "systemd-nspawn or debootstrap is not installed"
   exit 0
 fi
-ROOTFS=$(scripts/host/rootfs.sh)
+if [ -n "$ROOTFS_PID" ] && ! wait "$ROOTFS_PID"; then
+  cat "$ROOTFS_LOG" >&2
+  echo "FAIL: building the Debian tree failed" >&2
+  exit 1
+fi
+ROOTFS=$(tail -n 1 "$ROOTFS_LOG")
 
 phase "systemd tier: nspawn"
 scripts/host/nspawn.sh "$ROOTFS" "$ART/old" "$ART/new"
