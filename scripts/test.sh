@@ -37,6 +37,13 @@ set -e
 go run ./scripts/testreport < "$ARTIFACTS/go-test.json" || rc=1
 [ "$rc" -eq 0 ] || { echo "go test failed" >&2; exit "$rc"; }
 
+log "fuzzing the wire decoders briefly (corpus in testdata/fuzz)"
+go test -run='^$' -fuzz=FuzzDecode -fuzztime=10s ./internal/protocol
+go test -run='^$' -fuzz=FuzzReadHeader -fuzztime=10s ./internal/tunnel
+
+log "make demo, checked: kubectl through devplane → agent → kube-apiserver"
+DEMO_DIR=$(mktemp -d /tmp/pipeops-demo.XXXXXX) scripts/demo.sh --check
+
 if [ -x scripts/host-test.sh ]; then
   log "host tier"
   scripts/host-test.sh
