@@ -202,3 +202,35 @@ func TestABadHeaderResetsTheStreamAndIsCounted(t *testing.T) {
 		t.Fatal("tunnel inactive after bad headers")
 	}
 }
+
+func TestStreamsBeyondTheCapAreResetWhileTheOthersWork(t *testing.T) {
+	echo := echoServer(t)
+	r := startRig(t, Config{Forwards: map[string]string{"echo": echo}, MaxStreams: 3}, nil, devplane.TunnelOptions{})
+	var open []net.Conn
+	for i := 0; i < 3; i++ {
+		c := r.open(t, devplane.TunnelTarget{Service: "echo"})
+		if _, err := c.Write([]byte("ok")); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(c, make([]byte, 2)); err != nil {
+			t.Fatalf("stream %d within the cap: %v", i, err)
+		}
+		open = append(open, c)
+	}
+	over := r.open(t, devplane.TunnelTarget{Service: "echo"})
+	_ = over.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := over.Read(make([]byte, 1)); err == nil || strings.Contains(err.Error(), "deadline") {
+		t.Fatalf("a fourth stream was not reset: %v", err)
+	}
+	_ = open[0].Close()
+	eventually(t, 10*time.Second, "a slot frees up when a stream ends", func() bool {
+		c := r.open(t, devplane.TunnelTarget{Service: "echo"})
+		if _, err := c.Write([]byte("ok")); err != nil {
+			return false
+		}
+		_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		_, err := io.ReadFull(c, make([]byte, 2))
+		return err == nil
+	})
+}
