@@ -5,72 +5,24 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
-	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/pipeops/pipeops-vm-agent/internal/config"
-	"github.com/pipeops/pipeops-vm-agent/internal/controlplane"
-	"github.com/pipeops/pipeops-vm-agent/internal/health"
-	"github.com/pipeops/pipeops-vm-agent/internal/kubeproxy"
+	"github.com/pipeops/pipeops-vm-agent/internal/devplane"
 	"github.com/pipeops/pipeops-vm-agent/internal/kubetest"
-	"github.com/pipeops/pipeops-vm-agent/internal/state"
+	"github.com/pipeops/pipeops-vm-agent/tests/testbin"
 )
-
-// Environment of the agent helper process (see runAgentHelper).
-const (
-	envHelper     = "KUBEPROXY_TEST_AGENT_HELPER"
-	envHelperURL  = "KUBEPROXY_TEST_AGENT_URL"
-	envHelperID   = "KUBEPROXY_TEST_AGENT_ID"
-	envHelperKube = "KUBEPROXY_TEST_AGENT_KUBECONFIG"
-	envHelperTok  = "KUBEPROXY_TEST_AGENT_TOKEN"
-)
-
-// runAgentHelper is the agent's proxy path in a process of its own: the
-// control-plane client and kubeproxy, wired as the daemon wires them, so a
-// test can read that process's memory from /proc. It runs until SIGTERM.
-func runAgentHelper() int {
-	rc, err := clientcmd.BuildConfigFromFlags("", os.Getenv(envHelperKube))
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	rc.BearerToken = os.Getenv(envHelperTok)
-	cfg := config.Default()
-	cfg.PipeOps.APIURL = os.Getenv(envHelperURL)
-	cfg.PipeOps.Token = stackToken
-	st, _ := state.Open("", nil)
-	p, err := kubeproxy.New(kubeproxy.Options{RESTConfig: func() *rest.Config { return rc }, Registerer: prometheus.NewRegistry()})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	cp, err := controlplane.New(controlplane.Options{Config: cfg, AgentID: os.Getenv(envHelperID), State: st,
-		Health: health.New(nil), Cluster: stubCluster{}, Log: slog.New(slog.DiscardHandler), K3sTokenPath: "/nonexistent"})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	cp.Register(p)
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-	defer stop()
-	fmt.Println("agent helper running")
-	_ = cp.Run(ctx)
-	return 0
-}
 
 // rssKiB reads VmRSS and VmHWM (peak) of a process from /proc.
 func rssKiB(t testing.TB, pid int) (rss, peak int64) {
@@ -97,6 +49,63 @@ func rssKiB(t testing.TB, pid int) (rss, peak int64) {
 	return rss, peak
 }
 
+// startAgentBinary runs the real pipeops-agent against the test cluster
+// (its admin kubeconfig, from which the agent bootstraps its own
+// ServiceAccount) and the devplane s, and waits until it is on the gateway.
+func startAgentBinary(t *testing.T, env *kubetest.Env, s *stack) *exec.Cmd {
+	t.Helper()
+	bin := testbin.Build(t, "pipeops-agent")
+	dir := testbin.ShortTempDir(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	agentID := fmt.Sprintf("proxy-mem-%d", time.Now().UnixNano())
+	cmd := exec.Command(bin, "run")
+	cmd.Env = append(os.Environ(), "PIPEOPS_API_URL="+s.base, "PIPEOPS_TOKEN="+stackToken, "PIPEOPS_KUBECONFIG="+env.Kubeconfig,
+		"PIPEOPS_AGENT_ID="+agentID, "PIPEOPS_STATE_DIR="+dir, "PIPEOPS_SOCKET="+filepath.Join(dir, "a.sock"),
+		"PIPEOPS_PORT="+strconv.Itoa(port), "PIPEOPS_LOG_FORMAT=json")
+	var logs strings.Builder
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(30 * time.Second):
+			_ = cmd.Process.Kill()
+			t.Errorf("pipeops-agent did not stop within 30s of SIGTERM")
+		}
+		if t.Failed() {
+			t.Logf("pipeops-agent log:\n%s", logs.String())
+		}
+	})
+	s.clusterID = devplane.ClusterIDFor(agentID)
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		if c, ok := s.plane.Cluster(s.clusterID); ok && c.Connected && c.Mode == devplane.KindGateway {
+			return cmd
+		}
+		select {
+		case err := <-exited:
+			t.Fatalf("pipeops-agent exited: %v\n%s", err, logs.String())
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pipeops-agent did not reach the devplane gateway within 90s\n%s", logs.String())
+		}
+	}
+}
+
+// TestA50MBListStreamsWithoutGrowingTheAgentsMemory lists 50 MB through the
+// real pipeops-agent process and reads its RSS from /proc: streaming must
+// not buffer the list.
 func TestA50MBListStreamsWithoutGrowingTheAgentsMemory(t *testing.T) {
 	env := kubetest.Cluster(t)
 	ctx := context.Background()
@@ -108,28 +117,9 @@ func TestA50MBListStreamsWithoutGrowingTheAgentsMemory(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	identity := serviceAccountIdentity(t, env, "proxy", configMapRules)
-
 	s := newPlane(t)
-	agentID := fmt.Sprintf("proxy-mem-%d", time.Now().UnixNano())
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(self)
-	cmd.Env = append(os.Environ(), envHelper+"=1", envHelperURL+"="+s.base, envHelperID+"="+agentID,
-		envHelperKube+"="+env.Kubeconfig, envHelperTok+"="+identity.BearerToken, "GOMAXPROCS=2")
-	cmd.Stderr = os.Stderr
-	out, _ := cmd.StdoutPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		_ = cmd.Wait()
-	})
-	go func() { _, _ = io.Copy(io.Discard, out) }()
-	s.waitGateway(t, agentID)
+	agent := startAgentBinary(t, env, s)
+	pid := agent.Process.Pid
 
 	get := func() int64 {
 		t.Helper()
@@ -153,9 +143,9 @@ func TestA50MBListStreamsWithoutGrowingTheAgentsMemory(t *testing.T) {
 		_, _ = io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 	}
-	before, _ := rssKiB(t, cmd.Process.Pid)
+	before, _ := rssKiB(t, pid)
 	n := get()
-	_, peak := rssKiB(t, cmd.Process.Pid)
+	_, peak := rssKiB(t, pid)
 	growth := peak - before
 	t.Logf("listed %d bytes through the agent; agent RSS %d KiB before, peak %d KiB (growth %d KiB)", n, before, peak, growth)
 	if n < 50_000_000 {

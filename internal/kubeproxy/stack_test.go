@@ -26,12 +26,7 @@ import (
 	"github.com/pipeops/pipeops-vm-agent/internal/state"
 )
 
-func TestMain(m *testing.M) {
-	if os.Getenv(envHelper) != "" {
-		os.Exit(runAgentHelper())
-	}
-	kubetest.Main(m)
-}
+func TestMain(m *testing.M) { kubetest.Main(m) }
 
 const stackToken = "proxy-test-token"
 
