@@ -147,8 +147,10 @@ func (s *Server) frontDoorHTTP(w http.ResponseWriter, r *http.Request, sess *Ses
 				}
 			}
 			w.WriteHeader(hdr.Status)
-			_ = rc.Flush()
 			started = true
+			if len(msgs) == 0 { // more is queued: the next write or the end flushes
+				_ = rc.Flush()
+			}
 		case protocol.TypeProxyResponseChunk:
 			var c protocol.ProxyResponseChunk
 			_ = env.DecodePayload(&c)
@@ -160,7 +162,9 @@ func (s *Server) frontDoorHTTP(w http.ResponseWriter, r *http.Request, sess *Ses
 			if _, err := w.Write(b); err != nil {
 				return
 			}
-			_ = rc.Flush()
+			if len(msgs) == 0 {
+				_ = rc.Flush()
+			}
 		case protocol.TypeProxyResponseEnd:
 			done = true
 			return
