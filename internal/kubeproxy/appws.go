@@ -21,8 +21,13 @@ import (
 func (p *Proxy) startWebSocket(c controlplane.Conn, id string, req *protocol.ProxyRequest) {
 	streaming := req.SupportsResponseStreaming
 	hasSvc := req.ServiceName != "" || req.Namespace != "" || req.ServicePort != 0
+	dl, err := p.deadline(req, true)
+	if err != nil {
+		p.replyLater(c, id, streaming, err.Error())
+		return
+	}
 	if !hasSvc && hasPrefixSegment(req.Path, "/api", "/apis") {
-		s := relaySpec{id: id, method: req.Method, path: req.Path, query: req.Query, protocol: req.Protocol, headers: req.Headers}
+		s := relaySpec{id: id, method: req.Method, path: req.Path, query: req.Query, protocol: req.Protocol, headers: req.Headers, deadline: dl}
 		p.startKubeRelay(c, s, func() {
 			p.goSafe("relay answer", func() { answer(c, id, streaming, http.StatusOK, nil, "") })
 		})
@@ -37,7 +42,7 @@ func (p *Proxy) startWebSocket(c controlplane.Conn, id string, req *protocol.Pro
 		p.replyLater(c, id, streaming, p.busyMessage())
 		return
 	}
-	r := p.newRelay(c, id, true)
+	r := p.newRelay(c, id, true, dl)
 	p.goSafe("app relay", func() {
 		defer r.finish()
 		ws, resp, err := p.dialApp(r.ctx, req, path)

@@ -60,9 +60,13 @@ type relay struct {
 
 // newRelay registers a relay synchronously (on the reader goroutine), so
 // data that arrives while it dials is queued, not lost.
-func (p *Proxy) newRelay(c controlplane.Conn, id string, app bool) *relay {
+// A relay lives until deadline (§6.4: the request's deadline or timeout,
+// else 24 h), a close from either side, proxy_cancel or the connection's end.
+func (p *Proxy) newRelay(c controlplane.Conn, id string, app bool, deadline time.Time) *relay {
 	ctx, cancel := context.WithCancelCause(c.Context())
-	r := &relay{p: p, c: c, id: id, key: callKey{c.Generation(), id}, app: app, in: make(chan wsFrame, relayQueue), ctx: ctx, cancel: cancel}
+	ctx, stopDeadline := context.WithDeadlineCause(ctx, deadline, errDeadline)
+	r := &relay{p: p, c: c, id: id, key: callKey{c.Generation(), id}, app: app, in: make(chan wsFrame, relayQueue), ctx: ctx,
+		cancel: func(cause error) { cancel(cause); stopDeadline() }}
 	m := p.relays
 	if app {
 		m = p.apps

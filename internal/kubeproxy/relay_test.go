@@ -216,3 +216,23 @@ func eventually(t *testing.T, cond func() bool, what string) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+func TestARelayEndsAtItsDeadline(t *testing.T) {
+	_, cfg := tlsBackend(t, &upstream{})
+	p := newTestProxy(t, cfg, nil)
+	c := newFakeConn(t)
+	send(t, p, c, protocol.TypeProxyRequest, "d1", protocol.ProxyRequest{Path: "/api/v1/namespaces/a/pods/b/exec", IsWebSocket: true,
+		Timeout: protocol.Timeout(300 * time.Millisecond)})
+	if r := c.response(t, "d1"); r.Status != 200 {
+		t.Fatalf("answer = %+v; want 200", r)
+	}
+	env := c.next(t)
+	var e protocol.ErrorPayload
+	mustDecode(t, env, &e)
+	if env.Type != protocol.TypeProxyError || !strings.Contains(e.Error, "deadline") {
+		t.Fatalf("got %s %s; want proxy_error about the deadline", env.Type, env.Payload)
+	}
+	if env := c.next(t); env.Type != protocol.TypeProxyWebSocketClose {
+		t.Fatalf("got %s; want proxy_websocket_close", env.Type)
+	}
+}

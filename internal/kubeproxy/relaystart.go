@@ -35,6 +35,7 @@ type relaySpec struct {
 	id, method, path, query, protocol string
 	headers                           protocol.Headers
 	raw                               bool
+	deadline                          time.Time // zero: 24 h from now
 }
 
 // relayPath validates a kubectl relay path: allowed prefixes only, and no
@@ -83,7 +84,10 @@ func (p *Proxy) startKubeRelay(c controlplane.Conn, s relaySpec, answer func()) 
 		fail(p.busyMessage())
 		return
 	}
-	r := p.newRelay(c, s.id, false)
+	if s.deadline.IsZero() {
+		s.deadline = p.o.Now().Add(longLived)
+	}
+	r := p.newRelay(c, s.id, false, s.deadline)
 	if answer != nil {
 		answer()
 	}
