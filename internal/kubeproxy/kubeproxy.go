@@ -213,8 +213,7 @@ func (p *Proxy) acquire() bool {
 		p.m.inFlight(1)
 		return true
 	default:
-		p.m.rejected()
-		return false
+		return false // the caller answers, and counts it as rejected
 	}
 }
 

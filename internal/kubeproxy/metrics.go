@@ -77,8 +77,6 @@ func (m *metrics) relays(d int) {
 	m.relayG.Add(float64(d))
 }
 
-func (m *metrics) rejected() { m.finished("rejected", 0) }
-
 // finished counts one request by outcome.
 func (m *metrics) finished(class string, _ int) {
 	m.nReq.Add(1)

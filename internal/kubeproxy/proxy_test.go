@@ -342,3 +342,89 @@ func TestTimeoutsFollowTheSpec(t *testing.T) {
 		})
 	}
 }
+
+func TestExcessRequestsAreRefusedNotQueued(t *testing.T) {
+	release := make(chan struct{})
+	_, cfg := tlsBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer close(release)
+	p := newTestProxy(t, cfg, func(o *Options) { o.MaxInFlight = 2 })
+	c := newFakeConn(t)
+	send(t, p, c, protocol.TypeProxyRequest, "q1", protocol.ProxyRequest{Path: "/api/slow"})
+	send(t, p, c, protocol.TypeProxyRequest, "q2", protocol.ProxyRequest{Path: "/api/slow"})
+	send(t, p, c, protocol.TypeProxyRequest, "q3", protocol.ProxyRequest{Path: "/api/slow"})
+	if r := c.response(t, "q3"); !strings.Contains(r.Err, "limit of 2 concurrent") || !strings.Contains(r.Err, "proxy.max_in_flight") {
+		t.Errorf("third request error = %q; want the limit named with what to do", r.Err)
+	}
+	if st := p.Status(); st.InFlight != 2 || st.Errors != 1 {
+		t.Errorf("status = %+v; want 2 in flight and 1 error", st)
+	}
+}
+
+func TestALostConnectionCancelsItsRequestsAndSendsNothing(t *testing.T) {
+	var ended atomic.Int32
+	_, cfg := tlsBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+		ended.Add(1)
+	}))
+	p := newTestProxy(t, cfg, nil)
+	c := newFakeConn(t)
+	for _, id := range []string{"w1", "w2", "w3"} {
+		send(t, p, c, protocol.TypeProxyRequest, id, protocol.ProxyRequest{Path: "/api/v1/pods", Query: "watch=true", SupportsResponseStreaming: true})
+		if env := c.next(t); env.Type != protocol.TypeProxyResponseHeader {
+			t.Fatalf("got %s; want the header of %s", env.Type, id)
+		}
+	}
+	c.cancel() // the connection ends
+	deadline := time.Now().Add(10 * time.Second)
+	for (ended.Load() != 3 || p.InFlight() != 0) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if ended.Load() != 3 || p.InFlight() != 0 {
+		t.Fatalf("backend ended %d of 3, %d still in flight; want all cancelled", ended.Load(), p.InFlight())
+	}
+	c.expectNone(t, 100*time.Millisecond)
+}
+
+func TestMetricsAreExported(t *testing.T) {
+	_, cfg := tlsBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "ok") }))
+	reg := prometheus.NewRegistry()
+	p := newTestProxy(t, cfg, func(o *Options) { o.Registerer = reg })
+	c := newFakeConn(t)
+	send(t, p, c, protocol.TypeProxyRequest, "m1", protocol.ProxyRequest{Path: "/api"})
+	c.response(t, "m1")
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, mf := range mfs {
+		got[mf.GetName()] = true
+	}
+	for _, want := range []string{"pipeops_agent_proxy_requests_total", "pipeops_agent_proxy_in_flight", "pipeops_agent_proxy_bytes_total",
+		"pipeops_agent_proxy_request_duration_seconds", "pipeops_agent_proxy_websocket_relays"} {
+		if !got[want] {
+			t.Errorf("metric %s missing (have %v)", want, got)
+		}
+	}
+}
+
+func TestTCPTunnelStartIsAnsweredUnsupported(t *testing.T) {
+	p := newTestProxy(t, nil, nil)
+	c := newFakeConn(t)
+	send(t, p, c, protocol.TypeTCPTunnelStart, "t-5", map[string]any{"tunnel_id": "t-5", "service_name": "web"})
+	env := c.next(t)
+	var cl protocol.TCPTunnelClose
+	mustDecode(t, env, &cl)
+	if env.Type != protocol.TypeTCPTunnelClose || env.RequestID != "t-5" || cl.Reason != "unsupported" {
+		t.Fatalf("got %s %s; want tcp_tunnel_close unsupported", env.Type, env.Payload)
+	}
+	send(t, p, c, protocol.TypeUDPTunnelData, "", map[string]any{"tunnel_id": "u", "data": "AA=="})
+	send(t, p, c, protocol.TypeProxyStreamData, "x", map[string]any{"data": "AA=="})
+	c.expectNone(t, 100*time.Millisecond)
+}

@@ -71,6 +71,7 @@ func (p *Proxy) startRelayMessage(c controlplane.Conn, env *protocol.Envelope) {
 // proxy_request that asked for it once the relay is registered.
 func (p *Proxy) startKubeRelay(c controlplane.Conn, s relaySpec, answer func()) {
 	fail := func(msg string) {
+		p.m.finished("rejected", 0)
 		p.goSafe("relay error", func() {
 			_ = c.Send(c.Context(), protocol.TypeProxyError, s.id, protocol.ErrorPayload{RequestID: s.id, Error: msg})
 			_ = c.Send(c.Context(), protocol.TypeProxyWebSocketClose, s.id, protocol.WebSocketClose{StreamID: s.id})
