@@ -134,5 +134,3 @@ require (
 	sigs.k8s.io/randfill v1.0.0 // indirect
 	sigs.k8s.io/structured-merge-diff/v6 v6.4.2 // indirect
 )
-
-replace github.com/libp2p/go-yamux/v5 => ./third_party/go-yamux
