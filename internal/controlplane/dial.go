@@ -108,8 +108,8 @@ func newDialer(t config.TLS, handshake time.Duration) (*websocket.Dialer, error)
 		Proxy:             http.ProxyFromEnvironment,
 		TLSClientConfig:   tc,
 		HandshakeTimeout:  handshake,
-		ReadBufferSize:    32 << 10,
-		WriteBufferSize:   32 << 10,
+		ReadBufferSize:    64 << 10, // 64 KiB on both ends: measured faster for yamux bulk transfer (issue 6)
+		WriteBufferSize:   64 << 10,
 		EnableCompression: false,
 	}, nil
 }

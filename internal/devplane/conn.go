@@ -18,8 +18,8 @@ import (
 const readLimit = 32 << 20
 
 var upgrader = websocket.Upgrader{
-	ReadBufferSize:  32 << 10,
-	WriteBufferSize: 32 << 10,
+	ReadBufferSize:  64 << 10, // matches the agent (issue 6 measurements)
+	WriteBufferSize: 64 << 10,
 	CheckOrigin:     func(*http.Request) bool { return true }, // agents send no Origin
 }
 
