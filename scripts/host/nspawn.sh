@@ -9,7 +9,10 @@
 #   3. the watchdog kills and restarts a hung agent (debug-wedge trigger);
 #   4. remove, then purge: nothing left;
 #   5. install.sh from a local HTTP server serving the snapshot, rerun
-#      (idempotent), then the generated uninstall script.
+#      (idempotent), then the generated uninstall script;
+#   6. the rpm through Debian's rpm (--nodeps): install, upgrade (where the new
+#      %post runs BEFORE the old %preun: the agent must stay enabled and
+#      running), erase.
 # OLD_DIR and NEW_DIR hold goreleaser snapshot artifacts (scripts/host/release.sh).
 set -euo pipefail
 ROOTFS=${1:?usage: nspawn.sh ROOTFS OLD_DIR NEW_DIR}
@@ -196,7 +199,40 @@ script_tier() {
   done
 }
 
+rpm_tier() {
+  local rpm_arch old_rpm new_rpm pid
+  rpm_arch=$([ "$ARCH" = amd64 ] && echo x86_64 || echo aarch64)
+  old_rpm=$(cd "$WORK/artifacts/old" && ls pipeops-agent-*."$rpm_arch".rpm)
+  new_rpm=$(cd "$WORK/artifacts/new" && ls pipeops-agent-*."$rpm_arch".rpm)
+  in_ct sh -c 'command -v rpm' >/dev/null || fail "rpm is missing from the container (rebuild it with scripts/host/rootfs.sh)"
+
+  step "rpm -i $old_rpm"
+  in_ct rpm -i --nodeps "/artifacts/old/$old_rpm" >/dev/null 2>&1 || fail "rpm -i failed"
+  [ "$(in_ct systemctl is-enabled pipeops-agent.service)" = enabled ] || fail "the rpm did not enable the unit"
+  [ "$(show ActiveState)" = inactive ] || fail "the rpm started the agent without a token"
+  test_dropin
+  ct_sh 'echo rpm-token | pipeopsctl install --token-file -' >/dev/null || fail "pipeopsctl install failed on the rpm"
+  [ "$(show ActiveState)" = active ] || fail "agent not active on the rpm install"
+  pid=$(show MainPID)
+
+  step "rpm -U $new_rpm keeps it enabled, running and configured"
+  ct_sh 'printf "# edited by the admin\n" >> /etc/pipeops/agent.yaml'
+  in_ct rpm -U --nodeps "/artifacts/new/$new_rpm" >/dev/null 2>&1 || fail "rpm -U failed"
+  [ "$(in_ct systemctl is-enabled pipeops-agent.service)" = enabled ] || fail "the old %preun disabled the unit during the upgrade"
+  [ "$(show ActiveState)" = active ] || fail "the agent is not running after rpm -U"
+  [ "$(show MainPID)" != "$pid" ] || fail "rpm -U did not restart the agent"
+  in_ct grep -q 'edited by the admin' /etc/pipeops/agent.yaml || fail "rpm -U replaced the edited agent.yaml"
+  [ "$(in_ct cat /etc/pipeops/token)" = rpm-token ] || fail "rpm -U lost the token"
+
+  step "rpm -e stops, disables and removes; edited config saved as .rpmsave"
+  in_ct rpm -e --nodeps pipeops-agent >/dev/null 2>&1 || fail "rpm -e failed"
+  [ "$(show LoadState)" = not-found ] || fail "the unit is still loaded after rpm -e"
+  in_ct test ! -e /usr/bin/pipeops-agent || fail "rpm -e left the binary"
+  in_ct test -e /etc/pipeops/agent.yaml.rpmsave || fail "rpm -e did not keep the edited agent.yaml as .rpmsave"
+}
+
 boot
 deb_tier
 script_tier
+rpm_tier
 step "systemd tier passed"

@@ -8,8 +8,8 @@ set -euo pipefail
 CACHE=${PIPEOPS_TEST_CACHE:-$HOME/.cache/pipeops-test}
 SUITE=bookworm
 # Bump REV when the package list changes, so the cache rebuilds.
-REV=1
-INCLUDE=systemd,systemd-sysv,dbus,ca-certificates,curl
+REV=2
+INCLUDE=systemd,systemd-sysv,dbus,ca-certificates,curl,rpm
 DIR=$CACHE/rootfs/$SUITE-r$REV
 
 mirror() {
