@@ -1,7 +1,11 @@
 package installer
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -58,4 +62,57 @@ func renderDropIn(d installDropIn) []byte {
 		b.WriteString("pipeops:\n  api_url: " + quote(d.PipeOps.APIURL) + "\n")
 	}
 	return []byte(b.String())
+}
+
+// txn remembers what it overwrote so a failed install can put it back.
+type txn struct {
+	undo []func() error
+}
+
+// write replaces path atomically when its content differs; it reports
+// whether it wrote. The mode is enforced even when the content is equal.
+func (t *txn) write(path string, b []byte, mode os.FileMode) (bool, error) {
+	old, err := os.ReadFile(path)
+	if err == nil && bytes.Equal(old, b) {
+		return false, os.Chmod(path, mode)
+	}
+	existed := err == nil
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return false, err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return false, err
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(mode); err != nil {
+		tmp.Close()
+		return false, err
+	}
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		return false, err
+	}
+	if err := tmp.Close(); err != nil {
+		return false, err
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return false, err
+	}
+	t.undo = append(t.undo, func() error {
+		if !existed {
+			return os.Remove(path)
+		}
+		_, err := (&txn{}).write(path, old, mode)
+		return err
+	})
+	return true, nil
+}
+
+func (t *txn) rollback() error {
+	var errs []error
+	for i := len(t.undo) - 1; i >= 0; i-- {
+		errs = append(errs, t.undo[i]())
+	}
+	return errors.Join(errs...)
 }
