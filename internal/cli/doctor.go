@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -45,6 +46,7 @@ type doctorDeps struct {
 	defaultsFile string   // /etc/default/pipeops-agent: the agent's HTTPS_PROXY and friends
 	kubeconfigs  []string // well-known kubeconfig locations, after config and environment
 	stateDir     string
+	homeDirs     []string // hidden from the agent by ProtectHome=yes
 	statfs       func(path string) (free, total uint64, err error)
 	timeout      time.Duration
 }
@@ -55,6 +57,7 @@ func defaultDoctorDeps() doctorDeps {
 		kubeconfigs: []string{"/etc/rancher/k3s/k3s.yaml", "/etc/rancher/rke2/rke2.yaml", "/etc/kubernetes/admin.conf",
 			"/var/snap/microk8s/current/credentials/client.config"},
 		stateDir: paths.DefaultState,
+		homeDirs: []string{"/home", "/root", "/run/user"},
 		statfs:   statfs,
 		timeout:  5 * time.Second,
 	}
@@ -245,7 +248,7 @@ func checkKubernetes(e *env, d doctorDeps, cfg *config.Config, st *apitype.Statu
 		}
 		f.Close()
 		kc := check{levelOK, "kubernetes", "kubeconfig " + p + " (not contacted: the agent is not running)", ""}
-		if under(p, "/home") || under(p, "/root") || under(p, "/run/user") {
+		if slices.ContainsFunc(d.homeDirs, func(h string) bool { return under(p, h) }) {
 			kc = check{levelFail, "kubernetes", "kubeconfig " + p + " is in a home directory, which the unit's ProtectHome=yes hides from the agent",
 				"copy it to /etc/pipeops/kubeconfig (mode 0600) and set kubernetes.kubeconfig in /etc/pipeops/agent.d/50-local.yaml"}
 		}

@@ -15,7 +15,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -137,7 +136,10 @@ func runDoctorCase(t *testing.T, tc doctorCase) (string, []check) {
 	if tc.host != "" {
 		u = strings.Replace(u, "127.0.0.1", tc.host, 1)
 	}
-	cfg := strings.NewReplacer("URL", u, "CAFILE", tc.cp.caFile(dir), "PIN", tc.cp.pin()).Replace(tc.cfg)
+	home := filepath.Join(dir, "home")
+	os.MkdirAll(filepath.Join(home, ".kube"), 0o700)
+	os.WriteFile(filepath.Join(home, ".kube", "config"), []byte("apiVersion: v1\nkind: Config\n"), 0o600)
+	cfg := strings.NewReplacer("URL", u, "CAFILE", tc.cp.caFile(dir), "PIN", tc.cp.pin(), "HOMEKUBE", filepath.Join(home, ".kube", "config")).Replace(tc.cfg)
 	cfgPath := filepath.Join(dir, "agent.yaml")
 	os.WriteFile(cfgPath, []byte(cfg), 0o600)
 	defaults := filepath.Join(dir, "pipeops-agent.default")
@@ -148,18 +150,17 @@ func runDoctorCase(t *testing.T, tc doctorCase) (string, []check) {
 	e.getenv = func(k string) string { return tc.env[k] }
 	d := doctorDeps{
 		configPath: cfgPath, defaultsFile: defaults, kubeconfigs: tc.kubeconfigs, stateDir: filepath.Join(dir, "var/lib/pipeops"),
-		statfs:  func(string) (uint64, uint64, error) { return tc.freeBytes, 100 << 30, nil },
-		timeout: 5 * time.Second,
+		homeDirs: []string{home},
+		statfs:   func(string) (uint64, uint64, error) { return tc.freeBytes, 100 << 30, nil },
+		timeout:  5 * time.Second,
 	}
 	checks := runDoctor(context.Background(), e, d)
 	var b strings.Builder
 	printChecks(&b, checks)
 	port := tc.cp.srv.Listener.Addr().(*net.TCPAddr).Port
 	out := strings.NewReplacer(fmt.Sprintf(":%d", port), ":PORT", dir, "$TMP", e.client.SocketPath(), "SOCKET").Replace(b.String())
-	return reHomeTemp.ReplaceAllString(out, "$$HOME/.pipeops-doctor-test"), checks
+	return out, checks
 }
-
-var reHomeTemp = regexp.MustCompile(`/(root|home/[^/]+)/\.pipeops-doctor-test\d+`)
 
 func healthyAgent() *apitype.StatusResponse {
 	st := sampleStatus()
@@ -233,9 +234,6 @@ func TestDoctorNamesEachProblemWithItsFix(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			if strings.Contains(tc.cfg, "HOMEKUBE") {
-				tc.cfg = strings.Replace(tc.cfg, "HOMEKUBE", tempKubeconfigUnderHome(t), 1)
-			}
 			out, checks := runDoctorCase(t, tc)
 			golden(t, "doctor-"+tc.golden, out)
 			fails := 0
@@ -252,23 +250,6 @@ func TestDoctorNamesEachProblemWithItsFix(t *testing.T) {
 			}
 		})
 	}
-}
-
-// tempKubeconfigUnderHome creates a kubeconfig below $HOME, where the unit's
-// ProtectHome=yes would hide it from the agent.
-func tempKubeconfigUnderHome(t *testing.T) string {
-	home, _ := os.UserHomeDir()
-	if !strings.HasPrefix(home, "/root") && !strings.HasPrefix(home, "/home") {
-		t.Skip("no home directory under /root or /home to hold a kubeconfig")
-	}
-	dir, err := os.MkdirTemp(home, ".pipeops-doctor-test")
-	if err != nil {
-		t.Skip(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	p := filepath.Join(dir, "config")
-	os.WriteFile(p, []byte("apiVersion: v1\nkind: Config\n"), 0o600)
-	return p
 }
 
 func TestDoctorGoesThroughTheAgentsProxy(t *testing.T) {
