@@ -31,6 +31,7 @@ func (d *Daemon) wireProxy() error {
 		Log:              log,
 		RESTConfig:       d.kubePart.mgr.ProxyConfig,
 		Resolver:         d.proxyPart.resolver,
+		Routes:           d.ingressRoutes(), // reads the route syncer when called; routes are wired after the proxy
 		MaxInFlight:      d.cfg.Proxy.MaxInFlight,
 		MaxBufferedBytes: d.cfg.Proxy.MaxBufferedBytes,
 		DefaultTimeout:   time.Duration(d.cfg.Proxy.DefaultTimeout),
