@@ -63,7 +63,9 @@ func (d *Daemon) wireProxy() error {
 var errResolverNotReady = errors.New("service resolver not started yet")
 
 // lateResolver is a svcresolve.Resolver that appears once bootstrap is done.
-type lateResolver struct{ r atomic.Pointer[svcresolve.Resolver] }
+type lateResolver struct {
+	r atomic.Pointer[svcresolve.Resolver]
+}
 
 var (
 	_ kubeproxy.ServiceResolver = (*lateResolver)(nil)
