@@ -7,7 +7,7 @@ LDFLAGS := -s -w -X $(MODULE)/internal/version.Version=$(VERSION) \
            -X $(MODULE)/internal/version.Commit=$(COMMIT) -X $(MODULE)/internal/version.Date=$(DATE)
 BIN     := bin
 
-.PHONY: build test lint demo clean k8s-bins
+.PHONY: build test lint demo clean k8s-bins host-test snapshot
 
 build:
 	@mkdir -p $(BIN)
@@ -31,3 +31,14 @@ k8s-bins:
 
 clean:
 	rm -rf $(BIN) dist
+
+# The host tier alone: packages, installer and unit under a real systemd (root).
+host-test:
+	scripts/host-test.sh
+
+# A goreleaser snapshot (tar.gz, deb, rpm, checksums) in dist-snapshot/.
+snapshot:
+	scripts/host/release.sh dist-snapshot
+
+bench-%:
+	go run ./scripts/bench $*

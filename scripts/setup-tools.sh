@@ -13,6 +13,7 @@ have openssl || need+=(openssl)
 have curl || need+=(curl)
 have python3 || need+=(python3)
 have shellcheck || need+=(shellcheck)
+have systemd-analyze || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "missing tools: ${need[*]}; install them with: sudo apt-get install -y ${need[*]}" >&2

@@ -59,9 +59,9 @@ func newControlPlane(t *testing.T, skew time.Duration, wsStatus int) *controlPla
 			return
 		}
 		defer conn.Close()
+		cp.upgradesOK.Add(1) // before the 101 reaches the client, which may check the count at once
 		fmt.Fprintf(rw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n", sum)
 		rw.Flush()
-		cp.upgradesOK.Add(1)
 		_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
 		b, err := rw.ReadByte()
 		cp.closed <- err == nil && b == 0x88

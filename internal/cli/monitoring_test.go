@@ -111,20 +111,20 @@ func TestMonitoringCommandsMatchGolden(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		args     []string
-		agent    monitoringAgent
+		agent    *monitoringAgent
 		wantCode int
 		wantPost string
 	}{
-		{name: "monitoring-status", args: []string{"monitoring", "status"}, agent: monitoringAgent{status: sampleMonitoring()}},
-		{name: "monitoring-status-disabled", args: []string{"monitoring", "status"}, agent: monitoringAgent{status: apitype.MonitoringStatus{}}},
-		{name: "monitoring-install", args: []string{"monitoring", "install"}, agent: monitoringAgent{status: ready, events: installEvents()}, wantPost: "/v1/monitoring/install"},
+		{name: "monitoring-status", args: []string{"monitoring", "status"}, agent: &monitoringAgent{status: sampleMonitoring()}},
+		{name: "monitoring-status-disabled", args: []string{"monitoring", "status"}, agent: &monitoringAgent{status: apitype.MonitoringStatus{}}},
+		{name: "monitoring-install", args: []string{"monitoring", "install"}, agent: &monitoringAgent{status: ready, events: installEvents()}, wantPost: "/v1/monitoring/install"},
 		{name: "monitoring-install-failed", args: []string{"monitoring", "install"}, wantCode: ExitError, wantPost: "/v1/monitoring/install",
-			agent: monitoringAgent{status: sampleMonitoring(), events: installEvents()[:1], failure: "pipeops-monitoring/loki: not ready after 5m0s"}},
+			agent: &monitoringAgent{status: sampleMonitoring(), events: installEvents()[:1], failure: "pipeops-monitoring/loki: not ready after 5m0s"}},
 		{name: "monitoring-uninstall", args: []string{"monitoring", "uninstall", "--yes"}, wantPost: "/v1/monitoring/uninstall",
-			agent: monitoringAgent{status: apitype.MonitoringStatus{Enabled: true, Suspended: true}, events: []apitype.MonitoringEvent{
+			agent: &monitoringAgent{status: apitype.MonitoringStatus{Enabled: true, Suspended: true}, events: []apitype.MonitoringEvent{
 				{Release: apitype.Release{Name: "metrics-server", State: apitype.ReleaseUninstalling}},
 				{Release: apitype.Release{Name: "metrics-server", State: apitype.ReleaseUninstalled}}}}},
-		{name: "monitoring-uninstall-declined", args: []string{"monitoring", "uninstall"}, wantCode: ExitError, agent: monitoringAgent{}},
+		{name: "monitoring-uninstall-declined", args: []string{"monitoring", "uninstall"}, wantCode: ExitError, agent: &monitoringAgent{}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := tc.agent.start(t)
