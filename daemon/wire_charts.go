@@ -99,7 +99,8 @@ func (d *Daemon) adminConfig(ctx context.Context) (*rest.Config, error) {
 func (d *Daemon) monitoringForwards(eps []charts.Endpoint) {
 	for _, e := range eps {
 		d.log.Info("monitoring endpoint ready", "component", e.Name, logging.KeyURL, e.URL)
-		// TODO(charts): d.tunnelPart.tunnel.SetServiceForward(e.Name, e.Namespace, e.Service, e.Port) once wire_tunnel.go lands.
+		// nil-safe: a disabled tunnel ignores it. A configured forward of the same name wins.
+		d.tunnelPart.tunnel.SetServiceForward(e.Name, e.Namespace, e.Service, e.Port)
 	}
 }
 

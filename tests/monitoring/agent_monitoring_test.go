@@ -1,0 +1,296 @@
+// Package monitoring runs the real pipeops-agent and pipeopsctl binaries
+// against a private FULL test cluster (kwok makes pods Ready) and an
+// in-process devplane, and checks the monitoring stack end to end: the
+// heartbeat fields the control plane sees, Grafana's root_url with the
+// registered cluster id, a restart that changes no release and no
+// credential, and `pipeopsctl monitoring uninstall|install`.
+package monitoring
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/pipeops/pipeops-vm-agent/internal/apitype"
+	"github.com/pipeops/pipeops-vm-agent/internal/devplane"
+	"github.com/pipeops/pipeops-vm-agent/internal/kubetest"
+	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
+	"github.com/pipeops/pipeops-vm-agent/internal/state"
+	"github.com/pipeops/pipeops-vm-agent/tests/testbin"
+)
+
+const token = "e2e-monitoring-token"
+
+func charts(name string) string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..", "internal", "charts", "testdata", "charts", name)
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for: %s", within, what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// agent is one pipeops-agent process; restart keeps its state directory.
+type agent struct {
+	t          *testing.T
+	dir        string
+	socket     string
+	config     string
+	out        *syncBuffer
+	stop       func()
+	stateDir   string
+	kubeconfig string
+}
+
+func newAgent(t *testing.T, apiURL, kubeconfig, ns string) *agent {
+	t.Helper()
+	dir := testbin.ShortTempDir(t)
+	a := &agent{t: t, dir: dir, socket: filepath.Join(dir, "agent.sock"), config: filepath.Join(dir, "agent.yaml"),
+		stateDir: filepath.Join(dir, "state"), out: &syncBuffer{}, kubeconfig: kubeconfig}
+	yaml := fmt.Sprintf(`version: 1
+agent:
+  name: e2e-monitoring
+  port: %d
+  state_dir: %s
+  socket: %s
+  heartbeat_interval: 1s
+pipeops:
+  api_url: %s
+  reconnect: {interval: 200ms, max_interval: 1s}
+kubernetes:
+  kubeconfig: %s
+  cluster_domain: corp.internal
+gateway:
+  enabled: false
+monitoring:
+  enabled: true
+  namespace: %s
+  ready_timeout: 60s
+  cache_dir: %s
+  components:
+    metrics_server: {namespace: %s, chart: %s, repo: ""}
+    vpa: {enabled: false}
+    traefik: {enabled: false}
+    prometheus: {chart: %s, repo: ""}
+    loki: {chart: %s, repo: ""}
+`, freePort(t), a.stateDir, a.socket, apiURL, kubeconfig, ns, filepath.Join(dir, "cache"), ns,
+		charts("metrics-server"), charts("kube-prometheus-stack"), charts("loki-stack"))
+	if err := os.WriteFile(a.config, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a.start()
+	return a
+}
+
+func (a *agent) start() {
+	a.t.Helper()
+	cmd := exec.Command(testbin.Build(a.t, "pipeops-agent"), "run", "--config", a.config)
+	cmd.Env = append(os.Environ(), "PIPEOPS_TOKEN="+token, "PIPEOPS_LOG_FORMAT=json", "NOTIFY_SOCKET=")
+	cmd.Stdout, cmd.Stderr = a.out, a.out
+	if err := cmd.Start(); err != nil {
+		a.t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	var once sync.Once
+	a.stop = func() {
+		once.Do(func() {
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-done:
+			case <-time.After(30 * time.Second):
+				_ = cmd.Process.Kill()
+				<-done
+			}
+		})
+	}
+	a.t.Cleanup(func() {
+		a.stop()
+		if a.t.Failed() {
+			a.t.Logf("agent output:\n%s", a.out.String())
+		}
+	})
+}
+
+func (a *agent) ctl(args ...string) (string, error) {
+	cmd := exec.Command(testbin.Build(a.t, "pipeopsctl"), append([]string{"--socket", a.socket}, args...)...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	return out.String(), err
+}
+
+func (a *agent) monitoring() (apitype.MonitoringStatus, error) {
+	var st apitype.MonitoringStatus
+	out, err := a.ctl("monitoring", "status", "--json")
+	if err != nil {
+		return st, fmt.Errorf("%v: %s", err, out)
+	}
+	return st, json.Unmarshal([]byte(out), &st)
+}
+
+func allReady(st apitype.MonitoringStatus) bool {
+	if len(st.Releases) != 3 {
+		return false
+	}
+	for _, r := range st.Releases {
+		if r.State != apitype.ReleaseReady {
+			return false
+		}
+	}
+	return true
+}
+
+func TestTheAgentInstallsTheStackAndTheControlPlaneSeesItsEndpoints(t *testing.T) {
+	// A private cluster: the agent bootstraps cluster-wide RBAC, which other
+	// packages' agents sharing a cluster would also reconcile.
+	p := kubetest.PrivateCluster(t, true)
+	ns := p.Namespace
+	dp := devplane.New(devplane.Config{Tokens: []string{token}})
+	srv := httptest.NewServer(dp.Handler())
+	defer srv.Close()
+	a := newAgent(t, srv.URL, p.Kubeconfig, ns)
+
+	var clusterID string
+	eventually(t, 60*time.Second, "the agent to register", func() bool {
+		if cl := dp.Clusters(); len(cl) == 1 {
+			clusterID = cl[0].ID
+		}
+		return clusterID != ""
+	})
+	var hb protocol.Heartbeat
+	eventually(t, 90*time.Second, "a heartbeat with the monitoring endpoints", func() bool {
+		c, _ := dp.Cluster(clusterID)
+		hb = c.Heartbeat()
+		return hb.GrafanaURL != "" && hb.PrometheusURL != "" && hb.LokiURL != ""
+	})
+	want := map[string]string{
+		hb.PrometheusURL: "http://kube-prometheus-stack-prometheus." + ns + ".svc.corp.internal:9090",
+		hb.LokiURL:       "http://loki." + ns + ".svc.corp.internal:3100",
+		hb.GrafanaURL:    "http://kube-prometheus-stack-grafana." + ns + ".svc.corp.internal:3000",
+	}
+	for got, w := range want {
+		if got != w {
+			t.Errorf("heartbeat URL %q; want %q", got, w)
+		}
+	}
+	st, err := state.Open(a.stateDir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	password := st.Get().Secrets["grafana_admin_password"]
+	if hb.GrafanaUsername != "admin" || password == "" || hb.GrafanaPassword != password {
+		t.Fatalf("heartbeat grafana credentials do not match the persisted password")
+	}
+	mon, err := a.monitoring()
+	if err != nil || !allReady(mon) {
+		t.Fatalf("pipeopsctl monitoring status: %+v, %v; want 3 ready releases", mon, err)
+	}
+	sec, err := p.Client.CoreV1().Secrets(ns).Get(context.Background(), "kube-prometheus-stack-grafana-config", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ini := string(sec.Data["grafana.ini"]); !strings.Contains(ini, "/api/v1/clusters/agent/"+clusterID+"/proxy/") {
+		t.Errorf("grafana.ini = %q; want root_url with the registered cluster id %s", ini, clusterID)
+	}
+	var status apitype.StatusResponse
+	if out, err := a.ctl("status", "--json"); err == nil {
+		_ = json.Unmarshal([]byte(out), &status)
+	}
+	fwd := map[string]string{}
+	for _, f := range status.Tunnel.Forwards {
+		fwd[f.Name] = f.LocalAddr
+	}
+	if fwd["grafana"] != "kube-prometheus-stack-grafana."+ns+":3000" || fwd["prometheus"] == "" || fwd["loki"] == "" {
+		t.Errorf("tunnel forwards = %v; want grafana, prometheus and loki", fwd)
+	}
+
+	// Restart: same state, no Helm action (every release stays at revision 1),
+	// same credentials in the heartbeat.
+	a.stop()
+	restarted := time.Now()
+	a.start()
+	eventually(t, 60*time.Second, "a heartbeat with endpoints after the restart", func() bool {
+		c, _ := dp.Cluster(clusterID)
+		hb = c.Heartbeat()
+		return c.LastHeartbeatAt.After(restarted) && hb.GrafanaURL != ""
+	})
+	if hb.GrafanaPassword != password {
+		t.Errorf("grafana password changed across a restart")
+	}
+	mon, _ = a.monitoring()
+	for _, r := range mon.Releases {
+		if r.Revision != 1 {
+			t.Errorf("release %s at revision %d after a restart; want 1 (no Helm call)", r.Name, r.Revision)
+		}
+	}
+	if !strings.Contains(a.out.String(), `"msg":"release installed"`) || strings.Count(a.out.String(), `"msg":"release installed"`) != 3 {
+		t.Errorf("the agent logged %d installs over both runs; want 3 (none after the restart)", strings.Count(a.out.String(), `"msg":"release installed"`))
+	}
+
+	// Uninstall, then install again through pipeopsctl.
+	if out, err := a.ctl("monitoring", "uninstall", "--yes"); err != nil || !strings.Contains(out, "monitoring stack uninstalled") {
+		t.Fatalf("pipeopsctl monitoring uninstall: %v\n%s", err, out)
+	}
+	if list, _ := p.Client.CoreV1().Secrets(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "owner=helm"}); len(list.Items) != 0 {
+		t.Errorf("%d Helm release records left after uninstall", len(list.Items))
+	}
+	uninstalled := time.Now()
+	eventually(t, 30*time.Second, "a heartbeat without monitoring fields", func() bool {
+		c, _ := dp.Cluster(clusterID)
+		return c.LastHeartbeatAt.After(uninstalled) && c.Heartbeat().GrafanaURL == ""
+	})
+	out, err := a.ctl("monitoring", "install")
+	if err != nil || !strings.Contains(out, "monitoring stack ready: 3 releases") || !strings.Contains(out, "kube-prometheus-stack    ready") {
+		t.Fatalf("pipeopsctl monitoring install: %v\n%s", err, out)
+	}
+	t.Logf("pipeopsctl monitoring install:\n%s", out)
+}
