@@ -22,10 +22,10 @@ func runDaemon(t *testing.T, edit func(c *config.Config)) *localclient.Client {
 	t.Helper()
 	dir := testbin.ShortTempDir(t)
 	cfg := config.Default()
-	cfg.Agent.Port = freeTCPPort(t)
+	cfg.Agent.Port = testbin.FreePort(t)
 	cfg.Agent.StateDir = filepath.Join(dir, "state")
 	cfg.Agent.Socket = filepath.Join(dir, "a.sock")
-	cfg.PipeOps.APIURL = fmt.Sprintf("http://127.0.0.1:%d", freeTCPPort(t)) // nothing listens
+	cfg.PipeOps.APIURL = fmt.Sprintf("http://127.0.0.1:%d", testbin.FreePort(t)) // nothing listens
 	cfg.PipeOps.Token = "tok"
 	cfg.Kubernetes.Kubeconfig = filepath.Join(dir, "absent-kubeconfig")
 	cfg.Monitoring.CacheDir = filepath.Join(dir, "cache")

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -21,16 +20,6 @@ import (
 	"github.com/pipeops/pipeops-vm-agent/tests/testbin"
 )
 
-func freeTCPPort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // TestDashboardNeverShowsSecrets runs the real daemon with a token, a
 // service token and state secrets, logs a warning carrying the token, and
 // reads every dashboard surface: none may contain a secret, and none may
@@ -40,10 +29,10 @@ func TestDashboardNeverShowsSecrets(t *testing.T) {
 	secrets := []string{"tok-SECRET-pipeops-1", "svc-SECRET-kube-2", "cluster-SECRET-state-3", "grafana-SECRET-pw-4"}
 	cfg := config.Default()
 	cfg.Agent.Name = "secrets-test"
-	cfg.Agent.Port = freeTCPPort(t)
+	cfg.Agent.Port = testbin.FreePort(t)
 	cfg.Agent.StateDir = filepath.Join(dir, "state")
 	cfg.Agent.Socket = filepath.Join(dir, "a.sock")
-	cfg.PipeOps.APIURL = fmt.Sprintf("http://127.0.0.1:%d", freeTCPPort(t)) // nothing listens
+	cfg.PipeOps.APIURL = fmt.Sprintf("http://127.0.0.1:%d", testbin.FreePort(t)) // nothing listens
 	cfg.PipeOps.Token = config.Secret(secrets[0])
 	cfg.Kubernetes.ServiceToken = config.Secret(secrets[1])
 	cfg.Kubernetes.Kubeconfig = filepath.Join(dir, "absent-kubeconfig")

@@ -13,6 +13,7 @@ import (
 	"github.com/pipeops/pipeops-vm-agent/internal/health"
 	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
 	"github.com/pipeops/pipeops-vm-agent/internal/state"
+	"github.com/pipeops/pipeops-vm-agent/tests/testbin"
 )
 
 func heartbeating(p *plane, mode string, minBeats int) func() bool {
@@ -26,7 +27,7 @@ func TestAgentRegistersSwitchesToTheGatewayAndHeartbeats(t *testing.T) {
 	p := startPlane(t)
 	a := newAgent(t, testConfig(p.url()), nil, &fakeCluster{version: "v1.36.3", token: "sa-token"}, nil)
 	a.start(t)
-	eventually(t, 5*time.Second, "a heartbeat on the gateway", heartbeating(p, devplane.KindGateway, 1))
+	testbin.Eventually(t, 5*time.Second, "a heartbeat on the gateway", heartbeating(p, devplane.KindGateway, 1))
 
 	c, _ := onlyCluster(p)
 	if c.Registrations != 1 || c.ID != devplane.ClusterIDFor("agent-test-1") || c.K8sVersion != "v1.36.3" {
@@ -46,7 +47,7 @@ func TestAgentRegistersSwitchesToTheGatewayAndHeartbeats(t *testing.T) {
 	if st.ClusterID != c.ID || st.GatewayWSURL == "" || st.ClusterToken != "sa-token" || st.CredentialsFingerprint == "" || st.RegisteredAt.IsZero() {
 		t.Fatalf("state = %+v", st)
 	}
-	eventually(t, 2*time.Second, "ready", func() bool { ok, _ := a.health.Ready(); return ok })
+	testbin.Eventually(t, 2*time.Second, "ready", func() bool { ok, _ := a.health.Ready(); return ok })
 	if s, reg := a.c.Link(); s != apitype.LinkConnected || !reg {
 		t.Fatalf("Link() = %s, %v", s, reg)
 	}
@@ -62,7 +63,7 @@ func TestRegisterCarriesEverySpecField(t *testing.T) {
 	cfg.Agent.CloudProvider = "on-premises"
 	a := newAgent(t, cfg, nil, &fakeCluster{version: "v1.36.3", token: "sa-token"}, nil)
 	a.start(t)
-	eventually(t, 5*time.Second, "registration", func() bool { c, ok := onlyCluster(p); return ok && c.Registrations == 1 })
+	testbin.Eventually(t, 5*time.Second, "registration", func() bool { c, ok := onlyCluster(p); return ok && c.Registrations == 1 })
 	c, _ := onlyCluster(p)
 	var reg map[string]any
 	if err := jsonUnmarshal(c.LastRegister, &reg); err != nil {
@@ -96,9 +97,9 @@ func TestRestartResumesOnTheGatewayWithoutRegistering(t *testing.T) {
 	cl := &fakeCluster{version: "v1.36.3", token: "sa-token"}
 	a := newAgent(t, testConfig(p.url()), st, cl, nil)
 	a.start(t)
-	eventually(t, 5*time.Second, "first heartbeat", heartbeating(p, devplane.KindGateway, 1))
+	testbin.Eventually(t, 5*time.Second, "first heartbeat", heartbeating(p, devplane.KindGateway, 1))
 	a.stop()
-	eventually(t, 2*time.Second, "session closed with 1000", func() bool {
+	testbin.Eventually(t, 2*time.Second, "session closed with 1000", func() bool {
 		c, _ := onlyCluster(p)
 		return !c.Connected && c.LastCloseCode == 1000
 	})
@@ -106,7 +107,7 @@ func TestRestartResumesOnTheGatewayWithoutRegistering(t *testing.T) {
 
 	b := newAgent(t, testConfig(p.url()), st, cl, nil)
 	b.start(t)
-	eventually(t, 5*time.Second, "resumed heartbeat", heartbeating(p, devplane.KindGateway, before.Heartbeats+1))
+	testbin.Eventually(t, 5*time.Second, "resumed heartbeat", heartbeating(p, devplane.KindGateway, before.Heartbeats+1))
 	after, _ := onlyCluster(p)
 	if after.Registrations != 1 || after.ID != before.ID {
 		t.Fatalf("after restart: %d registrations, id %s; want 1 and %s", after.Registrations, after.ID, before.ID)
@@ -117,7 +118,7 @@ func TestRestartResumesOnTheGatewayWithoutRegistering(t *testing.T) {
 	cl.set(func(f *fakeCluster) { f.token = "rotated" })
 	c := newAgent(t, testConfig(p.url()), st, cl, nil)
 	c.start(t)
-	eventually(t, 5*time.Second, "re-registration", func() bool { x, _ := onlyCluster(p); return x.Registrations == 2 && x.Connected })
+	testbin.Eventually(t, 5*time.Second, "re-registration", func() bool { x, _ := onlyCluster(p); return x.Registrations == 2 && x.Connected })
 	x, _ := onlyCluster(p)
 	var reg map[string]any
 	_ = jsonUnmarshal(x.LastRegister, &reg)
@@ -130,10 +131,10 @@ func TestGatewayRejectingTheTokenLeadsToRegistrationThroughTheController(t *test
 	p := startPlane(t)
 	a := newAgent(t, testConfig(p.url()), nil, &fakeCluster{version: "v1.36.3"}, nil)
 	a.start(t)
-	eventually(t, 5*time.Second, "first heartbeat", heartbeating(p, devplane.KindGateway, 1))
+	testbin.Eventually(t, 5*time.Second, "first heartbeat", heartbeating(p, devplane.KindGateway, 1))
 	p.srv.SetFaults(devplane.Faults{GatewayStatus: 401, Times: 1})
 	p.srv.DropAll()
-	eventually(t, 5*time.Second, "second registration and a working gateway session", func() bool {
+	testbin.Eventually(t, 5*time.Second, "second registration and a working gateway session", func() bool {
 		c, _ := onlyCluster(p)
 		return c.Registrations == 2 && c.Connected && c.Mode == devplane.KindGateway
 	})
@@ -144,19 +145,19 @@ func TestGatewayRejectingTheTokenLeadsToRegistrationThroughTheController(t *test
 		t.Fatalf("re-register after gateway 401 = %v; want cluster_id and mode resume", reg)
 	}
 	beats := c.Heartbeats
-	eventually(t, 5*time.Second, "heartbeats continue", heartbeating(p, devplane.KindGateway, beats+1))
+	testbin.Eventually(t, 5*time.Second, "heartbeats continue", heartbeating(p, devplane.KindGateway, beats+1))
 }
 
 func TestClusterNotFoundMakesTheAgentRegisterAfresh(t *testing.T) {
 	p := startPlane(t)
 	a := newAgent(t, testConfig(p.url()), nil, &fakeCluster{version: "v1.36.3"}, nil)
 	a.start(t)
-	eventually(t, 5*time.Second, "first heartbeat", heartbeating(p, devplane.KindGateway, 1))
+	testbin.Eventually(t, 5*time.Second, "first heartbeat", heartbeating(p, devplane.KindGateway, 1))
 	id := a.c.ClusterID()
 	if err := p.srv.SendError(context.Background(), id, "Cluster Not Found"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "fresh registration", func() bool {
+	testbin.Eventually(t, 5*time.Second, "fresh registration", func() bool {
 		c, _ := onlyCluster(p)
 		return c.Registrations == 2 && c.Connected && c.Mode == devplane.KindGateway
 	})
@@ -172,10 +173,10 @@ func TestForgottenClusterOnTheGatewayRegistersAgain(t *testing.T) {
 	p := startPlane(t)
 	a := newAgent(t, testConfig(p.url()), nil, &fakeCluster{version: "v1.36.3"}, nil)
 	a.start(t)
-	eventually(t, 5*time.Second, "first heartbeat", heartbeating(p, devplane.KindGateway, 1))
+	testbin.Eventually(t, 5*time.Second, "first heartbeat", heartbeating(p, devplane.KindGateway, 1))
 	p.srv.Forget(a.c.ClusterID())
 	p.srv.DropAll()
-	eventually(t, 5*time.Second, "registered again with the same id", heartbeating(p, devplane.KindGateway, 1))
+	testbin.Eventually(t, 5*time.Second, "registered again with the same id", heartbeating(p, devplane.KindGateway, 1))
 	if c, _ := onlyCluster(p); c.ID != a.c.ClusterID() {
 		t.Fatalf("cluster id changed: %s vs %s", c.ID, a.c.ClusterID())
 	}
@@ -191,14 +192,14 @@ func TestControllerRejectingTheTokenKeepsRetryingAndNotReady(t *testing.T) {
 	p.srv.SetFaults(devplane.Faults{ControllerStatus: 403})
 	a := newAgent(t, testConfig(p.url()), nil, &fakeCluster{version: "v1.36.3"}, nil)
 	a.start(t)
-	eventually(t, 5*time.Second, "two rejected attempts", func() bool {
+	testbin.Eventually(t, 5*time.Second, "two rejected attempts", func() bool {
 		return metricValue(t, a.reg, "pipeops_agent_controlplane_reconnects_total") >= 2
 	})
 	if ok, reasons := a.health.Ready(); ok || !contains(reasons[0], "install token") {
 		t.Fatalf("ready=%v reasons=%v; want not ready naming the token", ok, reasons)
 	}
 	p.srv.SetFaults(devplane.Faults{})
-	eventually(t, 5*time.Second, "registered once the token is accepted", heartbeating(p, devplane.KindGateway, 1))
+	testbin.Eventually(t, 5*time.Second, "registered once the token is accepted", heartbeating(p, devplane.KindGateway, 1))
 }
 
 func TestRegistrationWaitsForTheKubernetesVersion(t *testing.T) {
@@ -206,7 +207,7 @@ func TestRegistrationWaitsForTheKubernetesVersion(t *testing.T) {
 	cl := &fakeCluster{verErr: errBoom}
 	a := newAgent(t, testConfig(p.url()), nil, cl, nil)
 	a.start(t)
-	eventually(t, 5*time.Second, "a not-ready reason naming the Kubernetes API", func() bool {
+	testbin.Eventually(t, 5*time.Second, "a not-ready reason naming the Kubernetes API", func() bool {
 		for _, c := range a.health.Snapshot() {
 			if c.Name == health.ControlPlane && contains(c.Reason, "Kubernetes API version") {
 				return true
@@ -218,7 +219,7 @@ func TestRegistrationWaitsForTheKubernetesVersion(t *testing.T) {
 		t.Fatal("registered without a Kubernetes version")
 	}
 	cl.set(func(f *fakeCluster) { f.verErr, f.version = nil, "v1.36.3" })
-	eventually(t, 5*time.Second, "registration once the API answers", heartbeating(p, devplane.KindGateway, 1))
+	testbin.Eventually(t, 5*time.Second, "registration once the API answers", heartbeating(p, devplane.KindGateway, 1))
 }
 
 func TestControllerWithoutGatewayURLKeepsTheControllerSession(t *testing.T) {
@@ -226,7 +227,7 @@ func TestControllerWithoutGatewayURLKeepsTheControllerSession(t *testing.T) {
 	p.srv.SetFaults(devplane.Faults{NoGatewayURL: true})
 	a := newAgent(t, testConfig(p.url()), nil, &fakeCluster{version: "v1.36.3"}, nil)
 	a.start(t)
-	eventually(t, 5*time.Second, "heartbeats on the controller", heartbeating(p, devplane.KindController, 2))
+	testbin.Eventually(t, 5*time.Second, "heartbeats on the controller", heartbeating(p, devplane.KindController, 2))
 }
 
 func TestReconnectCallsHooksWithANewGenerationAndHeartbeatsAtOnce(t *testing.T) {
@@ -245,9 +246,9 @@ func TestReconnectCallsHooksWithANewGenerationAndHeartbeatsAtOnce(t *testing.T) 
 		panic("contributor bug")
 	})
 	a.start(t)
-	eventually(t, 5*time.Second, "first hook", func() bool { mu.Lock(); defer mu.Unlock(); return len(gens) == 1 })
+	testbin.Eventually(t, 5*time.Second, "first hook", func() bool { mu.Lock(); defer mu.Unlock(); return len(gens) == 1 })
 	p.srv.DropAll()
-	eventually(t, 5*time.Second, "second hook", func() bool { mu.Lock(); defer mu.Unlock(); return len(gens) == 2 })
+	testbin.Eventually(t, 5*time.Second, "second hook", func() bool { mu.Lock(); defer mu.Unlock(); return len(gens) == 2 })
 	mu.Lock()
 	if gens[1] <= gens[0] {
 		t.Fatalf("generations %v do not grow", gens)
@@ -270,7 +271,7 @@ func TestWorkerJoinIsSentForK3sServersAndNeverLogged(t *testing.T) {
 	os.WriteFile(tok, []byte("K10secret::server:abc\n"), 0o600)
 	a := newAgent(t, testConfig(p.url()), nil, &fakeCluster{version: "v1.36.3"}, func(o *Options) { o.K3sTokenPath = tok })
 	a.start(t)
-	eventually(t, 5*time.Second, "first heartbeat", heartbeating(p, devplane.KindGateway, 1))
+	testbin.Eventually(t, 5*time.Second, "first heartbeat", heartbeating(p, devplane.KindGateway, 1))
 	wj := func() *protocol.WorkerJoin { c, _ := onlyCluster(p); return c.Heartbeat().WorkerJoin }()
 	if wj == nil || wj.Provider != "k3s" || wj.Env["K3S_TOKEN"] != "K10secret::server:abc" || wj.ServerURL != "https://127.0.0.1:6443" ||
 		len(wj.Commands) != 2 || !contains(wj.Commands[1], "K3S_TOKEN=K10secret::server:abc sh -") {
@@ -286,9 +287,9 @@ func TestRotatedCredentialsAreRegisteredAtOnce(t *testing.T) {
 	cl := &fakeCluster{version: "v1.36.3", token: "t1"}
 	a := newAgent(t, testConfig(p.url()), nil, cl, nil)
 	a.start(t)
-	eventually(t, 5*time.Second, "first heartbeat", heartbeating(p, devplane.KindGateway, 1))
+	testbin.Eventually(t, 5*time.Second, "first heartbeat", heartbeating(p, devplane.KindGateway, 1))
 	cl.rotate("t2")
-	eventually(t, 5*time.Second, "second registration carrying the new token", func() bool {
+	testbin.Eventually(t, 5*time.Second, "second registration carrying the new token", func() bool {
 		c, _ := onlyCluster(p)
 		return c.Registrations == 2 && c.Connected
 	})
@@ -302,7 +303,7 @@ func TestRegisterInProgressExtendsTheWaitAndAnErrorFailsItAtOnce(t *testing.T) {
 	p.srv.SetFaults(devplane.Faults{RegisterDelayMS: 600})
 	a := newAgent(t, testConfig(p.url()), nil, &fakeCluster{version: "v1.36.3"}, func(o *Options) { o.RegisterTimeout = 300 * time.Millisecond })
 	a.start(t)
-	eventually(t, 5*time.Second, "registration after register_in_progress", heartbeating(p, devplane.KindGateway, 1))
+	testbin.Eventually(t, 5*time.Second, "registration after register_in_progress", heartbeating(p, devplane.KindGateway, 1))
 	if n := metricValue(t, a.reg, "pipeops_agent_controlplane_reconnects_total"); n != 0 {
 		t.Fatalf("reconnects = %v; want the first attempt to succeed", n)
 	}
@@ -313,7 +314,7 @@ func TestRegisterInProgressExtendsTheWaitAndAnErrorFailsItAtOnce(t *testing.T) {
 	b := newAgent(t, testConfig(q.url()), nil, &fakeCluster{version: "v1.36.3"}, func(o *Options) { o.RegisterTimeout = time.Minute })
 	b.start(t)
 	var st apitype.StatusResponse
-	eventually(t, 3*time.Second, "the refusal as the last error, long before the timeout", func() bool {
+	testbin.Eventually(t, 3*time.Second, "the refusal as the last error, long before the timeout", func() bool {
 		b.c.FillStatus(context.Background(), &st)
 		return contains(st.Link.LastError, "workspace suspended")
 	})

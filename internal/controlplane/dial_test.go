@@ -21,6 +21,7 @@ import (
 	"github.com/pipeops/pipeops-vm-agent/internal/apitype"
 	"github.com/pipeops/pipeops-vm-agent/internal/config"
 	"github.com/pipeops/pipeops-vm-agent/internal/devplane"
+	"github.com/pipeops/pipeops-vm-agent/tests/testbin"
 )
 
 func TestControllerURLKeepsSchemeSecurityAndBasePath(t *testing.T) {
@@ -118,14 +119,14 @@ func TestTLSOptionsPinsAndClientCertificates(t *testing.T) {
 			a := newAgent(t, cfg, nil, &fakeCluster{version: "v1.36.3"}, nil)
 			a.start(t)
 			if tc.wantErr == "" {
-				eventually(t, 5*time.Second, "registration over TLS", func() bool {
+				testbin.Eventually(t, 5*time.Second, "registration over TLS", func() bool {
 					cs := srv.Clusters()
 					return len(cs) == 1 && cs[0].Heartbeats > 0
 				})
 				return
 			}
 			var st apitype.StatusResponse
-			eventually(t, 5*time.Second, "a recorded error", func() bool { a.c.FillStatus(t.Context(), &st); return st.Link.LastError != "" })
+			testbin.Eventually(t, 5*time.Second, "a recorded error", func() bool { a.c.FillStatus(t.Context(), &st); return st.Link.LastError != "" })
 			if !strings.Contains(st.Link.LastError, tc.wantErr) || len(srv.Clusters()) != 0 {
 				t.Fatalf("last error = %q; want it to contain %q and no registration", st.Link.LastError, tc.wantErr)
 			}

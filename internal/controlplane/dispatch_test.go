@@ -9,6 +9,7 @@ import (
 
 	"github.com/pipeops/pipeops-vm-agent/internal/devplane"
 	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
+	"github.com/pipeops/pipeops-vm-agent/tests/testbin"
 )
 
 // panicky is a handler with a bug.
@@ -30,7 +31,7 @@ func connected(t *testing.T, cl *fakeCluster, tweak func(*agent)) (*plane, *agen
 		tweak(a)
 	}
 	a.start(t)
-	eventually(t, 5*time.Second, "first heartbeat", heartbeating(p, devplane.KindGateway, 1))
+	testbin.Eventually(t, 5*time.Second, "first heartbeat", heartbeating(p, devplane.KindGateway, 1))
 	return p, a, p.srv.Session(a.c.ClusterID())
 }
 
@@ -50,7 +51,7 @@ func TestUnknownTypesGetOneProtocolFallbackEach(t *testing.T) {
 	})
 	a := newAgent(t, testConfig(p.url()), nil, &fakeCluster{version: "v1.36.3"}, nil)
 	a.start(t)
-	eventually(t, 5*time.Second, "first heartbeat", heartbeating(p, devplane.KindGateway, 1))
+	testbin.Eventually(t, 5*time.Second, "first heartbeat", heartbeating(p, devplane.KindGateway, 1))
 	sess := p.srv.Session(a.c.ClusterID())
 	ctx := context.Background()
 	for _, typ := range []string{"cluster_config", "cluster_config", "secrets", "cluster_config"} {
@@ -58,7 +59,7 @@ func TestUnknownTypesGetOneProtocolFallbackEach(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, 5*time.Second, "two fallbacks", func() bool { mu.Lock(); defer mu.Unlock(); return len(got) >= 2 })
+	testbin.Eventually(t, 5*time.Second, "two fallbacks", func() bool { mu.Lock(); defer mu.Unlock(); return len(got) >= 2 })
 	time.Sleep(100 * time.Millisecond) // a third one would arrive in this window
 	mu.Lock()
 	defer mu.Unlock()
@@ -86,11 +87,11 @@ func TestMalformedMessagesAreCountedAndTheConnectionStays(t *testing.T) {
 	// Also: valid JSON that is not an envelope, a binary frame that is not JSON, a bad payload.
 	_ = sess.SendBinary(context.Background(), []byte{0xff, 0x00, 0x01})
 	_ = sess.Send(context.Background(), protocol.TypeRegisterSuccess, "nobody-waits", "not an object")
-	eventually(t, 5*time.Second, "malformed counter", func() bool {
+	testbin.Eventually(t, 5*time.Second, "malformed counter", func() bool {
 		return metricValue(t, a.reg, "pipeops_agent_controlplane_malformed_messages_total") >= 6
 	})
 	beats, _ := onlyCluster(p)
-	eventually(t, 5*time.Second, "more heartbeats on the same connection", heartbeating(p, devplane.KindGateway, beats.Heartbeats+2))
+	testbin.Eventually(t, 5*time.Second, "more heartbeats on the same connection", heartbeating(p, devplane.KindGateway, beats.Heartbeats+2))
 	if a.c.current().gen != gen {
 		t.Fatal("garbage caused a reconnect")
 	}
@@ -112,7 +113,7 @@ func TestAPanickingHandlerIsRecoveredAndLaterMessagesStillArrive(t *testing.T) {
 			t.Fatalf("handler never saw %s", want)
 		}
 	}
-	eventually(t, 2*time.Second, "panic counted", func() bool {
+	testbin.Eventually(t, 2*time.Second, "panic counted", func() bool {
 		return metricValue(t, a.reg, "pipeops_agent_controlplane_handler_panics_total") == 1
 	})
 }

@@ -1,7 +1,6 @@
 package controlplane
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -19,6 +18,7 @@ import (
 	"github.com/pipeops/pipeops-vm-agent/internal/devplane"
 	"github.com/pipeops/pipeops-vm-agent/internal/health"
 	"github.com/pipeops/pipeops-vm-agent/internal/state"
+	"github.com/pipeops/pipeops-vm-agent/tests/testbin"
 )
 
 const testToken = "test-install-token"
@@ -137,26 +137,9 @@ type agent struct {
 	st     *state.Store
 	health *health.Tracker
 	reg    *prometheus.Registry
-	logs   *syncBuffer
+	logs   *testbin.Output
 	cancel context.CancelFunc
 	done   chan struct{}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func testConfig(apiURL string) *config.Config {
@@ -175,7 +158,7 @@ func newAgent(t *testing.T, cfg *config.Config, st *state.Store, cl Cluster, twe
 	if st == nil {
 		st, _ = state.Open("", nil)
 	}
-	a := &agent{cfg: cfg, st: st, health: health.New(nil), reg: prometheus.NewRegistry(), logs: &syncBuffer{}}
+	a := &agent{cfg: cfg, st: st, health: health.New(nil), reg: prometheus.NewRegistry(), logs: &testbin.Output{}}
 	a.health.Require(health.ControlPlane, "connecting")
 	o := Options{Config: cfg, AgentID: "agent-test-1", State: st, Health: a.health, Metrics: a.reg, Cluster: cl,
 		Log: slog.New(slog.NewTextHandler(a.logs, &slog.HandlerOptions{Level: slog.LevelDebug})), K3sTokenPath: "/nonexistent"}
@@ -207,18 +190,6 @@ func (a *agent) stop() {
 		a.cancel()
 		<-a.done
 		a.cancel = nil
-	}
-}
-
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for: %s", within, what)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 

@@ -1,7 +1,6 @@
 package tunnel
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"log/slog"
@@ -19,6 +18,7 @@ import (
 	"github.com/pipeops/pipeops-vm-agent/internal/devplane"
 	"github.com/pipeops/pipeops-vm-agent/internal/health"
 	"github.com/pipeops/pipeops-vm-agent/internal/state"
+	"github.com/pipeops/pipeops-vm-agent/tests/testbin"
 )
 
 const testToken = "tunnel-test-token"
@@ -31,7 +31,7 @@ type rig struct {
 	hs    *http.Server
 	mgr   *Manager
 	reg   *prometheus.Registry
-	logs  *syncBuffer
+	logs  *testbin.Output
 	// stopTunnel cancels only the Manager's Run; mgrDone closes when it returned.
 	stopTunnel context.CancelFunc
 	mgrDone    chan struct{}
@@ -40,7 +40,7 @@ type rig struct {
 // startRig starts a devplane and an agent; cfg.Forwards etc. come from tc.
 func startRig(t *testing.T, tc Config, dialer ServiceDialer, opts devplane.TunnelOptions) *rig {
 	t.Helper()
-	r := &rig{plane: devplane.New(devplane.Config{Tokens: []string{testToken}}), reg: prometheus.NewRegistry(), logs: &syncBuffer{}}
+	r := &rig{plane: devplane.New(devplane.Config{Tokens: []string{testToken}}), reg: prometheus.NewRegistry(), logs: &testbin.Output{}}
 	r.plane.SetTunnelOptions(opts)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -171,33 +171,4 @@ func hasLabel(m *dto.Metric, name, value string) bool {
 		}
 	}
 	return false
-}
-
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for: %s", within, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/pipeops/pipeops-vm-agent/internal/devplane"
 	"github.com/pipeops/pipeops-vm-agent/internal/kubetest"
 	"github.com/pipeops/pipeops-vm-agent/internal/svcresolve"
+	"github.com/pipeops/pipeops-vm-agent/tests/testbin"
 )
 
 func TestMain(m *testing.M) { kubetest.Main(m) }
@@ -60,7 +61,7 @@ func TestAReconnectMidTransferErrorsTheStreamAndNewStreamsWork(t *testing.T) {
 	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
 		t.Fatalf("old stream hung instead of failing: %v", err)
 	}
-	eventually(t, 10*time.Second, "the agent dropped the old stream", func() bool { return r.mgr.Status().ActiveStreams == 0 })
+	testbin.Eventually(t, 10*time.Second, "the agent dropped the old stream", func() bool { return r.mgr.Status().ActiveStreams == 0 })
 
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
@@ -228,7 +229,7 @@ func TestHTTPReachesAServiceBackedByAHostProcess(t *testing.T) {
 	}
 	defer r.plane.CloseTunnelListener(info.ID)
 	client := &http.Client{Timeout: 10 * time.Second}
-	eventually(t, 10*time.Second, "the Service answers through the tunnel", func() bool {
+	testbin.Eventually(t, 10*time.Second, "the Service answers through the tunnel", func() bool {
 		resp, err := client.Get("http://" + info.Addr + "/")
 		if err != nil {
 			return false
@@ -250,7 +251,7 @@ func TestStoppingTheTunnelRefusesNewStreamsAndLetsActiveOnesFinish(t *testing.T)
 		t.Fatal(err)
 	}
 	r.stopTunnel()
-	eventually(t, 5*time.Second, "new streams refused after GoAway", func() bool {
+	testbin.Eventually(t, 5*time.Second, "new streams refused after GoAway", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		s, err := r.plane.OpenTunnelStream(ctx, "", devplane.TunnelTarget{Service: "echo"})

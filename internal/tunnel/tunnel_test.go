@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pipeops/pipeops-vm-agent/internal/devplane"
+	"github.com/pipeops/pipeops-vm-agent/tests/testbin"
 )
 
 func TestTCPEchoThroughTheTunnelReachesAConfiguredForward(t *testing.T) {
@@ -30,7 +31,7 @@ func TestTCPEchoThroughTheTunnelReachesAConfiguredForward(t *testing.T) {
 	if !bytes.Equal(got, msg) {
 		t.Fatalf("echo returned %d bytes, want the %d sent", len(got), len(msg))
 	}
-	eventually(t, 5*time.Second, "bytes counted both ways", func() bool {
+	testbin.Eventually(t, 5*time.Second, "bytes counted both ways", func() bool {
 		st := r.mgr.Status()
 		return st.BytesIn == int64(len(msg)) && st.BytesOut == int64(len(msg)) && st.ActiveStreams == 0
 	})
@@ -89,7 +90,7 @@ func TestAThousandConcurrentStreamsEachEchoTheirOwnData(t *testing.T) {
 			t.Fatalf("write stream %d: %v", i, err)
 		}
 	}
-	eventually(t, 20*time.Second, "1000 streams active at once", func() bool { return r.mgr.Status().ActiveStreams == n })
+	testbin.Eventually(t, 20*time.Second, "1000 streams active at once", func() bool { return r.mgr.Status().ActiveStreams == n })
 	for i, c := range conns {
 		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
 		buf := make([]byte, len("stream 0000;"))
@@ -101,7 +102,7 @@ func TestAThousandConcurrentStreamsEachEchoTheirOwnData(t *testing.T) {
 		}
 		_ = c.Close()
 	}
-	eventually(t, 20*time.Second, "every stream closed", func() bool { return r.mgr.Status().ActiveStreams == 0 })
+	testbin.Eventually(t, 20*time.Second, "every stream closed", func() bool { return r.mgr.Status().ActiveStreams == 0 })
 	if e := r.mgr.Status().Errors; e != 0 {
 		t.Errorf("errors = %d, want 0", e)
 	}
@@ -131,7 +132,7 @@ func TestAnIdleStreamIsClosedAfterTheInactivityTimeout(t *testing.T) {
 	if waited := time.Since(last); waited < 250*time.Millisecond {
 		t.Errorf("closed %s after the last traffic, before the 300ms timeout", waited)
 	}
-	eventually(t, 5*time.Second, "stream gone", func() bool { return r.mgr.Status().ActiveStreams == 0 })
+	testbin.Eventually(t, 5*time.Second, "stream gone", func() bool { return r.mgr.Status().ActiveStreams == 0 })
 	if v := counter(t, r.reg, "pipeops_agent_yamux_stream_errors_total", "type", "copy_error"); v != 0 {
 		t.Errorf("idle close counted as copy_error (%v)", v)
 	}
@@ -161,7 +162,7 @@ func TestTargetsOutsideTheAllowListAreRefused(t *testing.T) {
 			if n != 0 || err == nil || errors.Is(err, context.DeadlineExceeded) || strings.Contains(fmt.Sprint(err), "timeout") {
 				t.Fatalf("read = %d, %v; want the stream closed at once", n, err)
 			}
-			eventually(t, 5*time.Second, "dial_error counted", func() bool {
+			testbin.Eventually(t, 5*time.Second, "dial_error counted", func() bool {
 				return counter(t, r.reg, "pipeops_agent_yamux_stream_errors_total", "type", "dial_error") == float64(i+1)
 			})
 		})
@@ -192,7 +193,7 @@ func TestABadHeaderResetsTheStreamAndIsCounted(t *testing.T) {
 			if _, err := c.Read(make([]byte, 1)); err == nil {
 				t.Fatal("read succeeded on a stream with a bad header")
 			}
-			eventually(t, 5*time.Second, "header_error counted", func() bool {
+			testbin.Eventually(t, 5*time.Second, "header_error counted", func() bool {
 				return counter(t, r.reg, "pipeops_agent_yamux_stream_errors_total", "type", "header_error") == float64(i+1)
 			})
 		})
@@ -224,7 +225,7 @@ func TestStreamsBeyondTheCapAreResetWhileTheOthersWork(t *testing.T) {
 		t.Fatalf("a fourth stream was not reset: %v", err)
 	}
 	_ = open[0].Close()
-	eventually(t, 10*time.Second, "a slot frees up when a stream ends", func() bool {
+	testbin.Eventually(t, 10*time.Second, "a slot frees up when a stream ends", func() bool {
 		c := r.open(t, devplane.TunnelTarget{Service: "echo"})
 		if _, err := c.Write([]byte("ok")); err != nil {
 			return false

@@ -3,10 +3,8 @@
 package e2e
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -19,22 +17,10 @@ import (
 	"github.com/pipeops/pipeops-vm-agent/tests/testbin"
 )
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 type agentProc struct {
-	cmd    *exec.Cmd
-	out    *bytes.Buffer
+	*testbin.Proc
 	socket string
 	port   int
-	done   chan error
 }
 
 // startAgent runs pipeops-agent with a temp config, state dir and socket.
@@ -44,29 +30,15 @@ func startAgent(t *testing.T, cfgYAML string) *agentProc {
 	t.Helper()
 	bin := testbin.Build(t, "pipeops-agent")
 	dir := testbin.ShortTempDir(t)
-	port := freePort(t)
+	port := testbin.FreePort(t)
 	cfg := filepath.Join(dir, "agent.yaml")
 	if cfgYAML == "" {
 		cfgYAML = fmt.Sprintf("version: 1\nagent:\n  name: e2e\n  port: %d\n  state_dir: %s\n  socket: %s\npipeops:\n  api_url: http://127.0.0.1:%d\n",
-			port, filepath.Join(dir, "state"), filepath.Join(dir, "agent.sock"), freePort(t))
+			port, filepath.Join(dir, "state"), filepath.Join(dir, "agent.sock"), testbin.FreePort(t))
 	}
 	os.WriteFile(cfg, []byte(cfgYAML), 0o600)
-	cmd := exec.Command(bin, "run", "--config", cfg)
-	cmd.Env = append(os.Environ(), "PIPEOPS_TOKEN=e2e-token", "PIPEOPS_LOG_FORMAT=json", "NOTIFY_SOCKET=")
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &agentProc{cmd: cmd, out: &out, socket: filepath.Join(dir, "agent.sock"), port: port, done: make(chan error, 1)}
-	go func() { p.done <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		if t.Failed() {
-			t.Logf("agent output:\n%s", out.String())
-		}
-	})
-	return p
+	p := testbin.Start(t, bin, []string{"PIPEOPS_TOKEN=e2e-token", "PIPEOPS_LOG_FORMAT=json", "NOTIFY_SOCKET="}, "run", "--config", cfg)
+	return &agentProc{Proc: p, socket: filepath.Join(dir, "agent.sock"), port: port}
 }
 
 func (p *agentProc) waitHTTP(t *testing.T) {
@@ -80,12 +52,12 @@ func (p *agentProc) waitHTTP(t *testing.T) {
 			}
 		}
 		select {
-		case err := <-p.done:
-			t.Fatalf("agent exited early: %v\n%s", err, p.out)
+		case <-p.Done():
+			t.Fatalf("agent exited early: %v\n%s", p.Err(), p.Out)
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	t.Fatalf("agent did not come up\n%s", p.out)
+	t.Fatalf("agent did not come up\n%s", p.Out)
 }
 
 func TestAgentStartsReportsStatusAndStopsCleanly(t *testing.T) {
@@ -126,14 +98,14 @@ func TestAgentStartsReportsStatusAndStopsCleanly(t *testing.T) {
 	}
 
 	start := time.Now()
-	a.cmd.Process.Signal(syscall.SIGTERM)
+	a.Signal(syscall.SIGTERM)
 	select {
-	case err := <-a.done:
-		if err != nil {
-			t.Fatalf("agent exit after SIGTERM = %v; want 0\n%s", err, a.out)
+	case <-a.Done():
+		if err := a.Err(); err != nil {
+			t.Fatalf("agent exit after SIGTERM = %v; want 0\n%s", err, a.Out)
 		}
 	case <-time.After(5 * time.Second):
-		t.Fatalf("agent did not exit within 5s of SIGTERM\n%s", a.out)
+		t.Fatalf("agent did not exit within 5s of SIGTERM\n%s", a.Out)
 	}
 	t.Logf("clean stop in %v", time.Since(start))
 	if _, err := os.Stat(a.socket); !os.IsNotExist(err) {

@@ -2,7 +2,6 @@ package link
 
 import (
 	"bufio"
-	"bytes"
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
@@ -13,8 +12,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -25,45 +22,6 @@ import (
 
 const token = "e2e-link-token"
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for: %s", within, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // devplaneProc is the pipeops-devplane binary on a fixed port, so it can be
 // killed and started again at the same address.
 type devplaneProc struct {
@@ -73,14 +31,13 @@ type devplaneProc struct {
 	port   int
 	scheme string
 	extra  []string
-	cmd    *exec.Cmd
-	exited chan struct{}
-	out    *syncBuffer
+	proc   *testbin.Proc // nil while it is down
+	out    *testbin.Output
 }
 
 func startDevplane(t *testing.T, extra ...string) *devplaneProc {
 	t.Helper()
-	p := &devplaneProc{t: t, bin: testbin.Build(t, "pipeops-devplane"), port: freePort(t), scheme: "http", host: "127.0.0.1", out: &syncBuffer{}}
+	p := &devplaneProc{t: t, bin: testbin.Build(t, "pipeops-devplane"), port: testbin.FreePort(t), scheme: "http", host: "127.0.0.1", out: &testbin.Output{}}
 	for i := 0; i < len(extra); i++ {
 		switch extra[i] {
 		case "--listen-host": // a helper option, not a devplane flag
@@ -108,15 +65,8 @@ func (p *devplaneProc) url() string { return fmt.Sprintf("%s://%s:%d", p.scheme,
 func (p *devplaneProc) start() {
 	p.t.Helper()
 	args := append([]string{"--listen", fmt.Sprintf("%s:%d", p.host, p.port), "--token", token, "--log-level", "debug"}, p.extra...)
-	var err error
 	for i := 0; i < 50; i++ { // the port may still be in TIME_WAIT-free limbo for a moment
-		p.cmd = exec.Command(p.bin, args...)
-		p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-		if err = p.cmd.Start(); err != nil {
-			p.t.Fatal(err)
-		}
-		p.exited = make(chan struct{})
-		go func(c *exec.Cmd, ch chan struct{}) { _ = c.Wait(); close(ch) }(p.cmd, p.exited)
+		p.proc = testbin.StartTo(p.t, p.out, p.bin, nil, args...)
 		if p.waitListening() {
 			return
 		}
@@ -130,7 +80,7 @@ func (p *devplaneProc) waitListening() bool {
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
 		select {
-		case <-p.exited:
+		case <-p.proc.Done():
 			return false
 		default:
 		}
@@ -146,10 +96,9 @@ func (p *devplaneProc) waitListening() bool {
 
 // kill ends the process at once, like a crash.
 func (p *devplaneProc) kill() {
-	if p.cmd != nil && p.cmd.Process != nil {
-		_ = p.cmd.Process.Signal(syscall.SIGKILL)
-		<-p.exited
-		p.cmd = nil
+	if p.proc != nil {
+		p.proc.Kill()
+		p.proc = nil
 	}
 }
 
@@ -199,9 +148,8 @@ type agentProc struct {
 	cfg    string
 	port   int
 	socket string
-	cmd    *exec.Cmd
-	out    *syncBuffer
-	done   chan struct{}
+	proc   *testbin.Proc // nil while it is stopped
+	out    *testbin.Output
 	env    []string // extra environment
 }
 
@@ -209,7 +157,7 @@ type agentProc struct {
 // state directory survives restarts of the process.
 func newAgent(t *testing.T, apiURL, kubeconfig, pipeopsExtra string) *agentProc {
 	t.Helper()
-	a := &agentProc{t: t, bin: testbin.Build(t, "pipeops-agent"), dir: testbin.ShortTempDir(t), port: freePort(t), out: &syncBuffer{}}
+	a := &agentProc{t: t, bin: testbin.Build(t, "pipeops-agent"), dir: testbin.ShortTempDir(t), port: testbin.FreePort(t), out: &testbin.Output{}}
 	a.socket = filepath.Join(a.dir, "agent.sock")
 	a.cfg = filepath.Join(a.dir, "agent.yaml")
 	yaml := fmt.Sprintf(`version: 1
@@ -241,29 +189,17 @@ pipeops:
 
 func (a *agentProc) start() {
 	a.t.Helper()
-	a.cmd = exec.Command(a.bin, "run", "--config", a.cfg)
-	a.cmd.Env = append(append(os.Environ(), "PIPEOPS_TOKEN="+token, "PIPEOPS_LOG_FORMAT=json", "NOTIFY_SOCKET="), a.env...)
-	a.cmd.Stdout, a.cmd.Stderr = a.out, a.out
-	if err := a.cmd.Start(); err != nil {
-		a.t.Fatal(err)
-	}
-	a.done = make(chan struct{})
-	go func(c *exec.Cmd, done chan struct{}) { _ = c.Wait(); close(done) }(a.cmd, a.done)
+	env := append([]string{"PIPEOPS_TOKEN=" + token, "PIPEOPS_LOG_FORMAT=json", "NOTIFY_SOCKET="}, a.env...)
+	a.proc = testbin.StartTo(a.t, a.out, a.bin, env, "run", "--config", a.cfg)
 }
 
 // stop sends SIGTERM and waits (the agent closes its link with 1000).
 func (a *agentProc) stop() {
-	if a.cmd == nil {
+	if a.proc == nil {
 		return
 	}
-	_ = a.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-a.done:
-	case <-time.After(30 * time.Second):
-		_ = a.cmd.Process.Kill()
-		<-a.done
-	}
-	a.cmd = nil
+	a.proc.Stop()
+	a.proc = nil
 }
 
 // status reads GET /v1/status through pipeopsctl status --json.

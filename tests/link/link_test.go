@@ -21,6 +21,7 @@ import (
 
 	"github.com/pipeops/pipeops-vm-agent/internal/devplane"
 	"github.com/pipeops/pipeops-vm-agent/internal/kubetest"
+	"github.com/pipeops/pipeops-vm-agent/tests/testbin"
 )
 
 func TestMain(m *testing.M) { kubetest.Main(m) }
@@ -37,27 +38,27 @@ func TestTheAgentRegistersAndARestartResumesWithoutRegistering(t *testing.T) {
 	dp := startDevplane(t)
 	a := newAgent(t, dp.url(), env.Kubeconfig, "")
 	a.start()
-	eventually(t, 60*time.Second, "registered and heartbeating on the gateway", heartbeatingOnGateway(dp, 1))
+	testbin.Eventually(t, 60*time.Second, "registered and heartbeating on the gateway", heartbeatingOnGateway(dp, 1))
 	first := dp.only()
 	hb := first.Heartbeat()
 	if first.Registrations != 1 || first.K8sVersion == "" || hb.Metadata.K8sVersion != first.K8sVersion || hb.Metadata.K8sNodes < 0 ||
 		first.AgentVersion != "0.0.0-e2e" || first.GatewayQuery["agent_version"] != "0.0.0-e2e" {
 		t.Fatalf("first registration = %+v, heartbeat %+v", first, hb)
 	}
-	eventually(t, 10*time.Second, "pipeopsctl status shows the link", func() bool {
+	testbin.Eventually(t, 10*time.Second, "pipeopsctl status shows the link", func() bool {
 		st, err := a.status()
 		return err == nil && st.Ready && st.Link.State == "connected" && st.Link.Mode == "gateway" && st.ClusterID == first.ID &&
 			!st.Link.LastHeartbeat.IsZero()
 	})
 
 	a.stop()
-	eventually(t, 5*time.Second, "the agent closed its link with 1000", func() bool {
+	testbin.Eventually(t, 5*time.Second, "the agent closed its link with 1000", func() bool {
 		c := dp.only()
 		return !c.Connected && c.LastCloseCode == 1000
 	})
 	before := dp.only().Heartbeats
 	a.start()
-	eventually(t, 60*time.Second, "heartbeats after the restart", heartbeatingOnGateway(dp, before+1))
+	testbin.Eventually(t, 60*time.Second, "heartbeats after the restart", heartbeatingOnGateway(dp, before+1))
 	if c := dp.only(); c.Registrations != 1 || c.ID != first.ID {
 		t.Fatalf("after restart: registrations %d, id %s; want 1 and %s", c.Registrations, c.ID, first.ID)
 	}
@@ -70,7 +71,7 @@ func TestTheAgentSurvivesTwentyControlPlaneRestartsWithFlatGoroutines(t *testing
 	dp := startDevplane(t)
 	a := newAgent(t, dp.url(), env.Kubeconfig, "")
 	a.start()
-	eventually(t, 60*time.Second, "first heartbeat", heartbeatingOnGateway(dp, 1))
+	testbin.Eventually(t, 60*time.Second, "first heartbeat", heartbeatingOnGateway(dp, 1))
 	id := dp.only().ID
 	// Bound per cycle: the largest jittered delay (max_interval 1 s × 1.25)
 	// plus a registration round trip; generous for a shared CI box.
@@ -83,7 +84,7 @@ func TestTheAgentSurvivesTwentyControlPlaneRestartsWithFlatGoroutines(t *testing
 		back := time.Now()
 		// The restarted devplane forgot the cluster: the gateway answers
 		// "cluster not found" and the agent registers again, same id.
-		eventually(t, bound, "re-registered and heartbeating", heartbeatingOnGateway(dp, 1))
+		testbin.Eventually(t, bound, "re-registered and heartbeating", heartbeatingOnGateway(dp, 1))
 		took := time.Since(back)
 		if c := dp.only(); c.ID != id || c.Registrations != 1 {
 			t.Fatalf("cycle %d: cluster %+v; want id %s registered once since the devplane restart", i, c, id)
@@ -95,14 +96,14 @@ func TestTheAgentSurvivesTwentyControlPlaneRestartsWithFlatGoroutines(t *testing
 		}
 		// A second heartbeat a heartbeat interval later: the link stayed up
 		// long enough for the backoff to reset, as in production.
-		eventually(t, 3*time.Second, "a second heartbeat", heartbeatingOnGateway(dp, 2))
+		testbin.Eventually(t, 3*time.Second, "a second heartbeat", heartbeatingOnGateway(dp, 2))
 		if i == 1 {
 			baseline = a.goroutines()
 		}
 	}
 	// Goroutines settle within a few seconds of the last reconnect.
 	var last int
-	eventually(t, 10*time.Second, "goroutines back to the baseline", func() bool {
+	testbin.Eventually(t, 10*time.Second, "goroutines back to the baseline", func() bool {
 		last = a.goroutines()
 		return last > 0 && last <= baseline+5
 	})
@@ -114,15 +115,15 @@ func TestAGateway401LeadsToRegistrationThroughTheControllerAndAWorkingSession(t 
 	dp := startDevplane(t)
 	a := newAgent(t, dp.url(), env.Kubeconfig, "")
 	a.start()
-	eventually(t, 60*time.Second, "first heartbeat", heartbeatingOnGateway(dp, 1))
+	testbin.Eventually(t, 60*time.Second, "first heartbeat", heartbeatingOnGateway(dp, 1))
 	dp.admin("PUT", "/admin/faults", `{"gateway_status":401,"times":1}`).Body.Close()
 	dp.admin("POST", "/admin/drop", "").Body.Close()
-	eventually(t, 15*time.Second, "a second registration and a working gateway session", func() bool {
+	testbin.Eventually(t, 15*time.Second, "a second registration and a working gateway session", func() bool {
 		c := dp.only()
 		return c.Registrations == 2 && c.Connected && c.Mode == devplane.KindGateway
 	})
 	beats := dp.only().Heartbeats
-	eventually(t, 10*time.Second, "heartbeats continue", heartbeatingOnGateway(dp, beats+1))
+	testbin.Eventually(t, 10*time.Second, "heartbeats continue", heartbeatingOnGateway(dp, beats+1))
 }
 
 func TestAPinMismatchIsRefusedWithAClearError(t *testing.T) {
@@ -133,7 +134,7 @@ func TestAPinMismatchIsRefusedWithAClearError(t *testing.T) {
 	pin := "sha256//" + strings.Repeat("A", 43) + "="
 	a := newAgent(t, dp.url(), env.Kubeconfig, "  tls:\n    ca_file: "+cert+"\n    pin_sha256: [\""+pin+"\"]\n")
 	a.start()
-	eventually(t, 60*time.Second, "the pin error in the status", func() bool {
+	testbin.Eventually(t, 60*time.Second, "the pin error in the status", func() bool {
 		st, err := a.status()
 		return err == nil && strings.Contains(st.Link.LastError, "does not match pipeops.tls.pin_sha256") && !st.Ready
 	})

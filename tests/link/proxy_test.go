@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/pipeops/pipeops-vm-agent/internal/kubetest"
+	"github.com/pipeops/pipeops-vm-agent/tests/testbin"
 )
 
 // connectProxy is a minimal HTTP CONNECT proxy that records its targets.
@@ -95,7 +96,7 @@ func TestTheAgentReachesTheControlPlaneThroughHTTPSProxy(t *testing.T) {
 	a := newAgent(t, dp.url(), env.Kubeconfig, "  tls:\n    ca_file: "+cert+"\n")
 	a.env = []string{"HTTPS_PROXY=http://" + proxy.ln.Addr().String(), "NO_PROXY=127.0.0.1,localhost"}
 	a.start()
-	eventually(t, 60*time.Second, "registered and heartbeating through the proxy", heartbeatingOnGateway(dp, 1))
+	testbin.Eventually(t, 60*time.Second, "registered and heartbeating through the proxy", heartbeatingOnGateway(dp, 1))
 	target := fmt.Sprintf("%s:%d", ip, dp.port)
 	if !proxy.saw(target) {
 		t.Fatalf("the proxy saw %v; want a CONNECT to %s", proxy.targets, target)

@@ -11,15 +11,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -40,52 +37,14 @@ func charts(name string) string {
 	return filepath.Join(filepath.Dir(file), "..", "..", "internal", "charts", "testdata", "charts", name)
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for: %s", within, what)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // agent is one pipeops-agent process; restart keeps its state directory.
 type agent struct {
 	t          *testing.T
 	dir        string
 	socket     string
 	config     string
-	out        *syncBuffer
-	stop       func()
+	out        *testbin.Output // every run's output
+	proc       *testbin.Proc   // the current run
 	stateDir   string
 	kubeconfig string
 }
@@ -94,7 +53,7 @@ func newAgent(t *testing.T, apiURL, kubeconfig, ns string) *agent {
 	t.Helper()
 	dir := testbin.ShortTempDir(t)
 	a := &agent{t: t, dir: dir, socket: filepath.Join(dir, "agent.sock"), config: filepath.Join(dir, "agent.yaml"),
-		stateDir: filepath.Join(dir, "state"), out: &syncBuffer{}, kubeconfig: kubeconfig}
+		stateDir: filepath.Join(dir, "state"), out: &testbin.Output{}, kubeconfig: kubeconfig}
 	yaml := fmt.Sprintf(`version: 1
 agent:
   name: e2e-monitoring
@@ -121,44 +80,28 @@ monitoring:
     traefik: {enabled: false}
     prometheus: {chart: %s, repo: ""}
     loki: {chart: %s, repo: ""}
-`, freePort(t), a.stateDir, a.socket, apiURL, kubeconfig, ns, filepath.Join(dir, "cache"), ns,
+`, testbin.FreePort(t), a.stateDir, a.socket, apiURL, kubeconfig, ns, filepath.Join(dir, "cache"), ns,
 		charts("metrics-server"), charts("kube-prometheus-stack"), charts("loki-stack"))
 	if err := os.WriteFile(a.config, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { // after every run's stop
+		if t.Failed() {
+			t.Logf("agent output:\n%s", a.out.String())
+		}
+	})
 	a.start()
 	return a
 }
 
 func (a *agent) start() {
 	a.t.Helper()
-	cmd := exec.Command(testbin.Build(a.t, "pipeops-agent"), "run", "--config", a.config)
-	cmd.Env = append(os.Environ(), "PIPEOPS_TOKEN="+token, "PIPEOPS_LOG_FORMAT=json", "NOTIFY_SOCKET=")
-	cmd.Stdout, cmd.Stderr = a.out, a.out
-	if err := cmd.Start(); err != nil {
-		a.t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	var once sync.Once
-	a.stop = func() {
-		once.Do(func() {
-			_ = cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-done:
-			case <-time.After(30 * time.Second):
-				_ = cmd.Process.Kill()
-				<-done
-			}
-		})
-	}
-	a.t.Cleanup(func() {
-		a.stop()
-		if a.t.Failed() {
-			a.t.Logf("agent output:\n%s", a.out.String())
-		}
-	})
+	a.proc = testbin.StartTo(a.t, a.out, testbin.Build(a.t, "pipeops-agent"),
+		[]string{"PIPEOPS_TOKEN=" + token, "PIPEOPS_LOG_FORMAT=json", "NOTIFY_SOCKET="}, "run", "--config", a.config)
 }
+
+// stop ends the current run: SIGTERM, then SIGKILL after testbin.StopTimeout.
+func (a *agent) stop() { a.proc.Stop() }
 
 func (a *agent) ctl(args ...string) (string, error) {
 	cmd := exec.Command(testbin.Build(a.t, "pipeopsctl"), append([]string{"--socket", a.socket}, args...)...)
@@ -200,14 +143,14 @@ func TestTheAgentInstallsTheStackAndTheControlPlaneSeesItsEndpoints(t *testing.T
 	a := newAgent(t, srv.URL, p.Kubeconfig, ns)
 
 	var clusterID string
-	eventually(t, 60*time.Second, "the agent to register", func() bool {
+	testbin.Eventually(t, 60*time.Second, "the agent to register", func() bool {
 		if cl := dp.Clusters(); len(cl) == 1 {
 			clusterID = cl[0].ID
 		}
 		return clusterID != ""
 	})
 	var hb protocol.Heartbeat
-	eventually(t, 90*time.Second, "a heartbeat with the monitoring endpoints", func() bool {
+	testbin.Eventually(t, 90*time.Second, "a heartbeat with the monitoring endpoints", func() bool {
 		c, _ := dp.Cluster(clusterID)
 		hb = c.Heartbeat()
 		return hb.GrafanaURL != "" && hb.PrometheusURL != "" && hb.LokiURL != ""
@@ -258,7 +201,7 @@ func TestTheAgentInstallsTheStackAndTheControlPlaneSeesItsEndpoints(t *testing.T
 	a.stop()
 	restarted := time.Now()
 	a.start()
-	eventually(t, 60*time.Second, "a heartbeat with endpoints after the restart", func() bool {
+	testbin.Eventually(t, 60*time.Second, "a heartbeat with endpoints after the restart", func() bool {
 		c, _ := dp.Cluster(clusterID)
 		hb = c.Heartbeat()
 		return c.LastHeartbeatAt.After(restarted) && hb.GrafanaURL != ""
@@ -284,7 +227,7 @@ func TestTheAgentInstallsTheStackAndTheControlPlaneSeesItsEndpoints(t *testing.T
 		t.Errorf("%d Helm release records left after uninstall", len(list.Items))
 	}
 	uninstalled := time.Now()
-	eventually(t, 30*time.Second, "a heartbeat without monitoring fields", func() bool {
+	testbin.Eventually(t, 30*time.Second, "a heartbeat without monitoring fields", func() bool {
 		c, _ := dp.Cluster(clusterID)
 		return c.LastHeartbeatAt.After(uninstalled) && c.Heartbeat().GrafanaURL == ""
 	})

@@ -6,11 +6,9 @@ package routes
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -18,8 +16,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -35,44 +31,6 @@ import (
 )
 
 const token = "e2e-routes-token"
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for: %s", within, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
 
 func create(t *testing.T, err error, what string) {
 	t.Helper()
@@ -107,13 +65,13 @@ func TestTheAgentRegistersManagedRoutesAndResyncsOnReconnect(t *testing.T) {
 	a := startAgent(t, srv.URL, p.Kubeconfig)
 
 	var clusterID string
-	eventually(t, 60*time.Second, "the agent to register", func() bool {
+	testbin.Eventually(t, 60*time.Second, "the agent to register", func() bool {
 		if cl := dp.Clusters(); len(cl) == 1 {
 			clusterID = cl[0].ID
 		}
 		return clusterID != ""
 	})
-	eventually(t, 30*time.Second, "the managed route in the registry", func() bool {
+	testbin.Eventually(t, 30*time.Second, "the managed route in the registry", func() bool {
 		rs := dp.Routes(clusterID)
 		return len(rs) == 1 && rs[0].Hostname == "shop.example.com"
 	})
@@ -121,12 +79,12 @@ func TestTheAgentRegistersManagedRoutesAndResyncsOnReconnect(t *testing.T) {
 	if r.Namespace != "pipeops-system" || r.ServiceName != "traefik" || r.ServicePort != 80 || r.ClusterUUID != clusterID {
 		t.Fatalf("route %+v; want the cluster id and pipeops-system/traefik:80", r.RouteRegister)
 	}
-	eventually(t, 30*time.Second, "a heartbeat with gateway_routes 1 and is_private", func() bool {
+	testbin.Eventually(t, 30*time.Second, "a heartbeat with gateway_routes 1 and is_private", func() bool {
 		c, ok := dp.Cluster(clusterID)
 		hb := c.Heartbeat()
 		return ok && hb.Metadata.GatewayRoutes == 1 && hb.Metadata.IsPrivate
 	})
-	eventually(t, 30*time.Second, "pipeopsctl status to show the route", func() bool {
+	testbin.Eventually(t, 30*time.Second, "pipeopsctl status to show the route", func() bool {
 		st, err := a.status()
 		return err == nil && st.Routes.Enabled && st.Routes.Count == 1 && st.Routes.RoutingMode == "tunnel" &&
 			st.Routes.LastSyncResult == "ok" && !st.Routes.LastSync.IsZero() &&
@@ -141,7 +99,7 @@ func TestTheAgentRegistersManagedRoutesAndResyncsOnReconnect(t *testing.T) {
 	before, _ := dp.RouteCluster(clusterID)
 	dp.ResetRoutes()
 	dp.DropAll()
-	eventually(t, 30*time.Second, "a full sync after the reconnect", func() bool {
+	testbin.Eventually(t, 30*time.Second, "a full sync after the reconnect", func() bool {
 		c, _ := dp.RouteCluster(clusterID)
 		return c.Syncs >= 1 && len(c.Routes) == 1
 	})
@@ -165,13 +123,12 @@ type agentProc struct {
 	t      *testing.T
 	port   int
 	socket string
-	out    *syncBuffer
 }
 
 func startAgent(t *testing.T, apiURL, kubeconfig string) *agentProc {
 	t.Helper()
 	dir := testbin.ShortTempDir(t)
-	a := &agentProc{t: t, port: freePort(t), socket: filepath.Join(dir, "agent.sock"), out: &syncBuffer{}}
+	a := &agentProc{t: t, port: testbin.FreePort(t), socket: filepath.Join(dir, "agent.sock")}
 	cfg := filepath.Join(dir, "agent.yaml")
 	yaml := fmt.Sprintf(`version: 1
 agent:
@@ -191,26 +148,8 @@ kubernetes:
 	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(testbin.Build(t, "pipeops-agent"), "run", "--config", cfg)
-	cmd.Env = append(os.Environ(), "PIPEOPS_TOKEN="+token, "PIPEOPS_LOG_FORMAT=json", "NOTIFY_SOCKET=")
-	cmd.Stdout, cmd.Stderr = a.out, a.out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-		if t.Failed() {
-			t.Logf("agent output:\n%s", a.out.String())
-		}
-	})
+	testbin.Start(t, testbin.Build(t, "pipeops-agent"), []string{"PIPEOPS_TOKEN=" + token, "PIPEOPS_LOG_FORMAT=json", "NOTIFY_SOCKET="},
+		"run", "--config", cfg)
 	return a
 }
 

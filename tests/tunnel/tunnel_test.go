@@ -5,7 +5,6 @@
 package tunnel
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -16,8 +15,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -55,8 +52,8 @@ func TestCurlOnAGatewayForwardReachesTheAgentAndAClusterService(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	agentPort, dpPort, fwdAgent, fwdWeb := freePort(t), freePort(t), freePort(t), freePort(t)
-	dp := start(t, testbin.Build(t, "pipeops-devplane"), nil,
+	agentPort, dpPort, fwdAgent, fwdWeb := testbin.FreePort(t), testbin.FreePort(t), testbin.FreePort(t), testbin.FreePort(t)
+	dp := testbin.Start(t, testbin.Build(t, "pipeops-devplane"), nil,
 		"--listen", fmt.Sprintf("127.0.0.1:%d", dpPort), "--token", token, "--log-level", "debug",
 		"--forward", fmt.Sprintf("127.0.0.1:%d=agent-http", fwdAgent),
 		"--forward", fmt.Sprintf("127.0.0.1:%d=web.%s:%d", fwdWeb, env.Namespace, webPort))
@@ -87,7 +84,7 @@ tunnel:
 	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	agent := start(t, testbin.Build(t, "pipeops-agent"), []string{"PIPEOPS_TOKEN=" + token, "NOTIFY_SOCKET="}, "run", "--config", cfg)
+	agent := testbin.Start(t, testbin.Build(t, "pipeops-agent"), []string{"PIPEOPS_TOKEN=" + token, "NOTIFY_SOCKET="}, "run", "--config", cfg)
 
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}}
 	get := func(port int, path string) (int, string) {
@@ -100,12 +97,12 @@ tunnel:
 		return resp.StatusCode, string(b)
 	}
 	var last string
-	eventually(t, 90*time.Second, "curl through the agent-http forward reaches the agent's /version", func() bool {
+	testbin.Eventually(t, 90*time.Second, "curl through the agent-http forward reaches the agent's /version", func() bool {
 		code, body := get(fwdAgent, "/version")
 		last = body
 		return code == 200 && strings.Contains(body, "0.0.0-e2e")
 	}, func() string { return last + "\nagent:\n" + agent.String() + "\ndevplane:\n" + dp.String() })
-	eventually(t, 60*time.Second, "curl through the Service forward reaches the host process", func() bool {
+	testbin.Eventually(t, 60*time.Second, "curl through the Service forward reaches the host process", func() bool {
 		code, body := get(fwdWeb, "/hello")
 		last = body
 		return code == 200 && body == "web service saw /hello"
@@ -113,7 +110,7 @@ tunnel:
 
 	ctl := testbin.Build(t, "pipeopsctl")
 	var st apitype.StatusResponse
-	eventually(t, 10*time.Second, "pipeopsctl status shows the tunnel", func() bool {
+	testbin.Eventually(t, 10*time.Second, "pipeopsctl status shows the tunnel", func() bool {
 		out, err := exec.Command(ctl, "--socket", socket, "status", "--json").Output()
 		if err != nil || json.Unmarshal(out, &st) != nil {
 			return false
@@ -123,69 +120,5 @@ tunnel:
 	out, err := exec.Command(ctl, "--socket", socket, "status").Output()
 	if err != nil || !strings.Contains(string(out), "agent-http") {
 		t.Fatalf("pipeopsctl status does not list the forward: %v\n%s", err, out)
-	}
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-// proc is a started binary whose output is kept for failure messages.
-type proc struct {
-	mu  sync.Mutex
-	out bytes.Buffer
-}
-
-func (p *proc) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.Write(b)
-}
-
-func (p *proc) String() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.String()
-}
-
-// start runs bin until the test ends (SIGTERM, then SIGKILL after 30 s).
-func start(t *testing.T, bin string, env []string, args ...string) *proc {
-	t.Helper()
-	p := &proc{}
-	cmd := exec.Command(bin, args...)
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Stdout, cmd.Stderr = p, p
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-	})
-	return p
-}
-
-// eventually polls cond; on timeout it fails with what and detail().
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool, detail func() string) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for: %s\n%s", within, what, detail())
-		}
-		time.Sleep(100 * time.Millisecond)
 	}
 }
