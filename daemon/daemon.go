@@ -194,7 +194,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 		})
 	}
 	g.Go(func() error { return d.supervise(gctx) })
-	watchdog := &sdnotify.Watchdog{Notifier: d.notify, Log: d.log, Alive: func() []string { return d.health.Stale(livenessWindow) }}
+	window := livenessWindow(sdnotify.WatchdogInterval())
+	watchdog := &sdnotify.Watchdog{Notifier: d.notify, Log: d.log, Alive: func() []string { return d.health.Stale(window) }}
 	g.Go(func() error { return watchdog.Run(gctx) })
 	// READY before any remote step: a control-plane outage must not fail `systemctl start`.
 	d.notify.Ready("starting: connecting to control plane")
@@ -212,8 +213,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 }
 
 // livenessWindow is how long a main loop may go without beating before the
-// watchdog withholds pings (WatchdogSec=60s in the unit).
-const livenessWindow = 30 * time.Second
+// watchdog withholds pings: half of WatchdogSec (30 s for the unit's 60 s),
+// so systemd aborts a wedged agent within one WatchdogSec, but never under
+// 3 s, since the loops beat once a second.
+func livenessWindow(pingInterval time.Duration) time.Duration {
+	return max(pingInterval, 3*time.Second)
+}
 
 // supervise keeps STATUS= in step with health and beats for the daemon's own
 // loop. The hidden debug trigger (a file named debug-wedge in the runtime

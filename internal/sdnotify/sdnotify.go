@@ -56,15 +56,23 @@ type Watchdog struct {
 	Interval time.Duration
 }
 
+// WatchdogInterval is the ping interval systemd asked for (half of
+// WatchdogSec), or 0 when the watchdog is off.
+func WatchdogInterval() time.Duration {
+	d, err := daemon.SdWatchdogEnabled(false)
+	if err != nil {
+		return 0
+	}
+	return d / 2
+}
+
 // Run blocks until ctx ends. Without a watchdog configured it returns at once.
 func (w *Watchdog) Run(ctx context.Context) error {
 	iv := w.Interval
 	if iv == 0 {
-		d, err := daemon.SdWatchdogEnabled(false)
-		if err != nil || d == 0 {
+		if iv = WatchdogInterval(); iv == 0 {
 			return nil
 		}
-		iv = d / 2
 	}
 	t := time.NewTicker(iv)
 	defer t.Stop()
