@@ -12,6 +12,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
+	"github.com/pipeops/pipeops-vm-agent/internal/wsconn"
 )
 
 // Connection modes.
@@ -49,6 +50,7 @@ type conn struct {
 	mode   string
 	url    string
 	ws     *websocket.Conn
+	bc     *wsconn.Conn // the coalescing layer under ws (nil: every frame is its own write)
 	client *Client
 
 	ctx    context.Context
@@ -73,7 +75,7 @@ type conn struct {
 func newConn(parent context.Context, c *Client, gen uint64, mode, url string, ws *websocket.Conn) *conn {
 	ctx, cancel := context.WithCancel(parent)
 	return &conn{
-		gen: gen, mode: mode, url: url, ws: ws, client: c, ctx: ctx, cancel: cancel,
+		gen: gen, mode: mode, url: url, ws: ws, bc: wsconn.Find(ws.NetConn()), client: c, ctx: ctx, cancel: cancel,
 		out: make(chan outFrame, 16), bodies: map[string]chan []byte{}, unknown: map[string]bool{},
 		reregister: make(chan string, 1),
 	}
@@ -136,36 +138,73 @@ func (cn *conn) write(ctx context.Context, kind int, data []byte) error {
 	}
 }
 
-// writeLoop is the connection's only writer.
+// writeLoop is the connection's only writer. Consecutive queued frames
+// are coalesced: each goes into the buffered layer under ws, which is
+// flushed to the socket when the queue is momentarily empty (or the buffer
+// fills), with the latest deadline of the batch's frames; a close frame is
+// flushed at once. A frame's done reports its write into that layer.
 func (cn *conn) writeLoop() {
+	var flushBy time.Time // zero: nothing pending
 	for {
+		var f outFrame
 		select {
 		case <-cn.ctx.Done():
 			return
-		case f := <-cn.out:
-			var err error
-			switch f.kind {
-			case websocket.TextMessage, websocket.BinaryMessage:
-				_ = cn.ws.SetWriteDeadline(time.Now().Add(writeTimeout))
-				err = cn.ws.WriteMessage(f.kind, f.data)
-				_ = cn.ws.SetWriteDeadline(time.Time{})
-				if err == nil {
-					cn.client.metrics.bytes.WithLabelValues("out").Add(float64(len(f.data)))
+		case f = <-cn.out:
+		default:
+			if !flushBy.IsZero() {
+				err := cn.bc.Flush(flushBy)
+				flushBy = time.Time{}
+				if err != nil {
+					cn.fail(fmt.Errorf("write to control plane: %w", err))
+					return
 				}
-			case framePing:
-				err = cn.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(pingDeadline))
-			case framePong:
-				err = cn.ws.WriteControl(websocket.PongMessage, f.data, time.Now().Add(closeTimeout))
-			case frameClose:
-				err = cn.ws.WriteControl(websocket.CloseMessage, f.data, time.Now().Add(closeTimeout))
 			}
-			if f.done != nil {
-				f.done <- err
-			}
-			if err != nil {
-				cn.fail(fmt.Errorf("write to control plane: %w", err))
+			select {
+			case <-cn.ctx.Done():
 				return
+			case f = <-cn.out:
 			}
+		}
+		if cn.bc != nil {
+			cn.bc.Begin()
+		}
+		var err error
+		var deadline time.Time
+		switch f.kind {
+		case websocket.TextMessage, websocket.BinaryMessage:
+			deadline = time.Now().Add(writeTimeout)
+			_ = cn.ws.SetWriteDeadline(deadline)
+			err = cn.ws.WriteMessage(f.kind, f.data)
+			_ = cn.ws.SetWriteDeadline(time.Time{})
+			if err == nil {
+				cn.client.metrics.bytes.WithLabelValues("out").Add(float64(len(f.data)))
+			}
+		case framePing:
+			deadline = time.Now().Add(pingDeadline)
+			err = cn.ws.WriteControl(websocket.PingMessage, nil, deadline)
+		case framePong:
+			deadline = time.Now().Add(closeTimeout)
+			err = cn.ws.WriteControl(websocket.PongMessage, f.data, deadline)
+		case frameClose:
+			deadline = time.Now().Add(closeTimeout)
+			err = cn.ws.WriteControl(websocket.CloseMessage, f.data, deadline)
+		}
+		if cn.bc != nil && err == nil {
+			if deadline.After(flushBy) {
+				flushBy = deadline
+			}
+			if f.kind == frameClose {
+				err = cn.bc.Flush(flushBy)
+				flushBy = time.Time{}
+			}
+		}
+		if f.done != nil {
+			f.done <- err
+		}
+		if err != nil {
+			cn.fail(fmt.Errorf("write to control plane: %w", err))
+			return
 		}
 	}
 }
@@ -190,7 +229,7 @@ func (cn *conn) pingLoop(every time.Duration) {
 
 func (cn *conn) readLoop(extend func()) {
 	for {
-		kind, data, err := cn.ws.ReadMessage()
+		kind, data, err := wsconn.ReadMessage(cn.ws)
 		if err != nil {
 			cn.fail(fmt.Errorf("read from control plane: %w", err))
 			return

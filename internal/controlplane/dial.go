@@ -2,12 +2,14 @@ package controlplane
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -18,6 +20,7 @@ import (
 
 	"github.com/pipeops/pipeops-vm-agent/internal/config"
 	"github.com/pipeops/pipeops-vm-agent/internal/version"
+	"github.com/pipeops/pipeops-vm-agent/internal/wsconn"
 )
 
 // ControllerPath is appended to the api_url's base path (§2).
@@ -111,6 +114,15 @@ func newDialer(t config.TLS, handshake time.Duration) (*websocket.Dialer, error)
 		ReadBufferSize:    64 << 10, // 64 KiB on both ends: measured faster for yamux bulk transfer (issue 6)
 		WriteBufferSize:   64 << 10,
 		EnableCompression: false,
+		// Wrapped below TLS (and below an HTTP CONNECT proxy's tunnel) so
+		// the writer can coalesce frames into one write (wsconn).
+		NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return wsconn.New(c), nil
+		},
 	}, nil
 }
 

@@ -1,9 +1,11 @@
 package devplane
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -12,6 +14,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
+	"github.com/pipeops/pipeops-vm-agent/internal/wsconn"
 )
 
 // readLimit bounds one inbound message (the agent's read limit is 32 MiB too).
@@ -23,13 +26,27 @@ var upgrader = websocket.Upgrader{
 	CheckOrigin:     func(*http.Request) bool { return true }, // agents send no Origin
 }
 
+// coalescing hands the upgrader the hijacked connection wrapped for the
+// session writer's frame coalescing (wsconn).
+type coalescing struct{ http.ResponseWriter }
+
+func (c coalescing) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	nc, brw, err := http.NewResponseController(c.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	return wsconn.New(nc), brw, nil
+}
+
+func (c coalescing) Unwrap() http.ResponseWriter { return c.ResponseWriter }
+
 // serveController is the controller WebSocket (§1): the agent sends
 // `register` and gets `register_success` with the gateway URL.
 func (s *Server) serveController(w http.ResponseWriter, r *http.Request) {
 	if !s.admit(w, r, s.faultStatus(KindController)) {
 		return
 	}
-	ws, err := upgrader.Upgrade(w, r, nil)
+	ws, err := upgrader.Upgrade(coalescing{w}, r, nil)
 	if err != nil {
 		return
 	}
@@ -46,7 +63,7 @@ func (s *Server) serveGateway(w http.ResponseWriter, r *http.Request) {
 	}
 	q := r.URL.Query()
 	id := q.Get("cluster_uuid")
-	ws, err := upgrader.Upgrade(w, r, nil)
+	ws, err := upgrader.Upgrade(coalescing{w}, r, nil)
 	if err != nil {
 		return
 	}
@@ -138,10 +155,11 @@ func (s *Server) readLoop(ctx context.Context, sess *Session, gatewayURL string)
 	extend()
 	sess.ws.SetPingHandler(func(data string) error {
 		extend()
-		return sess.ws.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(5*time.Second))
+		sess.control(websocket.PongMessage, []byte(data), false) // through the single writer
+		return nil
 	})
 	for {
-		kind, data, err := sess.ws.ReadMessage()
+		kind, data, err := wsconn.ReadMessage(sess.ws)
 		if err != nil {
 			closeCode = websocket.CloseAbnormalClosure
 			var ce *websocket.CloseError

@@ -9,6 +9,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
+	"github.com/pipeops/pipeops-vm-agent/internal/wsconn"
 )
 
 // Session kinds.
@@ -21,7 +22,7 @@ const (
 var ErrSessionClosed = errors.New("devplane: agent session closed")
 
 type frame struct {
-	kind int // websocket.TextMessage or BinaryMessage
+	kind int // websocket.TextMessage, BinaryMessage, PongMessage or CloseMessage
 	data []byte
 	done chan error
 }
@@ -31,6 +32,7 @@ type frame struct {
 type Session struct {
 	kind string
 	ws   *websocket.Conn
+	bc   *wsconn.Conn // the coalescing layer under ws (nil: every frame is its own write)
 	out  chan frame
 	done chan struct{}
 
@@ -43,7 +45,7 @@ type Session struct {
 }
 
 func newSession(kind string, ws *websocket.Conn) *Session {
-	s := &Session{kind: kind, ws: ws, out: make(chan frame), done: make(chan struct{}), subs: map[string]*subscription{}}
+	s := &Session{kind: kind, ws: ws, bc: wsconn.Find(ws.NetConn()), out: make(chan frame), done: make(chan struct{}), subs: map[string]*subscription{}}
 	go s.writeLoop()
 	return s
 }
@@ -75,8 +77,32 @@ func (s *Session) Close() { s.closeWith(websocket.CloseNormalClosure, "") }
 func (s *Session) Drop() { s.shutdown() }
 
 func (s *Session) closeWith(code int, text string) {
-	_ = s.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, text), time.Now().Add(time.Second))
+	s.control(websocket.CloseMessage, websocket.FormatCloseMessage(code, text), true)
 	s.shutdown()
+}
+
+// control hands a control frame to the writer (so it cannot bypass or race
+// the writer's coalescing buffer), waiting at most a second for the
+// hand-off and, when wait is set, for the write.
+func (s *Session) control(kind int, data []byte, wait bool) {
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	f := frame{kind: kind, data: data, done: make(chan error, 1)}
+	select {
+	case s.out <- f:
+	case <-s.done:
+		return
+	case <-t.C:
+		return
+	}
+	if !wait {
+		return
+	}
+	select {
+	case <-f.done:
+	case <-s.done:
+	case <-t.C:
+	}
 }
 
 func (s *Session) shutdown() {
@@ -125,20 +151,62 @@ func (s *Session) write(ctx context.Context, kind int, data []byte) error {
 	return <-f.done
 }
 
-// writeLoop is the session's only writer.
+// writeLoop is the session's only writer. Consecutive frames are
+// coalesced into the buffered layer under ws and flushed when no sender
+// waits (or the buffer fills); a close frame is flushed at once. A frame's
+// done reports its write into that layer.
 func (s *Session) writeLoop() {
+	var flushBy time.Time // zero: nothing pending
 	for {
+		var f frame
 		select {
 		case <-s.done:
 			return
-		case f := <-s.out:
-			_ = s.ws.SetWriteDeadline(time.Now().Add(30 * time.Second))
-			err := s.ws.WriteMessage(f.kind, f.data)
-			f.done <- err
-			if err != nil {
-				s.shutdown()
-				return
+		case f = <-s.out:
+		default:
+			if !flushBy.IsZero() {
+				err := s.bc.Flush(flushBy)
+				flushBy = time.Time{}
+				if err != nil {
+					s.shutdown()
+					return
+				}
 			}
+			select {
+			case <-s.done:
+				return
+			case f = <-s.out:
+			}
+		}
+		if s.bc != nil {
+			s.bc.Begin()
+		}
+		var err error
+		deadline := time.Now().Add(30 * time.Second)
+		switch f.kind {
+		case websocket.PongMessage:
+			deadline = time.Now().Add(5 * time.Second)
+			err = s.ws.WriteControl(f.kind, f.data, deadline)
+		case websocket.CloseMessage:
+			deadline = time.Now().Add(time.Second)
+			err = s.ws.WriteControl(f.kind, f.data, deadline)
+		default:
+			_ = s.ws.SetWriteDeadline(deadline)
+			err = s.ws.WriteMessage(f.kind, f.data)
+		}
+		if s.bc != nil && err == nil {
+			if deadline.After(flushBy) {
+				flushBy = deadline
+			}
+			if f.kind == websocket.CloseMessage {
+				err = s.bc.Flush(flushBy)
+				flushBy = time.Time{}
+			}
+		}
+		f.done <- err
+		if err != nil {
+			s.shutdown()
+			return
 		}
 	}
 }

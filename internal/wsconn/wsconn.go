@@ -1,0 +1,182 @@
+// Package wsconn holds the WebSocket plumbing shared by the agent's link
+// (internal/controlplane) and the reference control plane
+// (internal/devplane): a net.Conn wrapper that lets the one writer
+// goroutine of a connection coalesce consecutive frames into one write
+// syscall, and a message reader that avoids io.ReadAll's buffer growth.
+//
+// Coalescing. gorilla/websocket writes every frame (data or control) to its
+// net.Conn with one Write call. Wrap the raw connection with New before the
+// handshake (a Dialer's NetDialContext, or the hijacked connection of an
+// upgrade), find the wrapper again with Find, and let the writer goroutine
+// call Begin before writing a frame and Flush when its queue is momentarily
+// empty. Between Begin and Flush every Write from any goroutine (gorilla's
+// own control frames included: pongs answered from the read side, close
+// frames) goes into one buffer under one mutex, so frames are never
+// reordered or interleaved and nothing written during a batch outlives the
+// batch's Flush. Outside a batch, Writes go straight to the connection as
+// before (the handshake, writes from other goroutines while the writer is
+// idle).
+package wsconn
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// bufSize is the coalescing buffer. A batch larger than this is written
+// out as the buffer fills; a single Write larger than it bypasses it.
+const bufSize = 256 << 10
+
+// closeFlush bounds the best-effort flush of pending bytes in Close.
+const closeFlush = time.Second
+
+// Conn is a net.Conn whose writes can be batched. See the package comment.
+type Conn struct {
+	net.Conn
+
+	mu       sync.Mutex
+	bw       *bufio.Writer
+	batching bool
+	flushes  int // Flush calls that wrote something
+}
+
+// New wraps c. The wrapper starts unbatched: writes go straight to c.
+func New(c net.Conn) *Conn {
+	return &Conn{Conn: c, bw: bufio.NewWriterSize(c, bufSize)}
+}
+
+// Find returns the *Conn under c (through *tls.Conn and other wrappers
+// with a NetConn method), or nil.
+func Find(c net.Conn) *Conn {
+	for i := 0; c != nil && i < 8; i++ {
+		switch v := c.(type) {
+		case *Conn:
+			return v
+		case interface{ NetConn() net.Conn }:
+			c = v.NetConn()
+		default:
+			return nil
+		}
+	}
+	return nil
+}
+
+// Write buffers p during a batch, else writes it through.
+func (c *Conn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.batching {
+		return c.bw.Write(p)
+	}
+	if c.bw.Buffered() > 0 { // a failed Flush left bytes behind; keep order
+		if err := c.bw.Flush(); err != nil {
+			return 0, err
+		}
+	}
+	return c.Conn.Write(p)
+}
+
+// Begin starts (or continues) a batch: later writes are buffered until Flush.
+func (c *Conn) Begin() {
+	c.mu.Lock()
+	c.batching = true
+	c.mu.Unlock()
+}
+
+// Flush ends the batch and writes the buffered bytes with the write
+// deadline set to deadline (zero: none), clearing it afterwards.
+func (c *Conn) Flush(deadline time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.batching = false
+	if c.bw.Buffered() == 0 {
+		return nil
+	}
+	c.flushes++
+	_ = c.Conn.SetWriteDeadline(deadline)
+	err := c.bw.Flush()
+	_ = c.Conn.SetWriteDeadline(time.Time{})
+	return err
+}
+
+// Flushes is how many Flush calls wrote something.
+func (c *Conn) Flushes() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.flushes
+}
+
+// Buffered is the number of bytes waiting for Flush.
+func (c *Conn) Buffered() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.bw.Buffered()
+}
+
+// Close writes pending bytes if no write is in progress (bounded by a
+// short deadline), then closes the connection. It never waits for a
+// writer stuck on a slow peer: closing is what unblocks it.
+func (c *Conn) Close() error {
+	if c.mu.TryLock() {
+		if c.bw.Buffered() > 0 {
+			_ = c.Conn.SetWriteDeadline(time.Now().Add(closeFlush))
+			_ = c.bw.Flush()
+		}
+		c.batching = false
+		c.mu.Unlock()
+	}
+	return c.Conn.Close()
+}
+
+// NetConn is the wrapped connection.
+func (c *Conn) NetConn() net.Conn { return c.Conn }
+
+const (
+	readBufSize = 64 << 10
+	maxPooled   = 4 << 20
+)
+
+var readBufs = sync.Pool{New: func() any { b := make([]byte, 0, readBufSize); return &b }}
+
+// ReadMessage is ws.ReadMessage without io.ReadAll's repeated growth: the
+// message is read into a pooled buffer (64 KiB, grown when needed) and
+// returned as one exact-size copy the caller may keep.
+func ReadMessage(ws *websocket.Conn) (int, []byte, error) {
+	kind, r, err := ws.NextReader()
+	if err != nil {
+		return kind, nil, err
+	}
+	bp := readBufs.Get().(*[]byte)
+	buf := (*bp)[:0]
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, rerr := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			putBuf(bp, buf)
+			return kind, nil, rerr
+		}
+	}
+	out := make([]byte, len(buf))
+	copy(out, buf)
+	putBuf(bp, buf)
+	return kind, out, nil
+}
+
+func putBuf(bp *[]byte, buf []byte) {
+	if cap(buf) > maxPooled {
+		return
+	}
+	*bp = buf[:0]
+	readBufs.Put(bp)
+}
