@@ -93,14 +93,25 @@ func startRig(t *testing.T, tc Config, dialer ServiceDialer, opts devplane.Tunne
 // open opens a stream to target (fails the test on error).
 func (r *rig) open(t *testing.T, target devplane.TunnelTarget) net.Conn {
 	t.Helper()
+	c, err := r.tryOpen(t, target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// tryOpen opens a stream and writes its header; a stream the agent resets
+// at once (over the cap) may fail here already, before any read.
+func (r *rig) tryOpen(t *testing.T, target devplane.TunnelTarget) (net.Conn, error) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	c, err := r.plane.OpenTunnelStream(ctx, "", target)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	t.Cleanup(func() { c.Close() })
-	return c
+	return c, nil
 }
 
 // testCluster is the narrow stand-in for the Kubernetes side of the link.
