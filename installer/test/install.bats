@@ -32,7 +32,7 @@ STUB
 	cp "$REL/srv/latest/download/"* "$REL/srv/download/v9.9.9/"
 	PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 	export PORT
-	python3 -m http.server --bind 127.0.0.1 --directory "$REL/srv" "$PORT" >"$BATS_FILE_TMPDIR/http.log" 2>&1 &
+	python3 -u -m http.server --bind 127.0.0.1 --directory "$REL/srv" "$PORT" >"$BATS_FILE_TMPDIR/http.log" 2>&1 &
 	echo $! >"$BATS_FILE_TMPDIR/http.pid"
 	for _ in $(seq 50); do
 		curl -fsS -o /dev/null "http://127.0.0.1:$PORT/latest/download/checksums.txt" && return 0
@@ -116,7 +116,7 @@ setup() {
 	cp "$REL/srv/latest/download/"* "$bad/"
 	echo corrupt >>"$bad/pipeops-agent_linux_amd64.tar.gz"
 	echo corrupt >>"$bad/pipeops-agent_linux_arm64.tar.gz"
-	python3 -m http.server --bind 127.0.0.1 --directory "$BATS_TEST_TMPDIR/badsrv" 0 >"$BATS_TEST_TMPDIR/bad.log" 2>&1 &
+	python3 -u -m http.server --bind 127.0.0.1 --directory "$BATS_TEST_TMPDIR/badsrv" 0 >"$BATS_TEST_TMPDIR/bad.log" 2>&1 &
 	pid=$!
 	for _ in $(seq 50); do
 		port=$(grep -o 'port [0-9]*' "$BATS_TEST_TMPDIR/bad.log" | awk '{print $2}')

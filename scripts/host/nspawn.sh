@@ -168,7 +168,7 @@ script_tier() {
   cp "$NEW"/*.tar.gz "$NEW/checksums.txt" "$srv/latest/download/"
   cp "$REPO/installer/install.sh" "$srv/install.sh"
   port=$(free_port)
-  python3 -m http.server --bind 127.0.0.1 --directory "$srv" "$port" >"$WORK/http.log" 2>&1 &
+  python3 -u -m http.server --bind 127.0.0.1 --directory "$srv" "$port" >"$WORK/http.log" 2>&1 &
   HTTP_PID=$!
   wait_for 10 "the HTTP server" curl -fsS -o /dev/null "http://127.0.0.1:$port/install.sh"
   test_dropin
