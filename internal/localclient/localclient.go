@@ -56,9 +56,27 @@ func (c *Client) http() *http.Client {
 
 // Do sends one request and decodes a JSON answer into out (may be nil).
 func (c *Client) Do(ctx context.Context, method, path string, body io.Reader, out any) error {
-	req, err := http.NewRequestWithContext(ctx, method, "http://local-pipeops-agent"+path, body)
+	resp, err := c.send(ctx, method, path, body)
 	if err != nil {
 		return err
+	}
+	defer resp.Body.Close()
+	if out == nil {
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("decode answer from pipeops-agent: %w", err)
+	}
+	return nil
+}
+
+// send performs one request and returns the open 2xx response, or the error
+// a person can act on: agent not running, access denied, or the agent's own
+// apitype.Error. The caller closes the body.
+func (c *Client) send(ctx context.Context, method, path string, body io.Reader) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, "http://local-pipeops-agent"+path, body)
+	if err != nil {
+		return nil, err
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
@@ -67,30 +85,24 @@ func (c *Client) Do(ctx context.Context, method, path string, body io.Reader, ou
 	if err != nil {
 		switch {
 		case errors.Is(err, os.ErrNotExist), errors.Is(err, syscall.ENOENT), errors.Is(err, syscall.ECONNREFUSED):
-			return fmt.Errorf("%w (no answer on %s)", ErrAgentNotRunning, c.SocketPath())
+			return nil, fmt.Errorf("%w (no answer on %s)", ErrAgentNotRunning, c.SocketPath())
 		case errors.Is(err, os.ErrPermission), errors.Is(err, syscall.EACCES):
-			return fmt.Errorf("%w: cannot open %s: run with sudo", ErrAccessDenied, c.SocketPath())
+			return nil, fmt.Errorf("%w: cannot open %s: run with sudo", ErrAccessDenied, c.SocketPath())
 		}
-		return fmt.Errorf("talk to pipeops-agent on %s: %w", c.SocketPath(), err)
+		return nil, fmt.Errorf("talk to pipeops-agent on %s: %w", c.SocketPath(), err)
+	}
+	if resp.StatusCode < 300 {
+		return resp, nil
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		var ae apitype.Error
-		if err := json.NewDecoder(resp.Body).Decode(&ae); err != nil || ae.Message == "" {
-			return fmt.Errorf("pipeops-agent answered %s", resp.Status)
-		}
-		if ae.Code == apitype.CodeAccessDenied {
-			return fmt.Errorf("%w: %w", ErrAccessDenied, &ae)
-		}
-		return &ae
+	var ae apitype.Error
+	if err := json.NewDecoder(resp.Body).Decode(&ae); err != nil || ae.Message == "" {
+		return nil, fmt.Errorf("pipeops-agent answered %s", resp.Status)
 	}
-	if out == nil {
-		return nil
+	if ae.Code == apitype.CodeAccessDenied {
+		return nil, fmt.Errorf("%w: %w", ErrAccessDenied, &ae)
 	}
-	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-		return fmt.Errorf("decode answer from pipeops-agent: %w", err)
-	}
-	return nil
+	return nil, &ae
 }
 
 // Status returns GET /v1/status.

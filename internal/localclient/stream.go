@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"syscall"
 
 	"github.com/pipeops/pipeops-vm-agent/internal/apitype"
 )
@@ -18,31 +16,11 @@ import (
 // and calls fn with each line until the agent ends the stream, fn returns
 // an error, or ctx ends. A non-2xx answer is returned as Do returns it.
 func (c *Client) Stream(ctx context.Context, method, path string, fn func(line []byte) error) error {
-	req, err := http.NewRequestWithContext(ctx, method, "http://local-pipeops-agent"+path, nil)
+	resp, err := c.send(ctx, method, path, nil)
 	if err != nil {
 		return err
 	}
-	resp, err := c.http().Do(req)
-	if err != nil {
-		switch {
-		case errors.Is(err, os.ErrNotExist), errors.Is(err, syscall.ENOENT), errors.Is(err, syscall.ECONNREFUSED):
-			return fmt.Errorf("%w (no answer on %s)", ErrAgentNotRunning, c.SocketPath())
-		case errors.Is(err, os.ErrPermission), errors.Is(err, syscall.EACCES):
-			return fmt.Errorf("%w: cannot open %s: run with sudo", ErrAccessDenied, c.SocketPath())
-		}
-		return fmt.Errorf("talk to pipeops-agent on %s: %w", c.SocketPath(), err)
-	}
 	defer resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		var ae apitype.Error
-		if err := json.NewDecoder(resp.Body).Decode(&ae); err != nil || ae.Message == "" {
-			return fmt.Errorf("pipeops-agent answered %s", resp.Status)
-		}
-		if ae.Code == apitype.CodeAccessDenied {
-			return fmt.Errorf("%w: %w", ErrAccessDenied, &ae)
-		}
-		return &ae
-	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 4<<20)
 	for sc.Scan() {
