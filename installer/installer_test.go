@@ -12,42 +12,15 @@ import (
 
 	"github.com/pipeops/pipeops-vm-agent/internal/paths"
 	"github.com/pipeops/pipeops-vm-agent/systemd"
+	"github.com/pipeops/pipeops-vm-agent/tests/testbin"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden")
 
-// stubSystemctl puts a fake systemctl first on PATH. It appends its argv to
-// a log and keeps the unit's active state in a file, like the real one.
+// stubSystemctl puts a fake systemctl first on PATH (tests/testbin).
 func stubSystemctl(t *testing.T) (log func() []string, setActive func(bool)) {
-	t.Helper()
-	dir := t.TempDir()
-	script := `#!/bin/sh
-echo "$*" >> "$STUB_DIR/systemctl.log"
-case "$1" in
-is-active) s=$(cat "$STUB_DIR/active" 2>/dev/null || echo inactive); echo "$s"; [ "$s" = active ] || exit 3 ;;
-start|restart) echo active > "$STUB_DIR/active" ;;
-stop) echo inactive > "$STUB_DIR/active" ;;
-esac
-exit 0
-`
-	if err := os.WriteFile(filepath.Join(dir, "systemctl"), []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("STUB_DIR", dir)
-	t.Setenv("PATH", dir+string(os.PathListSeparator)+os.Getenv("PATH"))
-	log = func() []string {
-		b, _ := os.ReadFile(filepath.Join(dir, "systemctl.log"))
-		_ = os.Remove(filepath.Join(dir, "systemctl.log"))
-		return strings.Split(strings.TrimSpace(string(b)), "\n")
-	}
-	setActive = func(on bool) {
-		s := "inactive\n"
-		if on {
-			s = "active\n"
-		}
-		_ = os.WriteFile(filepath.Join(dir, "active"), []byte(s), 0o644)
-	}
-	return log, setActive
+	s := testbin.StubSystemctl(t)
+	return s.Calls, s.SetActive
 }
 
 func newInstaller(t *testing.T, root string, o Options) *Installer {

@@ -10,30 +10,15 @@ import (
 
 	"github.com/pipeops/pipeops-vm-agent/internal/paths"
 	"github.com/pipeops/pipeops-vm-agent/systemd"
+	"github.com/pipeops/pipeops-vm-agent/tests/testbin"
 )
 
 // pathSystemctl puts a stub systemctl first on PATH (the installer runs the
-// real binary by name). It logs its argv and tracks the active state.
+// real binary by name) and returns its calls, each with spaces as "_".
 func pathSystemctl(t *testing.T) func() []string {
-	t.Helper()
-	dir := t.TempDir()
-	script := `#!/bin/sh
-echo "$*" >> "$STUB_DIR/systemctl.log"
-case "$1" in
-is-active) s=$(cat "$STUB_DIR/active" 2>/dev/null || echo inactive); echo "$s"; [ "$s" = active ] || exit 3 ;;
-start|restart) echo active > "$STUB_DIR/active" ;;
-stop) echo inactive > "$STUB_DIR/active" ;;
-esac
-`
-	if err := os.WriteFile(filepath.Join(dir, "systemctl"), []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("STUB_DIR", dir)
-	t.Setenv("PATH", dir+string(os.PathListSeparator)+os.Getenv("PATH"))
+	s := testbin.StubSystemctl(t)
 	return func() []string {
-		b, _ := os.ReadFile(filepath.Join(dir, "systemctl.log"))
-		_ = os.Remove(filepath.Join(dir, "systemctl.log"))
-		return strings.Fields(strings.ReplaceAll(strings.TrimSpace(string(b)), " ", "_"))
+		return strings.Fields(strings.ReplaceAll(strings.Join(s.Calls(), "\n"), " ", "_"))
 	}
 }
 
