@@ -11,6 +11,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
+	"github.com/pipeops/pipeops-vm-agent/tests/testbin"
 )
 
 // The test cluster has no kubelet, so exec, attach and port-forward cannot
@@ -208,13 +209,7 @@ func (p *Proxy) lookupRelay(c *fakeConn, id string) *relay {
 
 func eventually(t *testing.T, cond func() bool, what string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting: %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testbin.Eventually(t, 10*time.Second, what, cond)
 }
 
 func TestARelayEndsAtItsDeadline(t *testing.T) {

@@ -24,6 +24,7 @@ import (
 	"github.com/pipeops/pipeops-vm-agent/internal/kubeproxy"
 	"github.com/pipeops/pipeops-vm-agent/internal/kubetest"
 	"github.com/pipeops/pipeops-vm-agent/internal/state"
+	"github.com/pipeops/pipeops-vm-agent/tests/testbin"
 )
 
 func TestMain(m *testing.M) { kubetest.Main(m) }
@@ -159,13 +160,7 @@ func kubectl(t testing.TB, env *kubetest.Env, kubeconfig, stdin string, args ...
 // eventually polls cond until it holds or the deadline passes.
 func eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for: %s", within, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testbin.Eventually(t, within, what, cond)
 }
 
 // adminToken is the bearer token of the kubetest admin identity.
