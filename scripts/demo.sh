@@ -11,7 +11,6 @@
 # module proxy (about 6 minutes on 2 cores); later runs take seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$PWD
 CHECK=0
 [ "${1:-}" = --check ] && CHECK=1
 DEMO_DIR=${DEMO_DIR:-/tmp/pipeops-demo}
@@ -34,7 +33,7 @@ cleanup() {
   scripts/k8s/cluster.sh stop "$DEMO_DIR/cluster" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 0' INT TERM  # Ctrl-C is how the demo ends: not an error
 
 say "starting a Kubernetes control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok)"
 FULL=1 scripts/k8s/cluster.sh start "$DEMO_DIR/cluster" >"$DEMO_DIR/cluster.log" 2>&1 || { cat "$DEMO_DIR/cluster.log" >&2; exit 1; }

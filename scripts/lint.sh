@@ -2,7 +2,7 @@
 # scripts/lint.sh - formatting, vet and shell checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bad=$(gofmt -l $(git ls-files '*.go'))
+bad=$(git ls-files -z '*.go' | xargs -0 gofmt -l)
 if [ -n "$bad" ]; then echo "gofmt would change: $bad" >&2; exit 1; fi
 go vet ./...
 if command -v shellcheck >/dev/null; then
