@@ -57,6 +57,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		ring: make([]float64, 0, latencyWindow),
 	}
+	// Every series exists from the start (at 0), so a scrape before the
+	// first request already shows them and rate() has a baseline.
+	for _, class := range []string{"2xx", "3xx", "4xx", "5xx", "error", "cancelled", "rejected"} {
+		m.requests.WithLabelValues(class)
+	}
+	m.bytes.WithLabelValues("in")
+	m.bytes.WithLabelValues("out")
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.requests, m.inflight, m.bytes, m.hist, m.relayG} {
 			if err := reg.Register(c); err != nil {

@@ -16,9 +16,11 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"k8s.io/client-go/rest"
 
 	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
+	"github.com/pipeops/pipeops-vm-agent/tests/testbin"
 )
 
 // These are narrow unit tests: a fake connection and an httptest server
@@ -398,6 +400,13 @@ func TestMetricsAreExported(t *testing.T) {
 	c := newFakeConn(t)
 	send(t, p, c, protocol.TypeProxyRequest, "m1", protocol.ProxyRequest{Path: "/api"})
 	c.response(t, "m1")
+	// The proxy counts a request once its last message is sent, which is
+	// just after the fake connection has it.
+	ok2xx := p.m.requests.WithLabelValues("2xx")
+	out := p.m.bytes.WithLabelValues("out")
+	testbin.Eventually(t, 5*time.Second, "requests_total{code_class=2xx}=1 and bytes_total{direction=out}=2", func() bool {
+		return testutil.ToFloat64(ok2xx) == 1 && testutil.ToFloat64(out) == 2
+	})
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
