@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -10,49 +11,59 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/urfave/cli/v2"
-
 	"github.com/pipeops/pipeops-vm-agent/internal/config"
 	"github.com/pipeops/pipeops-vm-agent/internal/dashboard"
 	"github.com/pipeops/pipeops-vm-agent/internal/logging"
 	"github.com/pipeops/pipeops-vm-agent/internal/version"
 )
 
+const usage = `pipeops-agent connects this VM's Kubernetes cluster to PipeOps.
+
+Usage:
+  pipeops-agent run [--config FILE]   run the agent in the foreground (what the systemd unit calls)
+  pipeops-agent version               print the version
+
+--config defaults to $PIPEOPS_CONFIG, then /etc/pipeops/agent.yaml.
+Manage the installed agent with pipeopsctl (status, logs, config, doctor).
+`
+
 // Main is pipeops-agent's entry point; it returns the process exit code.
+//
+// It parses with the standard flag package on purpose: a CLI framework
+// brings text/template, whose reflective method calls stop the linker from
+// dropping unused methods, and that alone nearly doubles the binary and the
+// pages the daemon keeps resident (issue 4's idle RSS).
 func Main(args []string, stdout, stderr io.Writer) int {
-	code := ExitOK
-	app := &cli.App{
-		Name:      "pipeops-agent",
-		Usage:     "connect this VM's Kubernetes cluster to PipeOps",
-		Writer:    stdout,
-		ErrWriter: stderr,
-		// urfave/cli would os.Exit on ExitCoder errors; we map errors ourselves.
-		ExitErrHandler: func(*cli.Context, error) {},
-		Commands: []*cli.Command{
-			{
-				Name:  "run",
-				Usage: "run the agent in the foreground (what the systemd unit calls)",
-				Flags: []cli.Flag{&cli.StringFlag{Name: "config", Usage: "config file (default $PIPEOPS_CONFIG or /etc/pipeops/agent.yaml)"}},
-				Action: func(c *cli.Context) error {
-					code = run(c.String("config"), stderr)
-					return nil
-				},
-			},
-			{
-				Name:  "version",
-				Usage: "print the version",
-				Action: func(c *cli.Context) error {
-					fmt.Fprintln(stdout, "pipeops-agent", version.Get().String())
-					return nil
-				},
-			},
-		},
-	}
-	if err := app.Run(args); err != nil {
-		fmt.Fprintln(stderr, "pipeops-agent:", err)
+	if len(args) < 2 {
+		fmt.Fprint(stderr, usage)
 		return ExitConfig
 	}
-	return code
+	switch args[1] {
+	case "run":
+		fs := flag.NewFlagSet("pipeops-agent run", flag.ContinueOnError)
+		fs.SetOutput(stderr)
+		fs.Usage = func() { fmt.Fprint(stderr, usage) }
+		configPath := fs.String("config", "", "config file (default $PIPEOPS_CONFIG or /etc/pipeops/agent.yaml)")
+		if err := fs.Parse(args[2:]); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return ExitOK
+			}
+			return ExitConfig
+		}
+		if fs.NArg() > 0 {
+			fmt.Fprintf(stderr, "pipeops-agent run: unexpected argument %q\n\n%s", fs.Arg(0), usage)
+			return ExitConfig
+		}
+		return run(*configPath, stderr)
+	case "version", "--version":
+		fmt.Fprintln(stdout, "pipeops-agent", version.Get().String())
+		return ExitOK
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return ExitOK
+	}
+	fmt.Fprintf(stderr, "pipeops-agent: unknown command %q\n\n%s", args[1], usage)
+	return ExitConfig
 }
 
 // run loads config, builds the daemon and runs it until SIGINT or SIGTERM.
