@@ -13,27 +13,31 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/pipeops/pipeops-vm-agent/internal/apitype"
-	"github.com/pipeops/pipeops-vm-agent/internal/charts"
 	"github.com/pipeops/pipeops-vm-agent/internal/localapi"
 	"github.com/pipeops/pipeops-vm-agent/internal/logging"
+	"github.com/pipeops/pipeops-vm-agent/internal/monitor"
 	"github.com/pipeops/pipeops-vm-agent/internal/paths"
 )
 
 // chartsPart holds what the charts wiring builds. Owned by wire_charts.go.
 type chartsPart struct {
-	charts *charts.Manager
+	charts *monitor.Manager
 }
+
+// workerArgs run one Helm round in pipeopsctl (see monitor.Exec).
+var workerArgs = []string{"monitoring", "worker"}
 
 // wireCharts builds the monitoring stack's manager (protocol.md §12): its
 // loop, its status section, its heartbeat fields, its tunnel forwards and
-// the local API routes behind `pipeopsctl monitoring`.
+// the local API routes behind `pipeopsctl monitoring`. The Helm work runs in
+// a pipeopsctl worker process per round, so the daemon does not link Helm.
 func (d *Daemon) wireCharts() error {
 	mc := d.cfg.Monitoring
 	cacheDir := mc.CacheDir
 	if cacheDir == "" {
 		cacheDir = filepath.Join(paths.CacheDir(), "helm")
 	}
-	var comps []charts.Component
+	var comps []monitor.Component
 	for _, c := range mc.Components.Each() { // install order of §12
 		if c.Name == "grafana" || !c.Enabled {
 			continue
@@ -42,26 +46,37 @@ func (d *Daemon) wireCharts() error {
 		if ns == "" {
 			ns = mc.Namespace
 		}
-		comps = append(comps, charts.Component{Name: c.Name, Release: c.Release, Namespace: ns,
+		comps = append(comps, monitor.Component{Name: c.Name, Release: c.Release, Namespace: ns,
 			Repo: c.Repo, Chart: c.Chart, Version: c.Version, Values: c.Values})
 	}
-	m, err := charts.New(charts.Options{
-		Enabled:        mc.Enabled,
-		Components:     comps,
-		Grafana:        mc.Components.Grafana.Enabled && mc.Components.Prometheus.Enabled,
-		GrafanaSubPath: d.cfg.Agent.GrafanaSubPath,
-		APIURL:         d.cfg.PipeOps.APIURL,
-		ClusterDomain:  d.cfg.Kubernetes.ClusterDomain,
-		Profile:        mc.Profile,
-		ChartsDir:      mc.ChartsDir,
-		CacheDir:       cacheDir,
-		Timeout:        mc.Timeout.Std(),
-		ReadyTimeout:   mc.ReadyTimeout.Std(),
-		RESTConfig:     d.adminConfig,
-		State:          d.state,
-		Health:         d.health,
-		Log:            d.log.With(logging.KeyComponent, "charts"),
-		OnEndpoints:    d.monitoringForwards,
+	log := d.log.With(logging.KeyComponent, "charts")
+	backend := &monitor.Exec{
+		Path: "pipeopsctl", // beside pipeops-agent in every install
+		Args: workerArgs,
+		Settings: monitor.Settings{
+			Components:     comps,
+			Grafana:        mc.Components.Grafana.Enabled && mc.Components.Prometheus.Enabled,
+			GrafanaSubPath: d.cfg.Agent.GrafanaSubPath,
+			APIURL:         d.cfg.PipeOps.APIURL,
+			ClusterDomain:  d.cfg.Kubernetes.ClusterDomain,
+			Profile:        mc.Profile,
+			ChartsDir:      mc.ChartsDir,
+			CacheDir:       cacheDir,
+			Timeout:        mc.Timeout.Std(),
+			ReadyTimeout:   mc.ReadyTimeout.Std(),
+		},
+		Kube:     d.adminConfig,
+		LogLevel: d.cfg.Logging.Level,
+		Log:      d.log,
+	}
+	m, err := monitor.New(monitor.Options{
+		Enabled:     mc.Enabled,
+		Components:  comps,
+		Backend:     backend,
+		State:       d.state,
+		Health:      d.health,
+		Log:         log,
+		OnEndpoints: d.monitoringForwards,
 	})
 	if err != nil {
 		return fmt.Errorf("monitoring: %w", err)
@@ -96,7 +111,7 @@ func (d *Daemon) adminConfig(ctx context.Context) (*rest.Config, error) {
 
 // monitoringForwards registers tunnel forwards for the ready endpoints, so
 // the control plane can open streams to Grafana, Prometheus and Loki.
-func (d *Daemon) monitoringForwards(eps []charts.Endpoint) {
+func (d *Daemon) monitoringForwards(eps []monitor.Endpoint) {
 	for _, e := range eps {
 		d.log.Info("monitoring endpoint ready", "component", e.Name, logging.KeyURL, e.URL)
 		// nil-safe: a disabled tunnel ignores it. A configured forward of the same name wins.
@@ -110,7 +125,7 @@ func (d *Daemon) monitoringForwards(eps []charts.Endpoint) {
 func monitoringStream(d *Daemon, action func(context.Context, func(apitype.MonitoringEvent)) error) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if !d.cfg.Monitoring.Enabled && r.URL.Path == "/v1/monitoring/install" {
-			localapi.Handle(d.log, func(*http.Request) (struct{}, error) { return struct{}{}, charts.ErrDisabled }).ServeHTTP(w, r)
+			localapi.Handle(d.log, func(*http.Request) (struct{}, error) { return struct{}{}, monitor.ErrDisabled }).ServeHTTP(w, r)
 			return
 		}
 		w.Header().Set("Content-Type", "application/x-ndjson")

@@ -17,6 +17,7 @@ import (
 
 	"github.com/pipeops/pipeops-vm-agent/internal/apitype"
 	"github.com/pipeops/pipeops-vm-agent/internal/kubetest"
+	"github.com/pipeops/pipeops-vm-agent/internal/monitor"
 	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
 	"github.com/pipeops/pipeops-vm-agent/internal/state"
 )
@@ -32,13 +33,14 @@ func testChart(name string) string {
 }
 
 // harness is one test's agent side: a state directory that survives
-// "restarts" (new Managers) and the options every Manager gets.
+// "restarts" (new managers) and the options every manager gets.
 type harness struct {
 	t     *testing.T
 	env   *kubetest.Env
 	dir   string
 	state *state.Store
 	opts  Options
+	mon   monitor.Options // the loop's options; Components, Backend and State are set per manager
 
 	mu        sync.Mutex
 	endpoints [][]Endpoint
@@ -53,19 +55,25 @@ func newHarness(t *testing.T) *harness {
 		t.Fatal(err)
 	}
 	ns := env.Namespace
+	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo}))
 	h.opts = Options{
-		Enabled: true,
-		Components: []Component{
-			{Name: "metrics_server", Release: "metrics-server", Namespace: ns, Chart: testChart("metrics-server")},
-			{Name: "prometheus", Release: "kube-prometheus-stack", Namespace: ns, Chart: testChart("kube-prometheus-stack")},
-			{Name: "loki", Release: "loki", Namespace: ns, Chart: testChart("loki-stack")},
+		Settings: monitor.Settings{
+			Components: []Component{
+				{Name: "metrics_server", Release: "metrics-server", Namespace: ns, Chart: testChart("metrics-server")},
+				{Name: "prometheus", Release: "kube-prometheus-stack", Namespace: ns, Chart: testChart("kube-prometheus-stack")},
+				{Name: "loki", Release: "loki", Namespace: ns, Chart: testChart("loki-stack")},
+			},
+			Grafana: true, GrafanaSubPath: true,
+			APIURL: "https://api.example.test/", ClusterDomain: "corp.internal",
+			CacheDir: filepath.Join(h.dir, "cache"), Timeout: time.Minute, ReadyTimeout: time.Minute,
 		},
-		Grafana: true, GrafanaSubPath: true,
-		APIURL: "https://api.example.test/", ClusterDomain: "corp.internal",
-		CacheDir: filepath.Join(h.dir, "cache"), Timeout: time.Minute, ReadyTimeout: time.Minute,
 		RESTConfig:   func(context.Context) (*rest.Config, error) { return env.Config, nil },
-		Log:          slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo})),
+		Log:          log,
 		PollInterval: 200 * time.Millisecond,
+	}
+	h.mon = monitor.Options{
+		Enabled: true,
+		Log:     log,
 		OnEndpoints: func(e []Endpoint) {
 			h.mu.Lock()
 			h.endpoints = append(h.endpoints, e)
@@ -84,19 +92,33 @@ func (h *harness) reopenState() {
 	h.state = st
 }
 
-func (h *harness) manager(mod func(o *Options)) *Manager {
+// testManager is what the daemon runs, with the Helm engine in this
+// process instead of a worker.
+type testManager struct {
+	*monitor.Manager
+	e *Engine
+}
+
+func (m testManager) Calls() HelmCalls { return m.e.Calls() }
+
+func (h *harness) manager(mod func(o *Options)) testManager {
 	h.t.Helper()
 	o := h.opts
 	o.Components = slices.Clone(o.Components)
-	o.State = h.state
 	if mod != nil {
 		mod(&o)
 	}
-	m, err := New(o)
+	e, err := New(o)
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	return m
+	mo := h.mon
+	mo.Components, mo.Backend, mo.State = o.Components, e, h.state
+	m, err := monitor.New(mo)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return testManager{Manager: m, e: e}
 }
 
 func ctxFor(t *testing.T, d time.Duration) context.Context {
@@ -105,14 +127,14 @@ func ctxFor(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
-func mustRound(t *testing.T, m *Manager) {
+func mustRound(t *testing.T, m testManager) {
 	t.Helper()
-	if err := m.runRound(ctxFor(t, 90*time.Second)); err != nil {
+	if err := m.RunRound(ctxFor(t, 90*time.Second)); err != nil {
 		t.Fatalf("round: %v\nstatus: %+v", err, m.Status())
 	}
 }
 
-func releaseState(m *Manager, component string) apitype.Release {
+func releaseState(m testManager, component string) apitype.Release {
 	for _, r := range m.Status().Releases {
 		if r.Component == component {
 			return r
@@ -121,7 +143,7 @@ func releaseState(m *Manager, component string) apitype.Release {
 	return apitype.Release{}
 }
 
-func requireAllReady(t *testing.T, m *Manager) {
+func requireAllReady(t *testing.T, m testManager) {
 	t.Helper()
 	for _, r := range m.Status().Releases {
 		if r.State != apitype.ReleaseReady {
@@ -143,7 +165,7 @@ func TestFreshInstallReachesReadyAndAdvertisesEndpoints(t *testing.T) {
 		t.Errorf("profile = %q; want large (the kwok node has 32 CPU, 256 GiB)", p)
 	}
 	secrets := h.state.Get().Secrets
-	for _, k := range []string{SecretGrafanaPassword, SecretPrometheusPassword, SecretLokiPassword} {
+	for _, k := range []string{monitor.SecretGrafanaPassword, monitor.SecretPrometheusPassword, monitor.SecretLokiPassword} {
 		if len(secrets[k]) != 43 {
 			t.Errorf("state secret %s has %d characters; want 43 (32 random bytes, base64)", k, len(secrets[k]))
 		}
@@ -163,8 +185,8 @@ func TestFreshInstallReachesReadyAndAdvertisesEndpoints(t *testing.T) {
 			t.Errorf("heartbeat %s = %q; want %q", k, got[k], w)
 		}
 	}
-	if hb.GrafanaUsername != "admin" || hb.GrafanaPassword != secrets[SecretGrafanaPassword] ||
-		hb.PrometheusPassword != secrets[SecretPrometheusPassword] || hb.LokiPassword != secrets[SecretLokiPassword] {
+	if hb.GrafanaUsername != "admin" || hb.GrafanaPassword != secrets[monitor.SecretGrafanaPassword] ||
+		hb.PrometheusPassword != secrets[monitor.SecretPrometheusPassword] || hb.LokiPassword != secrets[monitor.SecretLokiPassword] {
 		t.Errorf("heartbeat credentials do not match the persisted ones")
 	}
 	if hb.PrometheusSSL == nil || *hb.PrometheusSSL || hb.GrafanaSSL == nil || *hb.GrafanaSSL {
@@ -188,7 +210,7 @@ func TestFreshInstallReachesReadyAndAdvertisesEndpoints(t *testing.T) {
 	if !strings.Contains(ini, wantRoot) || !strings.Contains(ini, "serve_from_sub_path = true") {
 		t.Errorf("grafana.ini = %q; want %q and serve_from_sub_path = true", ini, wantRoot)
 	}
-	if string(sec.Data["admin-password"]) != secrets[SecretGrafanaPassword] {
+	if string(sec.Data["admin-password"]) != secrets[monitor.SecretGrafanaPassword] {
 		t.Errorf("Grafana admin password in the release differs from the persisted one")
 	}
 	dep, err := h.env.Client.AppsV1().Deployments(ns).Get(ctxFor(t, 10*time.Second), "metrics-server", metav1.GetOptions{})
@@ -215,15 +237,15 @@ func TestRestartMakesNoHelmCallsAndKeepsCredentials(t *testing.T) {
 		t.Fatalf("helm calls after restart = %+v; want no install, upgrade, rollback or uninstall", c)
 	}
 	after := h.state.Get().Secrets
-	for _, k := range []string{SecretGrafanaPassword, SecretPrometheusPassword, SecretLokiPassword} {
+	for _, k := range []string{monitor.SecretGrafanaPassword, monitor.SecretPrometheusPassword, monitor.SecretLokiPassword} {
 		if before[k] == "" || before[k] != after[k] {
 			t.Errorf("secret %s changed across the restart", k)
 		}
 	}
 	var hb protocol.Heartbeat
 	m.FillHeartbeat(context.Background(), &hb)
-	if hb.GrafanaPassword != before[SecretGrafanaPassword] || hb.GrafanaURL == "" {
-		t.Errorf("heartbeat after restart: grafana_url %q, password unchanged = %v", hb.GrafanaURL, hb.GrafanaPassword == before[SecretGrafanaPassword])
+	if hb.GrafanaPassword != before[monitor.SecretGrafanaPassword] || hb.GrafanaURL == "" {
+		t.Errorf("heartbeat after restart: grafana_url %q, password unchanged = %v", hb.GrafanaURL, hb.GrafanaPassword == before[monitor.SecretGrafanaPassword])
 	}
 }
 
@@ -256,14 +278,15 @@ func TestChangingAValueUpgradesOnceThenNothing(t *testing.T) {
 
 func TestNeverReadyChartTimesOutIsRetriedAndRunKeepsGoing(t *testing.T) {
 	h := newHarness(t)
+	h.mon.RetryBase, h.mon.RetryMax = 50*time.Millisecond, 200*time.Millisecond
 	m := h.manager(func(o *Options) {
 		o.Components = []Component{
 			{Name: "never_ready", Release: "never-ready", Namespace: h.env.Namespace, Chart: testChart("never-ready")},
 			o.Components[0], // metrics-server, after it: a failing step must not stop the next
 		}
-		o.ReadyTimeout, o.RetryBase, o.RetryMax = 2*time.Second, 50*time.Millisecond, 200*time.Millisecond
+		o.ReadyTimeout = 2 * time.Second
 	})
-	events, unsub := m.subscribe()
+	events, unsub := m.Subscribe()
 	defer unsub()
 	ctx, cancel := context.WithCancel(context.Background())
 	runDone := make(chan error, 1)
@@ -327,7 +350,7 @@ func TestStuckReleasesAreRecovered(t *testing.T) {
 				mustRound(t, m)
 			}
 			// Simulate a crash mid-action: Helm's record says the action is still running.
-			hc, err := m.helm.config(h.env.Namespace)
+			hc, err := m.e.helm.config(h.env.Namespace)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -340,7 +363,7 @@ func TestStuckReleasesAreRecovered(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			m2 := h.manager(func(o *Options) { o.Components = m.opts.Components })
+			m2 := h.manager(func(o *Options) { o.Components = m.e.opts.Components })
 			mustRound(t, m2)
 			requireAllReady(t, m2)
 			got := m2.Calls()
@@ -352,14 +375,14 @@ func TestStuckReleasesAreRecovered(t *testing.T) {
 			if err != nil || last.Info.Status != release.StatusDeployed {
 				t.Fatalf("release after recovery = %v, %v; want deployed", last, err)
 			}
-			if valuesHash(last.Config) != valuesHash(mustValues(t, m2, &m2.opts.Components[0])) {
+			if valuesHash(last.Config) != valuesHash(mustValues(t, m2.e, &m2.e.opts.Components[0])) {
 				t.Errorf("recovered release does not carry the desired values")
 			}
 		})
 	}
 }
 
-func mustValues(t *testing.T, m *Manager, c *Component) map[string]any {
+func mustValues(t *testing.T, m *Engine, c *Component) map[string]any {
 	t.Helper()
 	v, err := m.desiredValues(c, facts{Profile: ProfileLarge, ClusterID: testClusterID})
 	if err != nil {
@@ -370,7 +393,8 @@ func mustValues(t *testing.T, m *Manager, c *Component) map[string]any {
 
 func TestUninstallRemovesReleasesAndInstallBringsThemBack(t *testing.T) {
 	h := newHarness(t)
-	m := h.manager(func(o *Options) { o.Resync = time.Hour })
+	h.mon.Resync = time.Hour
+	m := h.manager(nil)
 	mustRound(t, m)
 
 	var seen []string
@@ -385,8 +409,8 @@ func TestUninstallRemovesReleasesAndInstallBringsThemBack(t *testing.T) {
 	if !slices.Contains(seen, "loki=uninstalling") || !slices.Contains(seen, "metrics-server=uninstalled") {
 		t.Errorf("uninstall progress = %v; want each release uninstalling then pending", seen)
 	}
-	for _, c := range m.opts.Components {
-		if rel, err := m.helm.last(c.Namespace, c.Release); err != nil || rel != nil {
+	for _, c := range m.e.opts.Components {
+		if rel, err := m.e.helm.last(c.Namespace, c.Release); err != nil || rel != nil {
 			t.Errorf("release %s still stored after uninstall: %v %v", c.Release, rel, err)
 		}
 	}
@@ -425,13 +449,13 @@ func TestAGrafanaPasswordFromAnEarlierInstallerIsAdopted(t *testing.T) {
 	// The reference agent installed the release with its own random password.
 	legacy := map[string]any{"grafana": map[string]any{"adminPassword": "legacy-password-from-the-reference"}}
 	mustRound(t, h.manager(func(o *Options) { o.Components[0].Values = legacy }))
-	if err := h.state.Update(func(s *state.State) error { delete(s.Secrets, SecretGrafanaPassword); return nil }); err != nil {
+	if err := h.state.Update(func(s *state.State) error { delete(s.Secrets, monitor.SecretGrafanaPassword); return nil }); err != nil {
 		t.Fatal(err)
 	}
 
 	m := h.manager(nil)
 	mustRound(t, m)
-	if got := h.state.Get().Secrets[SecretGrafanaPassword]; got != "legacy-password-from-the-reference" {
+	if got := h.state.Get().Secrets[monitor.SecretGrafanaPassword]; got != "legacy-password-from-the-reference" {
 		t.Fatalf("persisted grafana password = %q; want the one already in the release", got)
 	}
 	if c := m.Calls(); c.Mutations() != 0 {

@@ -93,7 +93,7 @@ func (e *NotReadyError) Error() string {
 // and available replicas at the desired count) or the timeout passes.
 // Services of type LoadBalancer are not waited for: a VM often has no load
 // balancer, and Traefik works through its node ports anyway.
-func (m *Manager) waitReady(ctx context.Context, cs kubernetes.Interface, manifest, namespace string) error {
+func (m *Engine) waitReady(ctx context.Context, cs kubernetes.Interface, manifest, namespace string) error {
 	objs := objects(manifest, namespace)
 	parent := ctx
 	ctx, cancel := context.WithTimeout(ctx, m.opts.ReadyTimeout)

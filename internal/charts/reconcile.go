@@ -13,6 +13,7 @@ import (
 
 	"github.com/pipeops/pipeops-vm-agent/internal/apitype"
 	"github.com/pipeops/pipeops-vm-agent/internal/logging"
+	"github.com/pipeops/pipeops-vm-agent/internal/monitor"
 )
 
 // Release labels (stored by Helm on its release records).
@@ -22,8 +23,8 @@ const (
 )
 
 // gatherFacts reads what the defaults depend on.
-func (m *Manager) gatherFacts(ctx context.Context, cs kubernetes.Interface) (facts, error) {
-	f := facts{Profile: m.opts.Profile, ClusterID: m.opts.State.Get().ClusterID}
+func (m *Engine) gatherFacts(ctx context.Context, cs kubernetes.Interface) (facts, error) {
+	f := facts{Profile: m.opts.Profile, ClusterID: m.sink.ClusterID()}
 	if f.Profile == "" || f.Profile == "auto" {
 		// ResourceVersion "0" is served from the apiserver's cache.
 		nodes, err := cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{ResourceVersion: "0"})
@@ -51,7 +52,7 @@ func (m *Manager) gatherFacts(ctx context.Context, cs kubernetes.Interface) (fac
 }
 
 // desiredValues are the defaults for the cluster's facts with the user's overrides on top.
-func (m *Manager) desiredValues(c *Component, f facts) (map[string]any, error) {
+func (m *Engine) desiredValues(c *Component, f facts) (map[string]any, error) {
 	def, err := m.defaults(c, f)
 	if err != nil {
 		return nil, err
@@ -61,7 +62,7 @@ func (m *Manager) desiredValues(c *Component, f facts) (map[string]any, error) {
 
 // reconcile brings one release to its desired state and waits until it is
 // ready. It returns the release it waited for.
-func (m *Manager) reconcile(ctx context.Context, c *Component, f facts, h *helmEnv, cs kubernetes.Interface) (*release.Release, error) {
+func (m *Engine) reconcile(ctx context.Context, c *Component, f facts, h *helmEnv, cs kubernetes.Interface) (*release.Release, error) {
 	rel, err := h.last(c.Namespace, c.Release)
 	if err != nil {
 		m.setRelease(c, apitype.ReleaseFailed, err.Error(), nil)
@@ -80,7 +81,7 @@ func (m *Manager) reconcile(ctx context.Context, c *Component, f facts, h *helmE
 	}
 	if c.Name == "prometheus" && rel != nil {
 		if pw, ok := dig(rel.Config, "grafana", "adminPassword").(string); ok {
-			m.adoptSecret(SecretGrafanaPassword, pw)
+			m.adoptSecret(monitor.SecretGrafanaPassword, pw)
 		}
 	}
 	vals, err := m.desiredValues(c, f)
@@ -125,7 +126,7 @@ func (m *Manager) reconcile(ctx context.Context, c *Component, f facts, h *helmE
 }
 
 // apply installs (rel == nil) or upgrades the release.
-func (m *Manager) apply(ctx context.Context, c *Component, h *helmEnv, src source, ch *chart.Chart, digest string,
+func (m *Engine) apply(ctx context.Context, c *Component, h *helmEnv, src source, ch *chart.Chart, digest string,
 	vals map[string]any, rel *release.Release, why string) (*release.Release, error) {
 	var err error
 	if ch == nil {
@@ -162,13 +163,12 @@ func (m *Manager) apply(ctx context.Context, c *Component, h *helmEnv, src sourc
 	return out, nil
 }
 
-func releaseInfo(rel *release.Release) func(r *apitype.Release) {
-	return func(r *apitype.Release) {
-		r.Revision = rel.Version
-		if rel.Chart != nil && rel.Chart.Metadata != nil {
-			r.Chart, r.Version = rel.Chart.Metadata.Name, rel.Chart.Metadata.Version
-		}
+func releaseInfo(rel *release.Release) *monitor.ReleaseInfo {
+	info := &monitor.ReleaseInfo{Revision: rel.Version}
+	if rel.Chart != nil && rel.Chart.Metadata != nil {
+		info.Chart, info.Version = rel.Chart.Metadata.Name, rel.Chart.Metadata.Version
 	}
+	return info
 }
 
 // drift says why the deployed release differs from the desired one, or ""
@@ -207,7 +207,7 @@ func drift(rel *release.Release, src source, ch *chart.Chart, digest string, val
 // pending-* with an earlier good revision is rolled back to it; pending-* or
 // failed without one is uninstalled so that it is installed afresh. A failed
 // release with a good revision is left for the upgrade that follows.
-func (m *Manager) recover(c *Component, h *helmEnv, rel *release.Release) (*release.Release, error) {
+func (m *Engine) recover(c *Component, h *helmEnv, rel *release.Release) (*release.Release, error) {
 	if rel == nil || rel.Info == nil {
 		return rel, nil
 	}

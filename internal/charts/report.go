@@ -1,75 +1,43 @@
 package charts
 
 import (
-	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
 	"strings"
 
-	"github.com/pipeops/pipeops-vm-agent/internal/apitype"
-	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
-	"github.com/pipeops/pipeops-vm-agent/internal/state"
+	"github.com/pipeops/pipeops-vm-agent/internal/monitor"
 )
 
-// Keys of generated credentials in state.State.Secrets (protocol.md §10, §13.12).
-const (
-	SecretGrafanaPassword    = "grafana_admin_password"
-	SecretPrometheusPassword = "prometheus_password"
-	SecretLokiPassword       = "loki_password"
-)
-
-// secret returns the persisted credential key, generating and persisting it
-// on first use. It is never regenerated: the reference agent's per-start
+// secret returns the stored credential key, generating and storing it on
+// first use. It is never regenerated: the reference agent's per-start
 // passwords drifted from what Grafana had stored.
-func (m *Manager) secret(key string) (string, error) {
-	if v := m.opts.State.Get().Secrets[key]; v != "" {
+func (m *Engine) secret(key string) (string, error) {
+	if v, ok := m.sink.Secret(key); ok {
 		return v, nil
 	}
-	var out string
-	err := m.opts.State.Update(func(s *state.State) error {
-		if v := s.Secrets[key]; v != "" { // another round won the race
-			out = v
-			return nil
-		}
-		v, err := generateSecret()
-		if err != nil {
-			return err
-		}
-		if s.Secrets == nil {
-			s.Secrets = map[string]string{}
-		}
-		s.Secrets[key], out = v, v
-		return nil
-	})
+	v, err := generateSecret()
+	if err != nil {
+		return "", err
+	}
+	v, err = m.sink.PutSecret(key, v, "generated")
 	if err != nil {
 		return "", fmt.Errorf("persist generated %s: %w", key, err)
 	}
-	return out, nil
+	return v, nil
 }
 
-// adoptSecret persists a credential an earlier installer (the reference
-// agent) already put into a release, instead of generating a new one that
-// Grafana, which keeps its admin password in its database, would ignore.
-func (m *Manager) adoptSecret(key, value string) {
-	if value == "" || m.opts.State.Get().Secrets[key] != "" {
+// adoptSecret stores a credential an earlier installer (the reference
+// agent, or a worker whose daemon died before storing it) already put into
+// a release, instead of generating a new one that Grafana, which keeps its
+// admin password in its database, would ignore.
+func (m *Engine) adoptSecret(key, value string) {
+	if _, ok := m.sink.Secret(key); value == "" || ok {
 		return
 	}
-	err := m.opts.State.Update(func(s *state.State) error {
-		if s.Secrets[key] != "" {
-			return nil
-		}
-		if s.Secrets == nil {
-			s.Secrets = map[string]string{}
-		}
-		s.Secrets[key] = value
-		return nil
-	})
-	if err != nil {
+	if _, err := m.sink.PutSecret(key, value, "adopted from the existing release"); err != nil {
 		m.log.Warn("cannot persist the adopted credential", "key", key, "err", err)
-		return
 	}
-	m.log.Info("adopted the credential found in the existing release", "key", key)
 }
 
 // generateSecret is 32 random bytes, base64 without padding (43 characters,
@@ -82,50 +50,15 @@ func generateSecret() (string, error) {
 	return base64.RawURLEncoding.EncodeToString(b), nil
 }
 
-// Endpoint is one advertised monitoring service. Password is a secret: never log it.
-type Endpoint struct {
-	Name      string // prometheus, loki or grafana
-	Namespace string
-	Service   string
-	Port      int
-	URL       string
-	Username  string
-	Password  string
-	SSL       bool
-}
-
-// Endpoints returns the ready components' endpoints, in a fixed order.
-func (m *Manager) Endpoints() []Endpoint {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	var out []Endpoint
-	for _, n := range []string{"prometheus", "loki", "grafana"} {
-		if e, ok := m.endpoints[n]; ok {
-			out = append(out, e)
-		}
-	}
-	return out
-}
-
-func (m *Manager) endpointList() []apitype.MonitoringEndpoint {
-	var out []apitype.MonitoringEndpoint
-	for _, n := range []string{"prometheus", "loki", "grafana"} {
-		if e, ok := m.endpoints[n]; ok {
-			out = append(out, apitype.MonitoringEndpoint{Name: n, URL: e.URL})
-		}
-	}
-	return out
-}
-
 // serviceURL uses the configured cluster domain, never a hard-coded
 // cluster.local (protocol.md §13.29).
-func (m *Manager) serviceURL(svc, namespace string, port int) string {
+func (m *Engine) serviceURL(svc, namespace string, port int) string {
 	return fmt.Sprintf("http://%s.%s.svc.%s:%d", svc, namespace, m.opts.ClusterDomain, port)
 }
 
 // endpointFor builds the advertised endpoint of one component from the
 // Service its release created, found in the release manifest.
-func (m *Manager) endpointFor(name string, c *Component, manifest string) (Endpoint, bool) {
+func (m *Engine) endpointFor(name string, c *Component, manifest string) (Endpoint, bool) {
 	svcs := services(manifest, c.Namespace)
 	var pick *serviceInfo
 	for i := range svcs {
@@ -158,7 +91,8 @@ func (m *Manager) endpointFor(name string, c *Component, manifest string) (Endpo
 	if !pick.hasPort(port) && len(pick.Ports) > 0 {
 		port = pick.Ports[0]
 	}
-	key := map[string]string{"prometheus": SecretPrometheusPassword, "loki": SecretLokiPassword, "grafana": SecretGrafanaPassword}[name]
+	key := map[string]string{"prometheus": monitor.SecretPrometheusPassword, "loki": monitor.SecretLokiPassword,
+		"grafana": monitor.SecretGrafanaPassword}[name]
 	pw, err := m.secret(key)
 	if err != nil {
 		m.log.Warn("cannot persist a monitoring credential; not advertising it", "component", name, "err", err)
@@ -167,22 +101,4 @@ func (m *Manager) endpointFor(name string, c *Component, manifest string) (Endpo
 	u := m.serviceURL(pick.Name, pick.Namespace, port)
 	return Endpoint{Name: name, Namespace: pick.Namespace, Service: pick.Name, Port: port, URL: u,
 		Username: "admin", Password: pw, SSL: strings.HasPrefix(u, "https://")}, true
-}
-
-// FillHeartbeat is the control-plane client's heartbeat contributor: the
-// prometheus_*, loki_* and grafana_* fields, only for ready components.
-// *_ssl tells the truth about the URL's scheme (the reference always sent
-// prometheus_ssl: true for an http URL).
-func (m *Manager) FillHeartbeat(_ context.Context, hb *protocol.Heartbeat) {
-	for _, e := range m.Endpoints() {
-		ssl := e.SSL
-		switch e.Name {
-		case "prometheus":
-			hb.PrometheusURL, hb.PrometheusUsername, hb.PrometheusPassword, hb.PrometheusSSL = e.URL, e.Username, e.Password, &ssl
-		case "loki":
-			hb.LokiURL, hb.LokiUsername, hb.LokiPassword, hb.LokiSSL = e.URL, e.Username, e.Password, &ssl
-		case "grafana":
-			hb.GrafanaURL, hb.GrafanaUsername, hb.GrafanaPassword, hb.GrafanaSSL = e.URL, e.Username, e.Password, &ssl
-		}
-	}
 }

@@ -63,7 +63,7 @@ func orNewest(v string) string {
 
 // resolveSource applies the precedence: an oci:// reference, an absolute
 // path, the air-gapped charts directory, then the chart repository.
-func (m *Manager) resolveSource(s *Component) (source, error) {
+func (m *Engine) resolveSource(s *Component) (source, error) {
 	switch {
 	case strings.HasPrefix(s.Chart, "oci://"):
 		return source{Kind: sourceOCI, Ref: s.Chart, Version: s.Version}, nil
@@ -123,7 +123,7 @@ func findInDir(dir, name, version string) (string, error) {
 // loadChart reads the chart, downloading it into the cache first when it
 // comes from a repository or registry. A pinned version already in the cache
 // is not fetched again, so a restart needs no network.
-func (m *Manager) loadChart(h *helmEnv, src source) (*chart.Chart, error) {
+func (m *Engine) loadChart(h *helmEnv, src source) (*chart.Chart, error) {
 	p := src.Ref
 	if src.Kind != sourceLocal {
 		var err error
@@ -141,9 +141,9 @@ func (m *Manager) loadChart(h *helmEnv, src source) (*chart.Chart, error) {
 	return ch, nil
 }
 
-func (m *Manager) chartCache() string { return filepath.Join(m.opts.CacheDir, "charts") }
+func (m *Engine) chartCache() string { return filepath.Join(m.opts.CacheDir, "charts") }
 
-func (m *Manager) fetch(h *helmEnv, src source) (string, error) {
+func (m *Engine) fetch(h *helmEnv, src source) (string, error) {
 	name := src.chartName()
 	if src.Version != "" {
 		if p := filepath.Join(m.chartCache(), name+"-"+src.Version+".tgz"); fileExists(p) {
@@ -177,7 +177,7 @@ const fetchTimeout = 2 * time.Minute
 
 // fetchFromRepo reads the repository index into the cache directory (never
 // under $HOME) and downloads the chart archive it names.
-func (m *Manager) fetchFromRepo(src source) (string, error) {
+func (m *Engine) fetchFromRepo(src source) (string, error) {
 	getters := getter.Getters()
 	entry := &repo.Entry{Name: "pipeops-" + src.chartName(), URL: src.Repo}
 	r, err := repo.NewChartRepository(entry, getters)

@@ -4,11 +4,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strings"
 
 	"k8s.io/apimachinery/pkg/api/resource"
+
+	"github.com/pipeops/pipeops-vm-agent/internal/monitor"
 )
 
 // Profiles size the stack from the cluster's summed node allocatable
@@ -62,7 +63,7 @@ type facts struct {
 
 // errNoClusterID holds back the Grafana release until registration, because
 // its root_url contains the cluster id.
-var errNoClusterID = errors.New("waiting for the cluster id from registration (Grafana's root_url contains it)")
+var errNoClusterID = monitor.ErrNoClusterID
 
 // Grafana's Service: named and numbered explicitly so that root_url and the
 // advertised URL are true for any release name (the chart's default port is 80).
@@ -73,7 +74,7 @@ func grafanaService(prometheusRelease string) string { return prometheusRelease 
 // defaults returns the agent's values for one component, before the user's
 // overrides. The result depends only on its inputs, so an unchanged cluster
 // renders identical values and no Helm call follows.
-func (m *Manager) defaults(c *Component, f facts) (map[string]any, error) {
+func (m *Engine) defaults(c *Component, f facts) (map[string]any, error) {
 	res := func(w string) map[string]any { return sizes[w][f.Profile].resources() }
 	persist := f.StorageClass != ""
 	switch c.Name {
@@ -101,7 +102,7 @@ func (m *Manager) defaults(c *Component, f facts) (map[string]any, error) {
 	return map[string]any{}, nil
 }
 
-func (m *Manager) prometheusDefaults(c *Component, f facts, res func(string) map[string]any, persist bool) (map[string]any, error) {
+func (m *Engine) prometheusDefaults(c *Component, f facts, res func(string) map[string]any, persist bool) (map[string]any, error) {
 	promSpec := map[string]any{"retention": "15d", "resources": res("prometheus")}
 	amSpec := map[string]any{"resources": res("alertmanager")}
 	if persist {
@@ -116,7 +117,7 @@ func (m *Manager) prometheusDefaults(c *Component, f facts, res func(string) map
 	if !m.opts.Grafana {
 		return vals, nil
 	}
-	pw, err := m.secret(SecretGrafanaPassword)
+	pw, err := m.secret(monitor.SecretGrafanaPassword)
 	if err != nil {
 		return nil, err
 	}

@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/pipeops/pipeops-vm-agent/internal/monitor"
 	"github.com/pipeops/pipeops-vm-agent/internal/state"
 )
 
@@ -87,29 +88,41 @@ func TestGrafanaRootURLFollowsTheSpecFormula(t *testing.T) {
 	}
 }
 
-func unitManager(t *testing.T, mod func(o *Options)) *Manager {
+// unitManager is an engine for tests that render values without a
+// cluster, reporting to a monitor.Manager over an in-memory state store.
+func unitManager(t *testing.T, mod func(o *Options)) *Engine {
 	t.Helper()
 	st, err := state.Open("", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	o := Options{
+	return unitManagerWithState(t, st, mod)
+}
+
+func unitManagerWithState(t *testing.T, st *state.Store, mod func(o *Options)) *Engine {
+	t.Helper()
+	o := Options{Settings: monitor.Settings{
 		Components: []Component{
 			{Name: "prometheus", Release: "kube-prometheus-stack", Namespace: "pipeops-monitoring", Chart: "kube-prometheus-stack"},
 			{Name: "loki", Release: "loki", Namespace: "pipeops-monitoring", Chart: "loki-stack"},
 			{Name: "metrics_server", Release: "metrics-server", Namespace: "kube-system", Chart: "metrics-server"},
 		},
 		Grafana: true, GrafanaSubPath: true, APIURL: "https://api.pipeops.io", ClusterDomain: "k8s.example",
-		State: st, CacheDir: t.TempDir(),
-	}
+		CacheDir: t.TempDir(),
+	}}
 	if mod != nil {
 		mod(&o)
 	}
-	m, err := New(o)
+	e, err := New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return m
+	mon, err := monitor.New(monitor.Options{Enabled: true, Components: o.Components, Backend: e, State: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.sink = mon.Sink()
+	return e
 }
 
 func TestDefaultsScaleWithProfileAndStorage(t *testing.T) {
@@ -274,17 +287,17 @@ func TestForeignIngressClassSkipsTraefik(t *testing.T) {
 func TestSecretsAreGeneratedOnceAndPersisted(t *testing.T) {
 	dir := t.TempDir()
 	st, _ := state.Open(dir, nil)
-	m := unitManager(t, func(o *Options) { o.State = st })
-	a, err := m.secret(SecretGrafanaPassword)
+	m := unitManagerWithState(t, st, nil)
+	a, err := m.secret(monitor.SecretGrafanaPassword)
 	if err != nil || len(a) != 43 {
 		t.Fatalf("secret = %q, %v; want 43 characters", a, err)
 	}
 	st2, _ := state.Open(dir, nil)
-	m2 := unitManager(t, func(o *Options) { o.State = st2 })
-	if b, _ := m2.secret(SecretGrafanaPassword); b != a {
+	m2 := unitManagerWithState(t, st2, nil)
+	if b, _ := m2.secret(monitor.SecretGrafanaPassword); b != a {
 		t.Errorf("secret after reopening the state = %q; want the persisted %q", b, a)
 	}
-	if c, _ := m2.secret(SecretLokiPassword); c == a {
+	if c, _ := m2.secret(monitor.SecretLokiPassword); c == a {
 		t.Errorf("two secrets are equal")
 	}
 }

@@ -94,3 +94,22 @@ func TestImportRules(t *testing.T) {
 		}
 	}
 }
+
+// TestTheDaemonStaysSmall guards issue 4's idle RSS: the daemon must not
+// link Helm (it runs in the pipeopsctl worker, package monitor) nor
+// text/template, whose reflective method calls keep every exported method
+// of every linked type alive and nearly double the binary.
+func TestTheDaemonStaysSmall(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", module+"/cmd/pipeops-agent").Output()
+	if err != nil {
+		t.Fatalf("go list -deps: %v", err)
+	}
+	for _, dep := range strings.Fields(string(out)) {
+		switch {
+		case strings.HasPrefix(dep, "helm.sh/"), dep == module+"/internal/charts":
+			t.Errorf("pipeops-agent links %s; Helm belongs in the worker (internal/monitor.Exec)", dep)
+		case dep == "text/template", dep == "html/template", dep == "github.com/urfave/cli/v2":
+			t.Errorf("pipeops-agent links %s; it disables the linker's method pruning", dep)
+		}
+	}
+}
