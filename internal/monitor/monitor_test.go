@@ -152,7 +152,9 @@ func TestARoundLandsInStatusHeartbeatAndState(t *testing.T) {
 	if err := m.RunRound(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	b.set(func(f *fakeBackend) { f.result, f.err = Result{}, errors.New("waiting for the Kubernetes API: refused") })
+	b.set(func(f *fakeBackend) {
+		f.result, f.err = Result{}, errors.New("waiting for the Kubernetes API: refused")
+	})
 	if err := m.RunRound(context.Background()); err == nil {
 		t.Fatal("the failed round returned no error")
 	}

@@ -84,7 +84,9 @@ func (b *echoBackend) Round(ctx context.Context, s Sink) (Result, error) {
 	return Result{Profile: b.req.Settings.Profile, Complete: true, Endpoints: []Endpoint{e}}, nil
 }
 
-func (b *echoBackend) Uninstall(context.Context, Sink) error { return errors.New("uninstall refused by the test") }
+func (b *echoBackend) Uninstall(context.Context, Sink) error {
+	return errors.New("uninstall refused by the test")
+}
 
 // execBackend runs this test binary as the worker in mode.
 func execBackend(t *testing.T, mode string, logs *bytes.Buffer) *Exec {
