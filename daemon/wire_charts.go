@@ -109,13 +109,21 @@ func (d *Daemon) adminConfig(ctx context.Context) (*rest.Config, error) {
 	return nil, errors.New("no admin kubeconfig discovered yet")
 }
 
-// monitoringForwards registers tunnel forwards for the ready endpoints, so
-// the control plane can open streams to Grafana, Prometheus and Loki.
+// monitoringForwards keeps a tunnel forward for each ready endpoint, so the
+// control plane can open streams to Grafana, Prometheus and Loki, and
+// removes those whose component is gone (uninstalled, or no longer ready).
 func (d *Daemon) monitoringForwards(eps []monitor.Endpoint) {
+	ready := map[string]bool{}
 	for _, e := range eps {
+		ready[e.Name] = true
 		d.log.Info("monitoring endpoint ready", "component", e.Name, logging.KeyURL, e.URL)
 		// nil-safe: a disabled tunnel ignores it. A configured forward of the same name wins.
 		d.tunnelPart.tunnel.SetServiceForward(e.Name, e.Namespace, e.Service, e.Port)
+	}
+	for _, name := range []string{"prometheus", "loki", "grafana"} {
+		if !ready[name] {
+			d.tunnelPart.tunnel.RemoveServiceForward(name)
+		}
 	}
 }
 

@@ -138,6 +138,19 @@ func (m *Manager) SetServiceForward(name, namespace, service string, port int) {
 	m.forwards[name] = forward{ns: namespace, svc: service, port: port}
 }
 
+// RemoveServiceForward removes a forward SetServiceForward added (the
+// monitoring stack was uninstalled). Configured forwards stay.
+func (m *Manager) RemoveServiceForward(name string) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if f, ok := m.forwards[name]; ok && !f.fromConfigure {
+		delete(m.forwards, name)
+	}
+}
+
 // Forwards lists the named forwards, sorted by name.
 func (m *Manager) Forwards() []apitype.Forward {
 	if m == nil {

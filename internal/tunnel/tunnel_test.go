@@ -8,10 +8,12 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/pipeops/pipeops-vm-agent/internal/apitype"
 	"github.com/pipeops/pipeops-vm-agent/internal/devplane"
 	"github.com/pipeops/pipeops-vm-agent/tests/testbin"
 )
@@ -242,4 +244,22 @@ func TestStreamsBeyondTheCapAreResetWhileTheOthersWork(t *testing.T) {
 		_, err = io.ReadFull(c, make([]byte, 2))
 		return err == nil
 	})
+}
+
+func TestServiceForwardsComeAndGoButConfiguredOnesStay(t *testing.T) {
+	m := New(Config{Forwards: map[string]string{"grafana": "127.0.0.1:3000"}}, nil, nil, nil)
+	m.SetServiceForward("prometheus", "pipeops-monitoring", "kube-prometheus-stack-prometheus", 9090)
+	m.SetServiceForward("grafana", "pipeops-monitoring", "kube-prometheus-stack-grafana", 3000)
+	want := []apitype.Forward{{Name: "grafana", LocalAddr: "127.0.0.1:3000"},
+		{Name: "prometheus", LocalAddr: "kube-prometheus-stack-prometheus.pipeops-monitoring:9090"}}
+	if got := m.Forwards(); !slices.Equal(got, want) {
+		t.Fatalf("forwards = %v; want %v (the configured grafana wins)", got, want)
+	}
+	m.RemoveServiceForward("prometheus")
+	m.RemoveServiceForward("grafana")
+	if got := m.Forwards(); !slices.Equal(got, want[:1]) {
+		t.Errorf("forwards after removal = %v; want only the configured grafana", got)
+	}
+	var disabled *Manager
+	disabled.RemoveServiceForward("loki") // a disabled tunnel ignores it
 }

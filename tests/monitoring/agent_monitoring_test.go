@@ -232,6 +232,15 @@ func TestTheAgentInstallsTheStackAndTheControlPlaneSeesItsEndpoints(t *testing.T
 		c, _ := dp.Cluster(clusterID)
 		return c.LastHeartbeatAt.After(uninstalled) && c.Heartbeat().GrafanaURL == ""
 	})
+	status = apitype.StatusResponse{}
+	if out, err := a.ctl("status", "--json"); err != nil || json.Unmarshal([]byte(out), &status) != nil {
+		t.Fatalf("pipeopsctl status --json: %v\n%s", err, out)
+	}
+	for _, f := range status.Tunnel.Forwards {
+		if f.Name == "grafana" || f.Name == "prometheus" || f.Name == "loki" {
+			t.Errorf("tunnel forward %s → %s still offered after uninstall", f.Name, f.LocalAddr)
+		}
+	}
 	out, err := a.ctl("monitoring", "install")
 	if err != nil || !strings.Contains(out, "monitoring stack ready: 3 releases") || !strings.Contains(out, "kube-prometheus-stack    ready") {
 		t.Fatalf("pipeopsctl monitoring install: %v\n%s", err, out)
