@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -182,6 +183,10 @@ func (e *Exec) run(ctx context.Context, action string, s Sink) (Result, error) {
 	path := e.resolve()
 	cmd := exec.CommandContext(ctx, path, e.Args...)
 	cmd.Stdin = bytes.NewReader(req)
+	// The worker needs no control-plane token: keep it out of its environment.
+	cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool {
+		return strings.HasPrefix(kv, "PIPEOPS_TOKEN=") || strings.HasPrefix(kv, "PIPEOPS_TOKEN_FILE=")
+	})
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 30 * time.Second // then SIGKILL: Helm's own deadlines are minutes
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}

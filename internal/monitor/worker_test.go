@@ -80,7 +80,8 @@ func (b *echoBackend) Round(ctx context.Context, s Sink) (Result, error) {
 	e := promEndpoint
 	// The request's fields come back through the endpoint, to be checked.
 	e.Password = pw + "|" + gpw
-	e.Service = fmt.Sprintf("%s|%s|%s|%s|%v", b.kube.Host, b.kube.BearerToken, string(b.kube.CAData), s.ClusterID(), b.req.Settings.Timeout)
+	e.Service = fmt.Sprintf("%s|%s|%s|%s|%v|token=%q", b.kube.Host, b.kube.BearerToken, string(b.kube.CAData), s.ClusterID(),
+		b.req.Settings.Timeout, os.Getenv("PIPEOPS_TOKEN"))
 	return Result{Profile: b.req.Settings.Profile, Complete: true, Endpoints: []Endpoint{e}}, nil
 }
 
@@ -107,6 +108,7 @@ func execBackend(t *testing.T, mode string, logs *bytes.Buffer) *Exec {
 }
 
 func TestAWorkerRoundCrossesTheProcessBoundary(t *testing.T) {
+	t.Setenv("PIPEOPS_TOKEN", "control-plane-token")
 	var logs bytes.Buffer
 	m, st, _ := newTestManager(t, execBackend(t, "ok", &logs), nil)
 	if _, err := m.Sink().PutSecret(SecretPrometheusPassword, "from-the-daemon", "generated"); err != nil {
@@ -122,8 +124,8 @@ func TestAWorkerRoundCrossesTheProcessBoundary(t *testing.T) {
 	if len(eps) != 1 {
 		t.Fatalf("endpoints = %+v; want the worker's one", eps)
 	}
-	if want := "https://10.0.0.1:6443|admin-token|PEM|c-42|1m30s"; eps[0].Service != want {
-		t.Errorf("the worker saw %q; want %q (host, token, CA, cluster id, timeout)", eps[0].Service, want)
+	if want := `https://10.0.0.1:6443|admin-token|PEM|c-42|1m30s|token=""`; eps[0].Service != want {
+		t.Errorf("the worker saw %q; want %q (host, token, CA, cluster id, timeout, and no control-plane token)", eps[0].Service, want)
 	}
 	if eps[0].Password != "from-the-daemon|made-in-the-worker" {
 		t.Errorf("credentials seen by the worker = %q", eps[0].Password)
