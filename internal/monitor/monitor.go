@@ -268,7 +268,11 @@ func (m *Manager) RunRound(ctx context.Context) error {
 	m.mu.Unlock()
 
 	m.roundMu.Lock()
-	res, err := m.opts.Backend.Round(rctx, m.Sink())
+	var res Result
+	err := rctx.Err() // an Uninstall that ran first cancelled this round before it started
+	if err == nil {
+		res, err = m.opts.Backend.Round(rctx, m.Sink())
+	}
 	m.roundMu.Unlock()
 	cancel()
 
