@@ -24,13 +24,13 @@ type chartsPart struct {
 	charts *monitor.Manager
 }
 
-// workerArgs run one Helm round in pipeopsctl (see monitor.Exec).
-var workerArgs = []string{"monitoring", "worker"}
+// helmWorker runs one Helm round in pipeops-agent-helm (see monitor.Exec).
+var helmWorker = []string{filepath.Base(paths.HelmBinary), "worker"}
 
 // wireCharts builds the monitoring stack's manager (protocol.md §12): its
 // loop, its status section, its heartbeat fields, its tunnel forwards and
 // the local API routes behind `pipeopsctl monitoring`. The Helm work runs in
-// a pipeopsctl worker process per round, so the daemon does not link Helm.
+// a pipeops-agent-helm process per round, so the daemon does not link Helm.
 func (d *Daemon) wireCharts() error {
 	mc := d.cfg.Monitoring
 	cacheDir := mc.CacheDir
@@ -51,8 +51,8 @@ func (d *Daemon) wireCharts() error {
 	}
 	log := d.log.With(logging.KeyComponent, "charts")
 	backend := &monitor.Exec{
-		Path: "pipeopsctl", // beside pipeops-agent in every install
-		Args: workerArgs,
+		Path: helmWorker[0], // beside pipeops-agent in every install
+		Args: helmWorker[1:],
 		Settings: monitor.Settings{
 			Components:     comps,
 			Grafana:        mc.Components.Grafana.Enabled && mc.Components.Prometheus.Enabled,

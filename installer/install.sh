@@ -179,7 +179,7 @@ release_url() {
 fetch_binaries() {
 	if [ "$SKIP_DOWNLOAD" = true ]; then
 		SRC_DIR=${PIPEOPS_BINARY_DIR:-$BIN_DIR}
-		for b in pipeops-agent pipeopsctl; do
+		for b in pipeops-agent pipeopsctl pipeops-agent-helm; do
 			[ -x "$SRC_DIR/$b" ] || fatal "skip-download: $SRC_DIR/$b is missing or not executable"
 		done
 		info "skip-download: using the binaries in $SRC_DIR"
@@ -196,7 +196,7 @@ fetch_binaries() {
 	got=$(sha256 "$TMP_DIR/$tarball")
 	[ "$want" = "$got" ] || fatal "sha256 mismatch for $tarball: checksums.txt says $want, the download is $got; nothing was installed"
 	info "sha256 verified: $got"
-	tar -xzf "$TMP_DIR/$tarball" -C "$TMP_DIR" pipeops-agent pipeopsctl || fatal "cannot unpack $tarball"
+	tar -xzf "$TMP_DIR/$tarball" -C "$TMP_DIR" pipeops-agent pipeopsctl pipeops-agent-helm || fatal "cannot unpack $tarball"
 }
 
 # install_binaries copies what differs; BIN_CHANGED=true when it did.
@@ -204,7 +204,7 @@ install_binaries() {
 	BIN_CHANGED=false
 	[ "$SRC_DIR" = "$BIN_DIR" ] && return 0
 	do_cmd mkdir -p "$BIN_DIR"
-	for b in pipeops-agent pipeopsctl; do
+	for b in pipeops-agent pipeopsctl pipeops-agent-helm; do
 		if [ -f "$BIN_DIR/$b" ] && [ "$DRY_RUN" != 1 ] && [ "$(sha256 "$SRC_DIR/$b")" = "$(sha256 "$BIN_DIR/$b")" ]; then
 			continue
 		fi
@@ -216,7 +216,7 @@ install_binaries() {
 		info "installed $BIN_DIR/$b"
 	done
 	if command -v restorecon >/dev/null 2>&1; then
-		do_cmd restorecon -R "$BIN_DIR/pipeops-agent" "$BIN_DIR/pipeopsctl" 2>/dev/null || true
+		do_cmd restorecon -R "$BIN_DIR/pipeops-agent" "$BIN_DIR/pipeopsctl" "$BIN_DIR/pipeops-agent-helm" 2>/dev/null || true
 	fi
 }
 

@@ -259,7 +259,7 @@ func TestUninstallKeepsConfigUnlessPurged(t *testing.T) {
 			if _, err := in.Install(ctx); err != nil {
 				t.Fatal(err)
 			}
-			for _, p := range []string{paths.AgentBinary, paths.CtlBinary} {
+			for _, p := range []string{paths.AgentBinary, paths.CtlBinary, paths.HelmBinary} {
 				_ = os.WriteFile(filepath.Join(root, p), []byte("bin"), 0o755)
 			}
 			_ = os.MkdirAll(filepath.Join(root, paths.DefaultState), 0o700)
@@ -271,7 +271,7 @@ func TestUninstallKeepsConfigUnlessPurged(t *testing.T) {
 			if got := log(); !slices.Equal(got, want) {
 				t.Errorf("systemctl calls = %q; want %q", got, want)
 			}
-			for _, p := range []string{paths.LocalUnit, paths.AgentBinary, paths.CtlBinary, "/usr/bin/pipeops-uninstall.sh"} {
+			for _, p := range []string{paths.LocalUnit, paths.AgentBinary, paths.CtlBinary, paths.HelmBinary, "/usr/bin/pipeops-uninstall.sh"} {
 				if _, err := os.Stat(filepath.Join(root, p)); err == nil {
 					t.Errorf("%s still there", p)
 				}

@@ -49,7 +49,8 @@ func (in *Installer) Uninstall(ctx context.Context, purge bool) ([]string, error
 		_, _ = in.o.Systemctl(ctx, "daemon-reload")
 	}
 	for _, p := range []string{
-		in.agentBinary(""), filepath.Join(in.o.BinDir, filepath.Base(paths.CtlBinary)), in.UninstallScriptPath(),
+		in.agentBinary(""), filepath.Join(in.o.BinDir, filepath.Base(paths.CtlBinary)),
+		filepath.Join(in.o.BinDir, filepath.Base(paths.HelmBinary)), in.UninstallScriptPath(),
 	} {
 		if rm(in.path(p)) {
 			removed = append(removed, p)

@@ -24,7 +24,7 @@ fallback() {
 	if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
 		run systemctl daemon-reload || true
 	fi
-	run rm -f "$1/pipeops-agent" "$1/pipeopsctl"
+	run rm -f "$1/pipeops-agent" "$1/pipeopsctl" "$1/pipeops-agent-helm"
 	run rm -rf /etc/pipeops /var/lib/pipeops /var/cache/pipeops /etc/default/pipeops-agent
 }
 

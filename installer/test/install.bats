@@ -24,9 +24,10 @@ done
 exit 0
 STUB
 	printf '#!/bin/sh\necho "pipeops-agent 9.9.9 (stub)"\n' >"$REL/src/pipeops-agent"
+	printf '#!/bin/sh\necho "pipeops-agent-helm 9.9.9 (stub)"\n' >"$REL/src/pipeops-agent-helm"
 	chmod +x "$REL/src/"*
 	for arch in amd64 arm64; do
-		tar -czf "$REL/srv/latest/download/pipeops-agent_linux_$arch.tar.gz" -C "$REL/src" pipeops-agent pipeopsctl
+		tar -czf "$REL/srv/latest/download/pipeops-agent_linux_$arch.tar.gz" -C "$REL/src" pipeops-agent pipeopsctl pipeops-agent-helm
 	done
 	(cd "$REL/srv/latest/download" && sha256sum ./*.tar.gz | sed 's# \./# #' >checksums.txt)
 	cp "$REL/srv/latest/download/"* "$REL/srv/download/v9.9.9/"
@@ -83,7 +84,7 @@ setup() {
 		run dash "$INSTALL_SH"
 	[ "$status" -eq 0 ] || { echo "$output"; false; }
 	[[ "$output" == *"sha256 verified"* ]]
-	[ -x "$ROOT/usr/bin/pipeops-agent" ] && [ -x "$ROOT/usr/bin/pipeopsctl" ]
+	[ -x "$ROOT/usr/bin/pipeops-agent" ] && [ -x "$ROOT/usr/bin/pipeopsctl" ] && [ -x "$ROOT/usr/bin/pipeops-agent-helm" ]
 	argv=$(cat "$STUB_LOG/pipeopsctl.argv")
 	[[ "$argv" == "install --token-file $ROOT/etc/pipeops/.token.install --api-url https://cp.example.com --cluster-name edge --bin-dir $ROOT/usr/bin --restart --root $ROOT" ]]
 	[[ "$argv" != *tok-secret-123* ]]
@@ -183,7 +184,7 @@ setup() {
 	cp "$UNINSTALL_SH" "$ROOT/usr/bin/pipeops-uninstall.sh"
 	PIPEOPS_DRY_RUN=1 run dash "$ROOT/usr/bin/pipeops-uninstall.sh"
 	[ "$status" -eq 0 ] || { echo "$output"; false; }
-	[[ "$output" == *"+ rm -f $ROOT/usr/bin/pipeops-agent $ROOT/usr/bin/pipeopsctl"* ]]
+	[[ "$output" == *"+ rm -f $ROOT/usr/bin/pipeops-agent $ROOT/usr/bin/pipeopsctl $ROOT/usr/bin/pipeops-agent-helm"* ]]
 	[[ "$output" == *"+ rm -rf /etc/pipeops /var/lib/pipeops /var/cache/pipeops /etc/default/pipeops-agent"* ]]
 	[ -e "$ROOT/usr/bin/pipeops-uninstall.sh" ]
 }

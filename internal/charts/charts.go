@@ -6,8 +6,8 @@
 // differ; releases left failed or pending-* by a crash are rolled back or
 // reinstalled. Generated credentials are stored by the monitor.Sink and never
 // regenerated. The Engine is a monitor.Backend; the daemon runs it in a
-// worker process (Worker, behind "pipeopsctl monitoring worker"), so only
-// pipeopsctl and tests link Helm.
+// worker process (Worker, behind "pipeops-agent-helm worker"), so only
+// that command and tests link Helm.
 package charts
 
 import (

@@ -11,7 +11,7 @@ import (
 )
 
 // Worker is the process the daemon's monitor.Exec starts for each round or
-// uninstall ("pipeopsctl monitoring worker"): the request on in, progress
+// uninstall ("pipeops-agent-helm worker"): the request on in, progress
 // and the result as NDJSON on out, JSON log lines on logOut.
 func Worker(ctx context.Context, in io.Reader, out, logOut io.Writer) error {
 	return monitor.ServeWorker(ctx, in, out, func(req monitor.WorkerRequest, kube *rest.Config) (monitor.Backend, error) {

@@ -8,15 +8,12 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/pipeops/pipeops-vm-agent/internal/apitype"
-	"github.com/pipeops/pipeops-vm-agent/internal/charts"
 	"github.com/pipeops/pipeops-vm-agent/internal/localclient"
 )
 
@@ -65,22 +62,6 @@ func newMonitoringCommand(e *env) *cli.Command {
 						return withCode(ExitError, errors.New("uninstall cancelled"))
 					}
 					return monitoringAction(c, e, "uninstall")
-				},
-			},
-			{
-				// The agent runs this for each round, so that the daemon never
-				// links Helm (package monitor). Not for people: it reads a
-				// request with credentials on stdin.
-				Name:   "worker",
-				Usage:  "run one Helm round for pipeops-agent (request on stdin, NDJSON on stdout)",
-				Hidden: true,
-				Action: func(c *cli.Context) error {
-					ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
-					defer stop()
-					if err := charts.Worker(ctx, e.stdin, e.stdout, e.stderr); err != nil {
-						return withCode(ExitError, err)
-					}
-					return nil
 				},
 			},
 		},

@@ -124,7 +124,7 @@ type doneEvent struct {
 }
 
 // Exec is the daemon's Backend: every round or uninstall runs in a fresh
-// worker process (Path with Args, e.g. pipeopsctl monitoring worker) that
+// worker process (Path with Args, e.g. pipeops-agent-helm worker) that
 // does the Helm work, streams its progress and exits. The request,
 // credentials included, goes over stdin; the worker's JSON log lines on
 // stderr are logged again here. Cancelling the context sends SIGTERM, and

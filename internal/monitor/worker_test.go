@@ -21,7 +21,7 @@ import (
 )
 
 // The test binary is its own worker: with MONITOR_TEST_WORKER set it serves
-// one request the way "pipeopsctl monitoring worker" does, with a backend
+// one request the way "pipeops-agent-helm worker" does, with a backend
 // that behaves as the variable says.
 func TestMain(m *testing.M) {
 	if mode := os.Getenv("MONITOR_TEST_WORKER"); mode != "" {
@@ -156,7 +156,7 @@ func TestWorkerFailuresAreErrorsThatSayWhat(t *testing.T) {
 			}
 		})
 	}
-	m, _, _ := newTestManager(t, &Exec{Path: "/nonexistent/pipeopsctl", Settings: Settings{Components: testComponents},
+	m, _, _ := newTestManager(t, &Exec{Path: "/nonexistent/pipeops-agent-helm", Settings: Settings{Components: testComponents},
 		Kube: func(context.Context) (*rest.Config, error) { return &rest.Config{Host: "https://x"}, nil }}, nil)
 	if err := m.RunRound(context.Background()); err == nil || !strings.Contains(err.Error(), "reinstall the package") {
 		t.Errorf("missing worker: %v; want a hint to reinstall", err)

@@ -25,6 +25,7 @@ const (
 	StateFileName  = "state.json"
 	AgentBinary    = "/usr/bin/pipeops-agent"
 	CtlBinary      = "/usr/bin/pipeopsctl"
+	HelmBinary     = "/usr/bin/pipeops-agent-helm" // the agent's Helm worker
 	PackagedUnit   = "/usr/lib/systemd/system/pipeops-agent.service"
 	LocalUnit      = "/etc/systemd/system/pipeops-agent.service"
 )

@@ -132,6 +132,8 @@ deb_tier() {
   want_version=$(basename "$new_deb" | cut -d_ -f2 | tr '~' '-')
   got_version=$(in_ct pipeops-agent version)
   [[ "$got_version" == *"$want_version"* ]] || fail "the upgraded binary reports $got_version, not $want_version"
+  got_version=$(in_ct pipeops-agent-helm version)
+  [[ "$got_version" == *"$want_version"* ]] || fail "the Helm worker reports $got_version, not $want_version"
 
   step "the watchdog restarts a hung agent"
   ct_sh 'mkdir -p /etc/systemd/system/pipeops-agent.service.d &&
@@ -193,7 +195,7 @@ script_tier() {
   step "pipeops-uninstall.sh removes everything"
   in_ct /usr/bin/pipeops-uninstall.sh >/dev/null || fail "the uninstall script failed"
   [ "$(show LoadState)" = not-found ] || fail "the unit is still loaded after uninstall"
-  for p in /usr/bin/pipeops-agent /usr/bin/pipeopsctl /usr/bin/pipeops-uninstall.sh /etc/pipeops /var/lib/pipeops \
+  for p in /usr/bin/pipeops-agent /usr/bin/pipeopsctl /usr/bin/pipeops-agent-helm /usr/bin/pipeops-uninstall.sh /etc/pipeops /var/lib/pipeops \
     /etc/systemd/system/pipeops-agent.service; do
     in_ct test ! -e "$p" || fail "uninstall left $p"
   done

@@ -96,7 +96,7 @@ func TestImportRules(t *testing.T) {
 }
 
 // TestTheDaemonStaysSmall guards issue 4's idle RSS: the daemon must not
-// link Helm (it runs in the pipeopsctl worker, package monitor) nor
+// link Helm (it runs in the pipeops-agent-helm worker, package monitor) nor
 // text/template, whose reflective method calls keep every exported method
 // of every linked type alive and nearly double the binary.
 func TestTheDaemonStaysSmall(t *testing.T) {
@@ -107,7 +107,7 @@ func TestTheDaemonStaysSmall(t *testing.T) {
 	for _, dep := range strings.Fields(string(out)) {
 		switch {
 		case strings.HasPrefix(dep, "helm.sh/"), dep == module+"/internal/charts":
-			t.Errorf("pipeops-agent links %s; Helm belongs in the worker (internal/monitor.Exec)", dep)
+			t.Errorf("pipeops-agent links %s; Helm belongs in cmd/pipeops-agent-helm (internal/monitor.Exec)", dep)
 		case dep == "text/template", dep == "html/template", dep == "github.com/urfave/cli/v2":
 			t.Errorf("pipeops-agent links %s; it disables the linker's method pruning", dep)
 		}

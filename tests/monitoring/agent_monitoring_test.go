@@ -96,7 +96,7 @@ monitoring:
 
 func (a *agent) start() {
 	a.t.Helper()
-	testbin.Build(a.t, "pipeopsctl") // the Helm worker, beside the agent as every install puts it
+	testbin.Build(a.t, "pipeops-agent-helm") // the Helm worker, beside the agent as every install puts it
 	a.proc = testbin.StartTo(a.t, a.out, testbin.Build(a.t, "pipeops-agent"),
 		[]string{"PIPEOPS_TOKEN=" + token, "PIPEOPS_LOG_FORMAT=json", "NOTIFY_SOCKET="}, "run", "--config", a.config)
 }
