@@ -24,9 +24,6 @@ type chartsPart struct {
 	charts *monitor.Manager
 }
 
-// helmWorker runs one Helm round in pipeops-agent-helm (see monitor.Exec).
-var helmWorker = []string{filepath.Base(paths.HelmBinary), "worker"}
-
 // wireCharts builds the monitoring stack's manager (protocol.md §12): its
 // loop, its status section, its heartbeat fields, its tunnel forwards and
 // the local API routes behind `pipeopsctl monitoring`. The Helm work runs in
@@ -51,8 +48,8 @@ func (d *Daemon) wireCharts() error {
 	}
 	log := d.log.With(logging.KeyComponent, "charts")
 	backend := &monitor.Exec{
-		Path: helmWorker[0], // beside pipeops-agent in every install
-		Args: helmWorker[1:],
+		Path: filepath.Base(paths.HelmBinary), // beside pipeops-agent in every install
+		Args: []string{"worker"},
 		Settings: monitor.Settings{
 			Components:     comps,
 			Grafana:        mc.Components.Grafana.Enabled && mc.Components.Prometheus.Enabled,
