@@ -19,14 +19,11 @@ func (m *Engine) Round(ctx context.Context, s monitor.Sink) (monitor.Result, err
 	m.sink = s
 	h, cs, err := m.env(ctx)
 	if err != nil {
-		err = fmt.Errorf("waiting for the Kubernetes API: %w", err)
-		m.markAll(apitype.ReleasePending, err.Error())
-		return monitor.Result{}, err
+		return monitor.Result{}, monitor.Pending(s, m.opts.Components, monitor.NoAPI("round", err))
 	}
 	f, err := m.gatherFacts(ctx, cs)
 	if err != nil {
-		m.markAll(apitype.ReleasePending, err.Error())
-		return monitor.Result{}, err
+		return monitor.Result{}, monitor.Pending(s, m.opts.Components, err)
 	}
 	res := monitor.Result{Profile: f.Profile}
 	var errs []error
@@ -47,12 +44,6 @@ func (m *Engine) Round(ctx context.Context, s monitor.Sink) (monitor.Result, err
 	}
 	res.Endpoints, res.Complete = m.endpoints(ready), true
 	return res, errors.Join(errs...)
-}
-
-func (m *Engine) markAll(stateName, reason string) {
-	for i := range m.opts.Components {
-		m.setRelease(&m.opts.Components[i], stateName, reason, nil)
-	}
 }
 
 // endpoints are the advertised endpoints of the ready components.
@@ -81,7 +72,7 @@ func (m *Engine) Uninstall(ctx context.Context, s monitor.Sink) error {
 	m.sink = s
 	h, _, err := m.env(ctx)
 	if err != nil {
-		return fmt.Errorf("reach the Kubernetes API: %w", err)
+		return monitor.NoAPI("uninstall", err)
 	}
 	var errs []error
 	for _, c := range slices.Backward(m.opts.Components) {

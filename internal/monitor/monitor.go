@@ -11,6 +11,7 @@ package monitor
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"maps"
 	"slices"
@@ -88,6 +89,24 @@ type Sink interface {
 	PutSecret(key, value, origin string) (string, error)
 	// ClusterID is the control plane's id for this cluster ("" until registered).
 	ClusterID() string
+}
+
+// Pending marks every component pending for why (a round that could not
+// start: no Kubernetes API yet, no facts) and returns why.
+func Pending(s Sink, comps []Component, why error) error {
+	for _, c := range comps {
+		s.SetRelease(c.Name, apitype.ReleasePending, why.Error(), nil)
+	}
+	return why
+}
+
+// NoAPI are the errors of a round or an uninstall that cannot reach the
+// Kubernetes API, worded the same whichever Backend ran them.
+func NoAPI(action string, err error) error {
+	if action == "uninstall" {
+		return fmt.Errorf("reach the Kubernetes API: %w", err)
+	}
+	return fmt.Errorf("waiting for the Kubernetes API: %w", err)
 }
 
 // Result is what a good round learned.

@@ -19,8 +19,6 @@ import (
 	"time"
 
 	"k8s.io/client-go/rest"
-
-	"github.com/pipeops/pipeops-vm-agent/internal/apitype"
 )
 
 // Settings are a Backend's serializable options: what the worker needs
@@ -160,12 +158,8 @@ func (e *Exec) run(ctx context.Context, action string, s Sink) (Result, error) {
 		kube, err = KubeAccessFrom(cfg)
 	}
 	if err != nil {
-		if action == "uninstall" {
-			return Result{}, fmt.Errorf("reach the Kubernetes API: %w", err)
-		}
-		err = fmt.Errorf("waiting for the Kubernetes API: %w", err)
-		for _, c := range e.Settings.Components {
-			s.SetRelease(c.Name, apitype.ReleasePending, err.Error(), nil)
+		if err = NoAPI(action, err); action == "round" {
+			Pending(s, e.Settings.Components, err)
 		}
 		return Result{}, err
 	}
@@ -279,8 +273,10 @@ func readEvents(r io.Reader, s Sink) (*doneEvent, error) {
 	return nil, sc.Err()
 }
 
-// relayLogs logs the worker's JSON log lines again through log, and returns
-// the last lines that were not JSON (a panic, a Go runtime error).
+// relayLogs logs the worker's JSON log lines again through log, with their
+// level and attributes. Other lines (client-go's API warnings, a panic) are
+// logged as warnings, and the last of them are returned for the error of a
+// worker that ended without a result.
 func relayLogs(log *slog.Logger, r io.Reader) []string {
 	var other []string
 	sc := bufio.NewScanner(r)
@@ -291,6 +287,9 @@ func relayLogs(log *slog.Logger, r io.Reader) []string {
 			other = append(other, sc.Text())
 			if len(other) > 8 {
 				other = other[1:]
+			}
+			if log != nil && strings.TrimSpace(sc.Text()) != "" {
+				log.Warn("monitoring worker output", "line", sc.Text())
 			}
 			continue
 		}

@@ -63,6 +63,7 @@ type echoBackend struct {
 
 func (b *echoBackend) Round(ctx context.Context, s Sink) (Result, error) {
 	b.log.Warn("rendering values", "component", "prometheus", "profile", b.req.Settings.Profile)
+	fmt.Fprintln(os.Stderr, "W1126 client-go warning: policy/v1beta1 PodDisruptionBudget is deprecated")
 	switch b.mode {
 	case "hang":
 		s.SetRelease("prometheus", apitype.ReleaseInstalling, "waiting for workloads to become ready", nil)
@@ -138,6 +139,9 @@ func TestAWorkerRoundCrossesTheProcessBoundary(t *testing.T) {
 	}
 	if l := logs.String(); !strings.Contains(l, "level=WARN") || !strings.Contains(l, `msg="rendering values"`) || !strings.Contains(l, "profile=medium") {
 		t.Errorf("the worker's log line was not logged again with its level and attributes:\n%s", l)
+	}
+	if l := logs.String(); !strings.Contains(l, `msg="monitoring worker output" line="W1126 client-go warning`) {
+		t.Errorf("the worker's plain stderr line was dropped:\n%s", l)
 	}
 	if err := m.Uninstall(context.Background(), func(apitype.MonitoringEvent) {}); err == nil || err.Error() != "uninstall refused by the test" {
 		t.Errorf("Uninstall = %v; want the worker's error", err)
