@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -157,27 +156,9 @@ type agentProc struct {
 // state directory survives restarts of the process.
 func newAgent(t *testing.T, apiURL, kubeconfig, pipeopsExtra string) *agentProc {
 	t.Helper()
-	a := &agentProc{t: t, bin: testbin.Build(t, "pipeops-agent"), dir: testbin.ShortTempDir(t), port: testbin.FreePort(t), out: &testbin.Output{}}
-	a.socket = filepath.Join(a.dir, "agent.sock")
-	a.cfg = filepath.Join(a.dir, "agent.yaml")
-	yaml := fmt.Sprintf(`version: 1
-agent:
-  name: e2e-link
-  port: %d
-  state_dir: %s
-  socket: %s
-  heartbeat_interval: 1s
-pipeops:
-  api_url: %s
-  reconnect:
-    interval: 200ms
-    max_interval: 1s
-%skubernetes:
-  kubeconfig: %s
-`, a.port, filepath.Join(a.dir, "state"), a.socket, apiURL, pipeopsExtra, kubeconfig)
-	if err := os.WriteFile(a.cfg, []byte(yaml), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	a := &agentProc{t: t, bin: testbin.Build(t, "pipeops-agent"), dir: testbin.ShortTempDir(t), out: &testbin.Output{}}
+	f := testbin.WriteAgentConfig(t, a.dir, testbin.AgentConfig{Name: "e2e-link", APIURL: apiURL, Kubeconfig: kubeconfig, PipeOps: pipeopsExtra})
+	a.port, a.socket, a.cfg = f.Port, f.Socket, f.Config
 	t.Cleanup(func() {
 		a.stop()
 		if t.Failed() || os.Getenv("LINK_TEST_VERBOSE") != "" {
@@ -189,8 +170,7 @@ pipeops:
 
 func (a *agentProc) start() {
 	a.t.Helper()
-	env := append([]string{"PIPEOPS_TOKEN=" + token, "PIPEOPS_LOG_FORMAT=json", "NOTIFY_SOCKET="}, a.env...)
-	a.proc = testbin.StartTo(a.t, a.out, a.bin, env, "run", "--config", a.cfg)
+	a.proc = testbin.StartTo(a.t, a.out, a.bin, testbin.AgentEnv(token, a.env...), "run", "--config", a.cfg)
 }
 
 // stop sends SIGTERM and waits (the agent closes its link with 1000).

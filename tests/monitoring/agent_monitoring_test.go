@@ -12,7 +12,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http/httptest"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
@@ -52,22 +51,7 @@ type agent struct {
 func newAgent(t *testing.T, apiURL, kubeconfig, ns string) *agent {
 	t.Helper()
 	dir := testbin.ShortTempDir(t)
-	a := &agent{t: t, dir: dir, socket: filepath.Join(dir, "agent.sock"), config: filepath.Join(dir, "agent.yaml"),
-		stateDir: filepath.Join(dir, "state"), out: &testbin.Output{}, kubeconfig: kubeconfig}
-	yaml := fmt.Sprintf(`version: 1
-agent:
-  name: e2e-monitoring
-  port: %d
-  state_dir: %s
-  socket: %s
-  heartbeat_interval: 1s
-pipeops:
-  api_url: %s
-  reconnect: {interval: 200ms, max_interval: 1s}
-kubernetes:
-  kubeconfig: %s
-  cluster_domain: corp.internal
-gateway:
+	extra := fmt.Sprintf(`gateway:
   enabled: false
 monitoring:
   enabled: true
@@ -80,11 +64,10 @@ monitoring:
     traefik: {enabled: false}
     prometheus: {chart: %s, repo: ""}
     loki: {chart: %s, repo: ""}
-`, testbin.FreePort(t), a.stateDir, a.socket, apiURL, kubeconfig, ns, filepath.Join(dir, "cache"), ns,
-		charts("metrics-server"), charts("kube-prometheus-stack"), charts("loki-stack"))
-	if err := os.WriteFile(a.config, []byte(yaml), 0o600); err != nil {
-		t.Fatal(err)
-	}
+`, ns, filepath.Join(dir, "cache"), ns, charts("metrics-server"), charts("kube-prometheus-stack"), charts("loki-stack"))
+	f := testbin.WriteAgentConfig(t, dir, testbin.AgentConfig{Name: "e2e-monitoring", APIURL: apiURL, Kubeconfig: kubeconfig,
+		Kubernetes: "  cluster_domain: corp.internal\n", Extra: extra})
+	a := &agent{t: t, dir: dir, socket: f.Socket, config: f.Config, stateDir: f.StateDir, out: &testbin.Output{}, kubeconfig: kubeconfig}
 	t.Cleanup(func() { // after every run's stop
 		if t.Failed() {
 			t.Logf("agent output:\n%s", a.out.String())
@@ -98,7 +81,7 @@ func (a *agent) start() {
 	a.t.Helper()
 	testbin.Build(a.t, "pipeops-agent-helm") // the Helm worker, beside the agent as every install puts it
 	a.proc = testbin.StartTo(a.t, a.out, testbin.Build(a.t, "pipeops-agent"),
-		[]string{"PIPEOPS_TOKEN=" + token, "PIPEOPS_LOG_FORMAT=json", "NOTIFY_SOCKET="}, "run", "--config", a.config)
+		testbin.AgentEnv(token), "run", "--config", a.config)
 }
 
 // stop ends the current run: SIGTERM, then SIGKILL after testbin.StopTimeout.

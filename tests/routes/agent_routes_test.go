@@ -11,9 +11,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -127,29 +125,9 @@ type agentProc struct {
 
 func startAgent(t *testing.T, apiURL, kubeconfig string) *agentProc {
 	t.Helper()
-	dir := testbin.ShortTempDir(t)
-	a := &agentProc{t: t, port: testbin.FreePort(t), socket: filepath.Join(dir, "agent.sock")}
-	cfg := filepath.Join(dir, "agent.yaml")
-	yaml := fmt.Sprintf(`version: 1
-agent:
-  name: e2e-routes
-  port: %d
-  state_dir: %s
-  socket: %s
-  heartbeat_interval: 1s
-pipeops:
-  api_url: %s
-  reconnect:
-    interval: 200ms
-    max_interval: 1s
-kubernetes:
-  kubeconfig: %s
-`, a.port, filepath.Join(dir, "state"), a.socket, apiURL, kubeconfig)
-	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	testbin.Start(t, testbin.Build(t, "pipeops-agent"), []string{"PIPEOPS_TOKEN=" + token, "PIPEOPS_LOG_FORMAT=json", "NOTIFY_SOCKET="},
-		"run", "--config", cfg)
+	f := testbin.WriteAgentConfig(t, testbin.ShortTempDir(t), testbin.AgentConfig{Name: "e2e-routes", APIURL: apiURL, Kubeconfig: kubeconfig})
+	a := &agentProc{t: t, port: f.Port, socket: f.Socket}
+	testbin.Start(t, testbin.Build(t, "pipeops-agent"), testbin.AgentEnv(token), "run", "--config", f.Config)
 	return a
 }
 

@@ -11,9 +11,7 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -58,33 +56,11 @@ func TestCurlOnAGatewayForwardReachesTheAgentAndAClusterService(t *testing.T) {
 		"--forward", fmt.Sprintf("127.0.0.1:%d=agent-http", fwdAgent),
 		"--forward", fmt.Sprintf("127.0.0.1:%d=web.%s:%d", fwdWeb, env.Namespace, webPort))
 
-	dir := testbin.ShortTempDir(t)
-	cfg := filepath.Join(dir, "agent.yaml")
-	socket := filepath.Join(dir, "agent.sock")
-	yaml := fmt.Sprintf(`version: 1
-agent:
-  name: e2e-tunnel
-  port: %d
-  state_dir: %s
-  socket: %s
-  heartbeat_interval: 1s
-pipeops:
-  api_url: http://127.0.0.1:%d
-  reconnect:
-    interval: 200ms
-    max_interval: 1s
-kubernetes:
-  kubeconfig: %s
-tunnel:
-  enabled: true
-  forwards:
-    - name: agent-http
-      local_addr: 127.0.0.1:%d
-`, agentPort, filepath.Join(dir, "state"), socket, dpPort, env.Kubeconfig, agentPort)
-	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	agent := testbin.Start(t, testbin.Build(t, "pipeops-agent"), []string{"PIPEOPS_TOKEN=" + token, "NOTIFY_SOCKET="}, "run", "--config", cfg)
+	f := testbin.WriteAgentConfig(t, testbin.ShortTempDir(t), testbin.AgentConfig{Name: "e2e-tunnel", Port: agentPort,
+		APIURL: fmt.Sprintf("http://127.0.0.1:%d", dpPort), Kubeconfig: env.Kubeconfig,
+		Extra: fmt.Sprintf("tunnel:\n  enabled: true\n  forwards:\n    - name: agent-http\n      local_addr: 127.0.0.1:%d\n", agentPort)})
+	socket := f.Socket
+	agent := testbin.Start(t, testbin.Build(t, "pipeops-agent"), testbin.AgentEnv(token), "run", "--config", f.Config)
 
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}}
 	get := func(port int, path string) (int, string) {
