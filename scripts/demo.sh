@@ -18,7 +18,7 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-say "building pipeops-agent, pipeopsctl and pipeops-devplane"
+say "building pipeops-agent, pipeopsctl, pipeops-agent-helm and pipeops-devplane into bin/"
 make -s build
 scripts/setup-tools.sh core
 say "building (or reusing) the Kubernetes binaries"
