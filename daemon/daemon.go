@@ -184,6 +184,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 	httpDone := make(chan error, 1)
 	go func() { httpDone <- d.status.Serve(httpCtx, httpLn) }()
 
+	// READY before any remote step: a control-plane outage must not fail
+	// `systemctl start`. And before the loops start, so READY=1 is the first
+	// thing systemd hears: no STATUS= or WATCHDOG=1 ahead of it.
+	d.notify.Ready("starting: connecting to control plane")
 	g, gctx := errgroup.WithContext(ctx)
 	for _, s := range d.subsystems {
 		g.Go(func() error {
@@ -197,8 +201,6 @@ func (d *Daemon) Run(ctx context.Context) error {
 	window := livenessWindow(sdnotify.WatchdogInterval())
 	watchdog := &sdnotify.Watchdog{Notifier: d.notify, Log: d.log, Alive: func() []string { return d.health.Stale(window) }}
 	g.Go(func() error { return watchdog.Run(gctx) })
-	// READY before any remote step: a control-plane outage must not fail `systemctl start`.
-	d.notify.Ready("starting: connecting to control plane")
 	d.log.Info("agent started", "version", version.Version, "agent_id", d.agentID,
 		"http", httpLn.Addr().String(), "socket", d.api.Socket, "state", d.state.Path())
 
