@@ -79,9 +79,9 @@ func TestThePolicyRefusesTheHostsOwnLoopbackLinkLocalAndUnspecifiedAddresses(t *
 }
 
 func TestTheAllowListIsTheOnlyWayToWidenThePolicy(t *testing.T) {
-	allow, err := ParseCIDRs([]string{"127.0.0.1", "169.254.0.0/16", "::ffff:192.0.2.0/120", "fe80::1"})
-	if err != nil {
-		t.Fatal(err)
+	var allow []netip.Prefix
+	for _, c := range []string{"127.0.0.1/32", "169.254.0.0/16", "::ffff:192.0.2.0/120", "fe80::1/128"} {
+		allow = append(allow, netip.MustParsePrefix(c))
 	}
 	p := mustNew(t, Options{Allow: allow, HostAddrs: hostAddrs("192.0.2.2")})
 	for _, a := range []string{"127.0.0.1", "::ffff:127.0.0.1", "169.254.169.254", "192.0.2.2", "fe80::1%eth0"} {
@@ -92,11 +92,6 @@ func TestTheAllowListIsTheOnlyWayToWidenThePolicy(t *testing.T) {
 	for _, a := range []string{"127.0.0.2", "::1", "fe80::2"} {
 		if err := p.Check(netip.MustParseAddr(a)); err == nil {
 			t.Errorf("Check(%s) allowed; the allow-list does not name it", a)
-		}
-	}
-	for _, bad := range []string{"", "10.0.0.0/33", "localhost", "fe80::1%eth0"} {
-		if _, err := ParseCIDR(bad); err == nil {
-			t.Errorf("ParseCIDR(%q) accepted", bad)
 		}
 	}
 }
