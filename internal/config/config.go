@@ -30,6 +30,7 @@ type Config struct {
 	Proxy      Proxy      `json:"proxy" yaml:"proxy"`
 	Gateway    Gateway    `json:"gateway" yaml:"gateway"`
 	Monitoring Monitoring `json:"monitoring" yaml:"monitoring"`
+	Security   Security   `json:"security" yaml:"security"`
 
 	// Sources lists the files that were read, in order (not part of the schema).
 	Sources []string `json:"-" yaml:"-"`
@@ -123,9 +124,22 @@ type Forward struct {
 
 // Proxy bounds the Kubernetes API proxy (protocol.md §6).
 type Proxy struct {
-	MaxInFlight      int      `json:"max_in_flight" yaml:"max_in_flight"`
-	MaxBufferedBytes int64    `json:"max_buffered_bytes" yaml:"max_buffered_bytes"`
-	DefaultTimeout   Duration `json:"default_timeout" yaml:"default_timeout"`
+	MaxInFlight      int   `json:"max_in_flight" yaml:"max_in_flight"`
+	MaxBufferedBytes int64 `json:"max_buffered_bytes" yaml:"max_buffered_bytes"`
+	// MemoryBudget bounds the bytes of buffered responses held at once
+	// across all requests (bodies and their encoded messages).
+	MemoryBudget   int64    `json:"memory_budget_bytes" yaml:"memory_budget_bytes"`
+	DefaultTimeout Duration `json:"default_timeout" yaml:"default_timeout"`
+}
+
+// Security is the dial policy for targets the control plane or cluster
+// objects name (internal/egress): Services of proxy_request, the app
+// WebSocket relay and tunnel streams never reach this host's loopback,
+// link-local or own addresses, except those listed here.
+type Security struct {
+	// AllowedTargetCIDRs are CIDRs (or single addresses) such targets may
+	// reach anyway. It is the only setting that widens the policy.
+	AllowedTargetCIDRs []string `json:"allowed_target_cidrs,omitempty" yaml:"allowed_target_cidrs"`
 }
 
 // Gateway is ingress route registration (protocol.md §9).
@@ -173,7 +187,7 @@ func Default() *Config {
 			Enabled: true, PollInterval: D(5 * time.Second), InactivityTimeout: D(5 * time.Minute),
 			MaxStreams: 1024, StreamWindow: 8 << 20, MemoryBudget: 128 << 20,
 		},
-		Proxy:      Proxy{MaxInFlight: 256, MaxBufferedBytes: 64 << 20, DefaultTimeout: D(2 * time.Minute)},
+		Proxy:      Proxy{MaxInFlight: 256, MaxBufferedBytes: 64 << 20, MemoryBudget: 192 << 20, DefaultTimeout: D(2 * time.Minute)},
 		Gateway:    Gateway{Enabled: true, RefreshInterval: D(4 * time.Hour), ForceTunnelMode: false},
 		Monitoring: defaultMonitoring(),
 	}

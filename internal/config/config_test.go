@@ -208,3 +208,18 @@ func TestParsePinAcceptsBase64AndHex(t *testing.T) {
 		t.Error("short pin accepted")
 	}
 }
+
+func TestAllowedTargetCIDRsAcceptCIDRsAndSingleAddresses(t *testing.T) {
+	c := Default()
+	c.Security.AllowedTargetCIDRs = []string{"10.0.0.0/8", "127.0.0.1", " fd00::1 ", "192.168.1.7/24"}
+	got := c.Security.AllowedTargets()
+	want := []string{"10.0.0.0/8", "127.0.0.1/32", "fd00::1/128", "192.168.1.0/24"}
+	if len(got) != len(want) {
+		t.Fatalf("AllowedTargets() = %v; want %v", got, want)
+	}
+	for i := range want {
+		if got[i].String() != want[i] {
+			t.Fatalf("AllowedTargets() = %v; want %v", got, want)
+		}
+	}
+}

@@ -104,6 +104,7 @@ var (
 		"TLS": "pipeops.tls", "Kubernetes": "kubernetes", "Logging": "logging", "Tunnel": "tunnel",
 		"Forward": "tunnel.forwards[]", "Proxy": "proxy", "Gateway": "gateway", "Monitoring": "monitoring",
 		"MonitoringComponents": "monitoring.components", "MonitoringComponent": "monitoring.components.<name>",
+		"Security": "security",
 	}
 )
 

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"net/netip"
 	"net/url"
 	"regexp"
 	"slices"
@@ -133,7 +134,40 @@ func (c *Config) Validate() error {
 	if c.Proxy.MaxBufferedBytes < 1<<20 {
 		add("proxy.max_buffered_bytes", fmt.Sprint(c.Proxy.MaxBufferedBytes), fmt.Errorf("%w: at least 1048576", ErrRange))
 	}
+	if c.Proxy.MemoryBudget < 1<<20 {
+		add("proxy.memory_budget_bytes", fmt.Sprint(c.Proxy.MemoryBudget), fmt.Errorf("%w: at least 1048576", ErrRange))
+	}
+	for i, s := range c.Security.AllowedTargetCIDRs {
+		if _, err := ParseCIDR(s); err != nil {
+			add(fmt.Sprintf("security.allowed_target_cidrs[%d]", i), s, err)
+		}
+	}
 	return errors.Join(errs...)
+}
+
+// ParseCIDR parses one entry of security.allowed_target_cidrs: a CIDR such
+// as 10.0.0.0/8, or a single address (a /32 or /128).
+func ParseCIDR(s string) (netip.Prefix, error) {
+	s = strings.TrimSpace(s)
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p.Masked(), nil
+	}
+	if a, err := netip.ParseAddr(s); err == nil && a.Zone() == "" {
+		return netip.PrefixFrom(a, a.BitLen()), nil
+	}
+	return netip.Prefix{}, fmt.Errorf("want a CIDR such as 10.0.0.0/8 or an IP address such as 10.0.0.5")
+}
+
+// AllowedTargets is security.allowed_target_cidrs parsed; entries that do
+// not parse (Validate reports them) are left out.
+func (s Security) AllowedTargets() []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(s.AllowedTargetCIDRs))
+	for _, c := range s.AllowedTargetCIDRs {
+		if p, err := ParseCIDR(c); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // ParsePin decodes an SPKI SHA-256 pin given as base64 (as in HPKP and curl's
