@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/pipeops/pipeops-vm-agent/internal/apitype"
+	"github.com/pipeops/pipeops-vm-agent/internal/egress"
 	"github.com/pipeops/pipeops-vm-agent/internal/kubeproxy"
 	"github.com/pipeops/pipeops-vm-agent/internal/logging"
 	"github.com/pipeops/pipeops-vm-agent/internal/svcresolve"
@@ -20,12 +21,19 @@ import (
 type proxyPart struct {
 	proxy    *kubeproxy.Proxy
 	resolver *lateResolver
+	egress   *egress.Policy // the dial policy of every Service target (proxy, relay, tunnel)
 }
 
 // wireProxy builds the proxy_request handler (protocol.md §6) and registers
 // it on the control-plane link.
 func (d *Daemon) wireProxy() error {
 	log := d.log.With(logging.KeyComponent, "proxy")
+	pol, err := egress.New(egress.Options{Allow: d.cfg.Security.AllowedTargets(), Registerer: d.reg,
+		Log: d.log.With(logging.KeyComponent, "egress")})
+	if err != nil {
+		return fmt.Errorf("dial policy: %w", err)
+	}
+	d.proxyPart.egress = pol
 	d.proxyPart.resolver = &lateResolver{}
 	p, err := kubeproxy.New(kubeproxy.Options{
 		Log:              log,
@@ -34,6 +42,8 @@ func (d *Daemon) wireProxy() error {
 		Routes:           d.ingressRoutes(), // reads the route syncer when called; routes are wired after the proxy
 		MaxInFlight:      d.cfg.Proxy.MaxInFlight,
 		MaxBufferedBytes: d.cfg.Proxy.MaxBufferedBytes,
+		MemoryBudget:     d.cfg.Proxy.MemoryBudget,
+		Egress:           pol,
 		DefaultTimeout:   time.Duration(d.cfg.Proxy.DefaultTimeout),
 		ClusterDomain:    d.cfg.Kubernetes.ClusterDomain,
 		Registerer:       d.reg,
@@ -52,7 +62,7 @@ func (d *Daemon) wireProxy() error {
 		if err != nil {
 			return nil // shutting down before bootstrap finished
 		}
-		r := svcresolve.New(cs, log.With(logging.KeyComponent, "svcresolve"))
+		r := svcresolve.New(cs, pol, log.With(logging.KeyComponent, "svcresolve"))
 		d.proxyPart.resolver.r.Store(r)
 		return r.Run(ctx)
 	})

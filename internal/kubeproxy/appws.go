@@ -94,8 +94,11 @@ func answer(c controlplane.Conn, id string, streaming bool, status int, h http.H
 	return c.Send(c.Context(), protocol.TypeProxyResponse, id, protocol.ProxyResponse{Status: status, Headers: headers, Body: data, Encoding: enc}) == nil
 }
 
-// dialApp connects to the app Service (§6.7): resolved as in §14.2, a 10 s
-// handshake, compression allowed, TLS unverified, the original Host kept.
+// dialApp connects to the app Service (§6.7): resolved as in §14.2 and
+// dialled under the egress policy, a 10 s handshake, TLS unverified, the
+// original Host kept, the control plane's Authorization not passed on.
+// Compression is not offered: §6.7 allows it, and it is what let a backend
+// inflate a message past the read limit.
 // Without a resolvable address it goes through the API server service proxy.
 func (p *Proxy) dialApp(ctx context.Context, req *protocol.ProxyRequest, path string) (*websocket.Conn, *http.Response, error) {
 	var ref ServiceRef
@@ -147,6 +150,8 @@ func (p *Proxy) dialApp(ctx context.Context, req *protocol.ProxyRequest, path st
 		}
 		tlsConf = kc.saTLS
 	} else {
+		// The control plane's credentials go to the Kubernetes API only.
+		hdr.Del("Authorization")
 		tlsConf = &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}} //nolint:gosec // in-cluster backends use self-signed certs (§6.7)
 		if t.host != "" {
 			hdr.Set("Host", t.host)
@@ -159,5 +164,5 @@ func (p *Proxy) dialApp(ctx context.Context, req *protocol.ProxyRequest, path st
 		hdr.Set("X-Forwarded-Proto", "https")
 	}
 	protos := subprotocols(relaySpec{protocol: req.Protocol, headers: req.Headers})
-	return dialWS(ctx, u.String(), hdr, protos, tlsConf, appHandshakeTimeout, true, t)
+	return dialWS(ctx, u.String(), hdr, protos, tlsConf, appHandshakeTimeout, t)
 }

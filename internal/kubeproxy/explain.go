@@ -10,6 +10,8 @@ import (
 	"regexp"
 	"strings"
 	"syscall"
+
+	"github.com/pipeops/pipeops-vm-agent/internal/egress"
 )
 
 // explainTransport turns a failed backend call into a message that says
@@ -21,8 +23,11 @@ func explainTransport(err error, t *target) error {
 		certInvalid      x509.CertificateInvalidError
 		dnsErr           *net.DNSError
 		netErr           net.Error
+		refused          *egress.RefusedError
 	)
 	switch {
+	case errors.As(err, &refused):
+		return fmt.Errorf("%s: %w", t.what, refused)
 	case errors.Is(err, syscall.ECONNREFUSED):
 		if t.kube {
 			return fmt.Errorf("%s unreachable (connection refused): check that kube-apiserver is running on this host and that the agent's kubeconfig points at it: %w", t.what, err)

@@ -236,7 +236,7 @@ func (p *Proxy) newRequest(ctx context.Context, req *protocol.ProxyRequest, t *t
 	drop := connectionTokens(req.Headers)
 	for k, vs := range req.Headers {
 		ck := http.CanonicalHeaderKey(k)
-		if hopByHopRequest[ck] || drop[ck] {
+		if hopByHopRequest[ck] || drop[ck] || isImpersonation(ck) {
 			continue
 		}
 		switch ck {
@@ -251,8 +251,8 @@ func (p *Proxy) newRequest(ctx context.Context, req *protocol.ProxyRequest, t *t
 			}
 			continue
 		case "Authorization":
-			if t.dropAuth {
-				continue
+			if t.dropAuth || !t.kube {
+				continue // the control plane's credentials go to the Kubernetes API only
 			}
 		}
 		for _, v := range vs {
@@ -276,6 +276,14 @@ func (p *Proxy) newRequest(ctx context.Context, req *protocol.ProxyRequest, t *t
 var hopByHopRequest = map[string]bool{
 	"Connection": true, "Keep-Alive": true, "Proxy-Authenticate": true, "Proxy-Authorization": true,
 	"Te": true, "Trailer": true, "Trailers": true, "Transfer-Encoding": true, "Upgrade": true, "Proxy-Connection": true,
+}
+
+// isImpersonation reports whether a (canonical) header asks the API server
+// to act as another identity. The control plane's requests run as its own
+// Authorization or the agent's ServiceAccount, never as someone else, so
+// these headers are dropped on every path.
+func isImpersonation(ck string) bool {
+	return strings.HasPrefix(ck, "Impersonate-")
 }
 
 // connectionTokens are the extra hop-by-hop headers a Connection header names.

@@ -5,7 +5,11 @@
 // (§6.8) plus the app-service WebSocket relay (§6.7). It implements
 // controlplane.Handler; only the daemon wires it. Backends are reached only
 // through the proxy ServiceAccount's rest.Config (client-go's transport) or a
-// Service resolved through the Kubernetes API, never an arbitrary host.
+// Service resolved through the Kubernetes API, never an arbitrary host, and
+// a Service target is dialled only under the egress policy (never this
+// host's loopback, link-local or own addresses). The control plane's
+// Authorization goes to the Kubernetes API only; Impersonate-* headers are
+// dropped everywhere. Buffered responses share one memory budget.
 package kubeproxy
 
 import (
@@ -21,6 +25,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/pipeops/pipeops-vm-agent/internal/controlplane"
+	"github.com/pipeops/pipeops-vm-agent/internal/egress"
 	"github.com/pipeops/pipeops-vm-agent/internal/logging"
 	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
 )
@@ -62,6 +67,12 @@ type Options struct {
 	MaxInFlight int
 	// MaxBufferedBytes caps a buffered (non-streaming) response (default 64 MiB).
 	MaxBufferedBytes int64
+	// MemoryBudget caps the bytes all buffered responses hold at once
+	// (default 192 MiB); past it a buffered response fails with a clear error.
+	MemoryBudget int64
+	// Egress is the dial policy for Service targets; nil is the strict
+	// policy with nothing allowed beyond it.
+	Egress *egress.Policy
 	// DefaultTimeout is the deadline of plain calls (default 2 min, §6.4).
 	DefaultTimeout time.Duration
 	// ClusterDomain builds the default Host of Service calls (default cluster.local).
@@ -79,6 +90,7 @@ type Proxy struct {
 	slots   chan struct{}
 	m       *metrics
 	clients clientCache
+	budget  *memBudget
 
 	mu     sync.Mutex
 	calls  map[callKey]*call
@@ -123,6 +135,15 @@ func New(o Options) (*Proxy, error) {
 	if o.MaxBufferedBytes <= 0 {
 		o.MaxBufferedBytes = 64 << 20
 	}
+	if o.MemoryBudget <= 0 {
+		o.MemoryBudget = 192 << 20
+	}
+	if o.Egress == nil {
+		var err error
+		if o.Egress, err = egress.New(egress.Options{Log: o.Log}); err != nil {
+			return nil, err
+		}
+	}
 	if o.DefaultTimeout <= 0 {
 		o.DefaultTimeout = 2 * time.Minute
 	}
@@ -132,13 +153,15 @@ func New(o Options) (*Proxy, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	m, err := newMetrics(o.Registerer)
+	budget := &memBudget{limit: o.MemoryBudget}
+	m, err := newMetrics(o.Registerer, budget)
 	if err != nil {
 		return nil, err
 	}
 	return &Proxy{
-		o: o, log: o.Log, m: m, slots: make(chan struct{}, o.MaxInFlight),
-		calls: map[callKey]*call{}, relays: map[callKey]*relay{}, apps: map[callKey]*relay{},
+		o: o, log: o.Log, m: m, slots: make(chan struct{}, o.MaxInFlight), budget: budget,
+		clients: clientCache{dial: o.Egress.DialContext},
+		calls:   map[callKey]*call{}, relays: map[callKey]*relay{}, apps: map[callKey]*relay{},
 	}, nil
 }
 

@@ -23,6 +23,7 @@ type metrics struct {
 	bytes    *prometheus.CounterVec
 	hist     prometheus.Histogram
 	relayG   prometheus.Gauge
+	buffered prometheus.GaugeFunc
 
 	nReq, nErr, nIn, nOut atomic.Int64
 	nInflight, nRelays    atomic.Int64
@@ -32,7 +33,7 @@ type metrics struct {
 	pos  int
 }
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+func newMetrics(reg prometheus.Registerer, budget *memBudget) (*metrics, error) {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pipeops_agent_proxy_requests_total",
@@ -55,6 +56,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "pipeops_agent_proxy_websocket_relays",
 			Help: "Open WebSocket relays (kubectl exec/attach/port-forward and app services).",
 		}),
+		buffered: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "pipeops_agent_proxy_buffered_bytes",
+			Help: "Bytes of buffered responses reserved from proxy.memory_budget_bytes now.",
+		}, func() float64 { return float64(budget.used.Load()) }),
 		ring: make([]float64, 0, latencyWindow),
 	}
 	// Every series exists from the start (at 0), so a scrape before the
@@ -65,7 +70,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m.bytes.WithLabelValues("in")
 	m.bytes.WithLabelValues("out")
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.requests, m.inflight, m.bytes, m.hist, m.relayG} {
+		for _, c := range []prometheus.Collector{m.requests, m.inflight, m.bytes, m.hist, m.relayG, m.buffered} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register proxy metrics: %w", err)
 			}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -19,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"k8s.io/client-go/rest"
 
+	"github.com/pipeops/pipeops-vm-agent/internal/egress"
 	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
 	"github.com/pipeops/pipeops-vm-agent/tests/testbin"
 )
@@ -62,7 +64,7 @@ func tlsBackend(t testing.TB, h http.Handler) (*httptest.Server, *rest.Config) {
 
 func newTestProxy(t testing.TB, cfg *rest.Config, mod func(*Options)) *Proxy {
 	t.Helper()
-	o := Options{RESTConfig: func() *rest.Config { return cfg }, Registerer: prometheus.NewRegistry()}
+	o := Options{RESTConfig: func() *rest.Config { return cfg }, Registerer: prometheus.NewRegistry(), Egress: loopbackAllowed(t)}
 	if mod != nil {
 		mod(&o)
 	}
@@ -71,6 +73,18 @@ func newTestProxy(t testing.TB, cfg *rest.Config, mod func(*Options)) *Proxy {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// loopbackAllowed is the dial policy of these tests' Service backends,
+// which listen on 127.0.0.1: what an operator would set with
+// security.allowed_target_cidrs: ["127.0.0.1/32"].
+func loopbackAllowed(t testing.TB) *egress.Policy {
+	t.Helper()
+	pol, err := egress.New(egress.Options{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pol
 }
 
 func TestBufferedResponsesFollowTheGzipRule(t *testing.T) {

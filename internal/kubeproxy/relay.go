@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"time"
 
@@ -24,9 +25,10 @@ const (
 	relayStall = 2 * time.Second
 	// relayWriteTimeout bounds one write toward the backend.
 	relayWriteTimeout = 30 * time.Second
-	// maxAppFrame caps app-service relay frames (§2 limits).
+	// maxAppFrame caps app-service relay messages (§2 limits), counted
+	// after decompression.
 	maxAppFrame = 1 << 20
-	// maxKubeFrame caps frames read from the API server.
+	// maxKubeFrame caps messages read from the API server.
 	maxKubeFrame = 16 << 20
 	// appPingEvery and appPongWait are the app relay's backend keepalive (§6.7).
 	appPingEvery = 30 * time.Second
@@ -127,20 +129,25 @@ func (r *relay) pump(ws *websocket.Conn) {
 		_ = ws.Close()
 	})
 	defer stopWatch()
+	limit := int64(maxKubeFrame)
 	if r.app {
-		ws.SetReadLimit(maxAppFrame)
+		limit = maxAppFrame
 		_ = ws.SetReadDeadline(time.Now().Add(appPongWait))
 		ws.SetPongHandler(func(string) error { return ws.SetReadDeadline(time.Now().Add(appPongWait)) })
-	} else {
-		ws.SetReadLimit(maxKubeFrame)
 	}
+	ws.SetReadLimit(limit) // counts bytes on the wire; readMessage bounds them inflated
 	done := make(chan struct{})
 	r.p.goSafe("relay writer", func() {
 		defer close(done)
 		r.writeLoop(ws)
 	})
-	err := r.readLoop(ws)
-	if err != nil && !websocket.IsCloseError(err, websocket.CloseNormalClosure, websocket.CloseGoingAway, websocket.CloseNoStatusReceived) && r.ctx.Err() == nil {
+	err := r.readLoop(ws, limit)
+	var big *messageTooLarge
+	switch {
+	case errors.As(err, &big):
+		_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseMessageTooBig, "message too large"), time.Now().Add(time.Second))
+		r.cancel(fmt.Errorf("relay %s closed: %w", r.id, err))
+	case err != nil && !websocket.IsCloseError(err, websocket.CloseNormalClosure, websocket.CloseGoingAway, websocket.CloseNoStatusReceived) && r.ctx.Err() == nil:
 		r.cancel(fmt.Errorf("relay %s: backend connection failed: %w", r.id, err))
 	}
 	r.cancel(errShutdown)
@@ -148,11 +155,37 @@ func (r *relay) pump(ws *websocket.Conn) {
 	_ = ws.Close()
 }
 
+// messageTooLarge is a backend message past the relay's limit.
+type messageTooLarge struct{ limit int64 }
+
+func (e *messageTooLarge) Error() string {
+	return fmt.Sprintf("the backend sent a WebSocket message larger than %d bytes (counted after decompression, so a deflate bomb cannot pass)", e.limit)
+}
+
+// readMessage reads one message of at most limit bytes, counted after
+// decompression: gorilla/websocket's read limit counts compressed bytes,
+// and it accepts a permessage-deflate answer the agent never offered, so
+// a backend could otherwise inflate a 1 MiB frame to gigabytes.
+func readMessage(ws *websocket.Conn, limit int64) (int, []byte, error) {
+	mt, rd, err := ws.NextReader()
+	if err != nil {
+		return mt, nil, err
+	}
+	data, err := io.ReadAll(io.LimitReader(rd, limit+1))
+	if err != nil {
+		return mt, nil, err
+	}
+	if int64(len(data)) > limit {
+		return mt, nil, &messageTooLarge{limit: limit}
+	}
+	return mt, data, nil
+}
+
 // readLoop sends backend frames to the control plane. A blocked Send stops
 // the reading: backpressure toward the backend instead of a growing queue.
-func (r *relay) readLoop(ws *websocket.Conn) error {
+func (r *relay) readLoop(ws *websocket.Conn, limit int64) error {
 	for {
-		mt, data, err := ws.ReadMessage()
+		mt, data, err := readMessage(ws, limit)
 		if err != nil {
 			return err
 		}

@@ -139,11 +139,15 @@ func (p *Proxy) dialKube(ctx context.Context, s relaySpec) (*websocket.Conn, err
 	}
 	protos := subprotocols(s)
 	what := "Kubernetes API server " + kc.base.Host
-	ws, _, err := dialWS(ctx, u.String(), hdr, protos, tlsConf, kubeHandshakeTimeout, false, &target{what: what, kube: true})
+	ws, _, err := dialWS(ctx, u.String(), hdr, protos, tlsConf, kubeHandshakeTimeout, &target{what: what, kube: true})
 	return ws, err
 }
 
-func dialWS(ctx context.Context, rawURL string, hdr http.Header, protos []string, tlsConf *tls.Config, handshake time.Duration, compress bool, t *target) (*websocket.Conn, *http.Response, error) {
+// dialWS dials a WebSocket backend. It never offers permessage-deflate:
+// a compressed message's inflated size is not what the read limit counts
+// (readMessage bounds it anyway, since gorilla/websocket accepts an
+// extension it did not offer).
+func dialWS(ctx context.Context, rawURL string, hdr http.Header, protos []string, tlsConf *tls.Config, handshake time.Duration, t *target) (*websocket.Conn, *http.Response, error) {
 	if tlsConf != nil {
 		tlsConf = tlsConf.Clone()
 	}
@@ -160,7 +164,7 @@ func dialWS(ctx context.Context, rawURL string, hdr http.Header, protos []string
 		Subprotocols:      protos,
 		ReadBufferSize:    32 << 10,
 		WriteBufferSize:   32 << 10,
-		EnableCompression: compress,
+		EnableCompression: false,
 	}
 	ws, resp, err := d.DialContext(ctx, rawURL, hdr)
 	if err != nil {
@@ -188,7 +192,7 @@ func dialHeaders(in protocol.Headers) http.Header {
 	hdr := http.Header{}
 	for k, vs := range in {
 		ck := http.CanonicalHeaderKey(k)
-		if hopByHopRequest[ck] || strings.HasPrefix(ck, "Sec-Websocket-") || ck == "Host" || ck == "Content-Length" {
+		if hopByHopRequest[ck] || strings.HasPrefix(ck, "Sec-Websocket-") || ck == "Host" || ck == "Content-Length" || isImpersonation(ck) {
 			continue
 		}
 		ok := true

@@ -56,32 +56,119 @@ func orBackend(what string) string {
 }
 
 // buffer reads the whole body, up to MaxBufferedBytes, and sends one
-// proxy_response.
+// proxy_response. Every byte it holds (the body, its gzip copy, the
+// encoded message) is reserved from the proxy's memory budget before it is
+// allocated; the body is base64-encoded straight into the message, with no
+// intermediate string.
 func (o *responder) buffer(resp *http.Response) {
-	limit := o.p.o.MaxBufferedBytes
-	var buf bytes.Buffer
-	if resp.ContentLength > 0 && resp.ContentLength <= limit {
-		buf.Grow(int(resp.ContentLength))
+	limit, budget := o.p.o.MaxBufferedBytes, o.p.budget
+	if resp.ContentLength > limit {
+		o.fail(o.tooLarge(limit))
+		return
 	}
-	n, err := io.Copy(&buf, io.LimitReader(resp.Body, limit+1))
+	raw := newSpool(budget, limit)
+	defer raw.free()
+	err := raw.reserve(roundUp(resp.ContentLength, blockSize))
+	if err == nil {
+		err = raw.readFrom(resp.Body)
+	}
 	if err != nil {
-		o.fail(fmt.Errorf("read response from %s: %w", orBackend(o.what), err))
+		o.failBuffer(err, raw.n)
 		return
 	}
-	if n > limit {
-		o.fail(fmt.Errorf("response from %s is larger than proxy.max_buffered_bytes (%d bytes); send the request with supports_response_streaming:true, or raise proxy.max_buffered_bytes", orBackend(o.what), limit))
+	n := raw.n
+	body, enc := raw, "base64"
+	if n >= gzipMin && compressible(resp.Header.Get("Content-Type")) {
+		gz := newSpool(budget, 0)
+		defer gz.free()
+		if err := gzipSpool(gz, raw); err != nil {
+			o.failBuffer(err, n)
+			return
+		}
+		raw.free() // the gzip copy replaces it
+		body, enc = gz, "gzip"
+	}
+	headers, err := json.Marshal(responseHeaders(resp.Header, resp.StatusCode))
+	if err != nil {
+		o.fail(fmt.Errorf("encode response headers from %s: %w", orBackend(o.what), err))
 		return
 	}
-	body, enc := encodeBody(resp.Header.Get("Content-Type"), buf.Bytes())
-	err = o.c.Send(o.ctx, protocol.TypeProxyResponse, o.id, protocol.ProxyResponse{
-		Status: resp.StatusCode, Headers: responseHeaders(resp.Header, resp.StatusCode), Body: body, Encoding: enc,
-	})
+	pl := &bufferedPayload{status: resp.StatusCode, headers: headers, body: body, enc: enc}
+	msg := int64(pl.PayloadSize() + protocol.EnvelopeOverhead + 2*len(o.id) + 64)
+	if !budget.reserve(msg) {
+		o.failBuffer(errOverBudget, n)
+		return
+	}
+	err = o.c.Send(o.ctx, protocol.TypeProxyResponse, o.id, pl)
+	budget.release(msg)
 	if err != nil {
 		o.fail(err)
 		return
 	}
 	o.p.m.bytesOut(int(n))
 	o.p.m.finished(statusClass(resp.StatusCode), 0)
+}
+
+func roundUp(n, to int64) int64 {
+	if n <= 0 {
+		return 0
+	}
+	return (n + to - 1) / to * to
+}
+
+func (o *responder) tooLarge(limit int64) error {
+	return fmt.Errorf("response from %s is larger than proxy.max_buffered_bytes (%d bytes); send the request with supports_response_streaming:true, or raise proxy.max_buffered_bytes", orBackend(o.what), limit)
+}
+
+// failBuffer explains a failed buffering.
+func (o *responder) failBuffer(err error, read int64) {
+	switch {
+	case errors.Is(err, errTooLarge):
+		err = o.tooLarge(o.p.o.MaxBufferedBytes)
+	case errors.Is(err, errOverBudget):
+		err = fmt.Errorf("response from %s does not fit in the agent's memory budget for buffered responses (proxy.memory_budget_bytes = %d bytes, %d in use by other requests); retry later, send the request with supports_response_streaming:true, or raise proxy.memory_budget_bytes",
+			orBackend(o.what), o.p.budget.limit, o.p.budget.used.Load())
+	default:
+		err = fmt.Errorf("read response from %s after %d bytes: %w", orBackend(o.what), read, err)
+	}
+	o.fail(err)
+}
+
+// gzipSpool compresses src into dst (§4.3's gzip rule).
+func gzipSpool(dst, src *spool) error {
+	zw := gzipWriters.Get().(*gzip.Writer)
+	defer gzipWriters.Put(zw)
+	zw.Reset(dst)
+	if err := src.writeTo(zw); err != nil {
+		return err
+	}
+	return zw.Close()
+}
+
+// bufferedPayload is a proxy_response (§4.3) that encodes its body straight
+// into the envelope (protocol.PayloadAppender), in the field order of
+// protocol.ProxyResponse.
+type bufferedPayload struct {
+	status  int
+	headers []byte // JSON object
+	body    *spool
+	enc     string
+}
+
+var _ protocol.PayloadAppender = (*bufferedPayload)(nil)
+
+func (b *bufferedPayload) PayloadSize() int {
+	return 64 + len(b.headers) + b.body.base64Len() + len(b.enc)
+}
+
+func (b *bufferedPayload) AppendPayload(dst []byte) []byte {
+	dst = strconv.AppendInt(append(dst, `{"status":`...), int64(b.status), 10)
+	dst = append(append(dst, `,"headers":`...), b.headers...)
+	if b.body.n > 0 {
+		dst = b.body.appendBase64(append(dst, `,"body":"`...))
+		dst = append(append(append(dst, `","encoding":"`...), b.enc...), '"')
+	}
+	return append(dst, '}')
 }
 
 // appendChunkPayload renders a proxy_response_chunk payload straight into

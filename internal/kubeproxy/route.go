@@ -26,7 +26,8 @@ type target struct {
 	host   string // Host header to send; "" uses the URL's host
 	what   string // names the backend in messages
 	kube   bool   // the Kubernetes API server
-	// dial, when set, connects instead of a DNS lookup of url.Host.
+	// dial connects to a Service target (the egress policy applies); nil
+	// for the API server, which is dialled directly and may use a proxy.
 	dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// dropAuth removes the control plane's Authorization (the API server
 	// service proxy authenticates with the agent's own identity).
@@ -165,7 +166,7 @@ func (p *Proxy) serviceTarget(ctx context.Context, req *protocol.ProxyRequest, r
 				}
 			}
 			u := &url.URL{Scheme: scheme, Host: hostport}
-			t := &target{url: u, client: p.clients.service(), host: host, what: name + " (" + hostport + ")"}
+			t := &target{url: u, client: p.clients.service(), host: host, what: name + " (" + hostport + ")", dial: p.clients.dial}
 			if d, ok := p.o.Resolver.(ServiceDialer); ok {
 				u.Host, t.client = serviceHost(ref, p.o.ClusterDomain), p.clients.dialing(d)
 				t.dial = p.clients.viaDial

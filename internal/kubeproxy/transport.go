@@ -43,6 +43,9 @@ type clientCache struct {
 	mu  sync.Mutex
 	cur *kubeClients
 
+	// dial connects to Service targets under the egress policy.
+	dial func(ctx context.Context, network, addr string) (net.Conn, error)
+
 	svcOnce sync.Once
 	svc     *http.Client
 
@@ -67,7 +70,7 @@ func serviceHost(ref ServiceRef, domain string) string {
 // dialing is the Service client whose connections come from d.
 func (cc *clientCache) dialing(d ServiceDialer) *http.Client {
 	cc.viaOnce.Do(func() {
-		t := serviceTransport()
+		t := serviceTransport(nil)
 		cc.viaDial = func(ctx context.Context, network, addr string) (net.Conn, error) {
 			host, port, err := net.SplitHostPort(addr)
 			if err != nil {
@@ -208,18 +211,21 @@ func bearerToken(cfg *rest.Config) (string, error) {
 // noRedirects passes 3xx answers back to the control plane (§6.3).
 func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 
-// service is the client toward in-cluster Services: no redirects, no TLS
-// verification (§6.3), no total timeout.
+// service is the client toward in-cluster Services at a resolved address:
+// no redirects, no TLS verification (§6.3), no total timeout, no proxy, and
+// every dial under the egress policy.
 func (cc *clientCache) service() *http.Client {
 	cc.svcOnce.Do(func() {
-		cc.svc = &http.Client{Transport: serviceTransport(), CheckRedirect: noRedirects}
+		cc.svc = &http.Client{Transport: serviceTransport(cc.dial), CheckRedirect: noRedirects}
 	})
 	return cc.svc
 }
 
-func serviceTransport() *http.Transport {
+// serviceTransport is the transport toward Services; dial is replaced by
+// the caller when it is nil (dialing sets its own).
+func serviceTransport(dial func(ctx context.Context, network, addr string) (net.Conn, error)) *http.Transport {
 	return &http.Transport{
-		DialContext:           (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext,
+		DialContext:           dial,
 		TLSClientConfig:       &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // in-cluster backends use self-signed certs (§6.3)
 		TLSHandshakeTimeout:   dialTimeout,
 		MaxIdleConnsPerHost:   64,

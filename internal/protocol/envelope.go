@@ -42,6 +42,19 @@ func Decode(b []byte) (*Envelope, error) {
 	return &e, nil
 }
 
+// PayloadAppender is a payload that writes its own JSON straight into the
+// envelope, so a large body is encoded once, in place, with no intermediate
+// copy (a buffered proxy_response). AppendPayload appends exactly one valid
+// JSON value of at most PayloadSize bytes.
+type PayloadAppender interface {
+	PayloadSize() int
+	AppendPayload(b []byte) []byte
+}
+
+// EnvelopeOverhead bounds what an envelope adds to its payload, besides
+// the type and request id: the field names, quotes and the timestamp.
+const EnvelopeOverhead = 128
+
 // Encode builds an outbound envelope. payload nil becomes {} (agent
 // messages always carry a payload).
 func Encode(typ, requestID string, payload any, now time.Time) ([]byte, error) {
@@ -49,6 +62,8 @@ func Encode(typ, requestID string, payload any, now time.Time) ([]byte, error) {
 	switch p := payload.(type) {
 	case nil:
 		raw = json.RawMessage("{}")
+	case PayloadAppender:
+		return appendEnvelope(typ, requestID, p, now), nil
 	case json.RawMessage:
 		raw = p
 	default:
@@ -67,4 +82,20 @@ func (e *Envelope) DecodePayload(v any) error {
 		return fmt.Errorf("%w: %s payload: %w", ErrMalformed, e.Type, err)
 	}
 	return nil
+}
+
+// appendEnvelope is Encode for a PayloadAppender: the same fields in the
+// same order as the Envelope struct, in one allocation of the right size.
+func appendEnvelope(typ, requestID string, p PayloadAppender, now time.Time) []byte {
+	t, _ := json.Marshal(typ) // strings always marshal
+	id, _ := json.Marshal(requestID)
+	ts := now.Format(TimeFormat)
+	b := make([]byte, 0, len(t)+len(id)+len(ts)+p.PayloadSize()+EnvelopeOverhead)
+	b = append(append(b, `{"type":`...), t...)
+	if requestID != "" {
+		b = append(append(b, `,"request_id":`...), id...)
+	}
+	b = p.AppendPayload(append(b, `,"payload":`...))
+	b = append(append(append(b, `,"timestamp":"`...), ts...), `"}`...)
+	return b
 }

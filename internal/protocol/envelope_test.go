@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -35,5 +36,32 @@ func TestDecodeRejectsGarbageWithoutPanicking(t *testing.T) {
 	e, err := Decode([]byte(`{"type":"ping","extra":1}`))
 	if err != nil || string(e.Payload) != "{}" {
 		t.Fatalf("Decode with missing payload = %+v, %v; want empty object payload", e, err)
+	}
+}
+
+// rawAppender is a PayloadAppender over fixed JSON.
+type rawAppender []byte
+
+func (r rawAppender) PayloadSize() int              { return len(r) }
+func (r rawAppender) AppendPayload(b []byte) []byte { return append(b, r...) }
+
+func TestAnAppendedPayloadEncodesExactlyLikeARawOne(t *testing.T) {
+	now := time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC)
+	payload := `{"status":200,"headers":{"A":["b"]},"body":"aGk=","encoding":"base64"}`
+	for _, id := range []string{"", "r-1", `we"ird<id>`} {
+		want, err := Encode(TypeProxyResponse, id, json.RawMessage(payload), now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := Encode(TypeProxyResponse, id, rawAppender(payload), now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != string(want) {
+			t.Errorf("request id %q:\n got %s\nwant %s", id, got, want)
+		}
+		if cap(got) > len(got)+EnvelopeOverhead+len(id)*6 {
+			t.Errorf("allocated %d bytes for a %d-byte envelope", cap(got), len(got))
+		}
 	}
 }

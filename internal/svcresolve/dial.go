@@ -7,6 +7,8 @@ import (
 	"net"
 	"syscall"
 	"time"
+
+	"github.com/pipeops/pipeops-vm-agent/internal/egress"
 )
 
 // clusterIPProbe bounds the first dial to a ClusterIP: on a host where
@@ -19,13 +21,15 @@ const clusterIPProbe = 3 * time.Second
 // applies §14.2: the ClusterIP first; when that cannot be reached (timeout,
 // no route) ClusterIPs are marked unroutable and a ready endpoint is dialled
 // instead. A refused connection is final: the ClusterIP is routed and the
-// Service simply does not answer.
+// Service simply does not answer. Every dial goes through the egress
+// policy, on the address actually dialled (an ExternalName after it
+// resolved); a refusal is final too and wraps egress.ErrRefused.
 func (r *Resolver) Dial(ctx context.Context, network, namespace, name string, port int) (net.Conn, string, error) {
 	t, err := r.lookup(ctx, network, namespace, name, port)
 	if err != nil {
 		return nil, "", err
 	}
-	var d net.Dialer
+	d := r.policy
 	if t.external != "" {
 		c, err := d.DialContext(ctx, network, t.external)
 		if err != nil {
@@ -45,7 +49,7 @@ func (r *Resolver) Dial(ctx context.Context, network, namespace, name string, po
 		if err == nil {
 			return c, t.clusterIP, nil
 		}
-		if ctx.Err() != nil || errors.Is(err, syscall.ECONNREFUSED) {
+		if ctx.Err() != nil || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, egress.ErrRefused) {
 			return nil, t.clusterIP, fmt.Errorf("dial service %s/%s at ClusterIP %s: %w", namespace, name, t.clusterIP, err)
 		}
 		r.MarkClusterIPsUnroutable()

@@ -5,6 +5,9 @@
 // matches the Service port's name; ExternalName Services resolve through the
 // host resolver. Services and EndpointSlices come from informers, so no
 // lookup costs an API request. The yamux tunnel and the Service proxy share it.
+// Dial applies the egress policy: no Service, EndpointSlice or ExternalName
+// reaches this host's loopback, link-local or own addresses unless
+// security.allowed_target_cidrs allows it.
 package svcresolve
 
 import (
@@ -24,6 +27,8 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/pipeops/pipeops-vm-agent/internal/egress"
 )
 
 // Errors callers may test with errors.Is.
@@ -47,6 +52,7 @@ const sliceIndex = "service"
 // it with Run; Resolve waits for the first cache sync.
 type Resolver struct {
 	client kubernetes.Interface
+	policy *egress.Policy
 	log    *slog.Logger
 
 	mu      sync.Mutex
@@ -60,12 +66,16 @@ type Resolver struct {
 	now        func() time.Time
 }
 
-// New builds a Resolver over client. It starts nothing.
-func New(client kubernetes.Interface, log *slog.Logger) *Resolver {
+// New builds a Resolver over client whose Dial applies policy (nil: the
+// strict policy, with nothing allowed beyond it). It starts nothing.
+func New(client kubernetes.Interface, policy *egress.Policy, log *slog.Logger) *Resolver {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Resolver{client: client, log: log, synced: make(chan struct{}), now: time.Now}
+	if policy == nil {
+		policy, _ = egress.New(egress.Options{Log: log}) // fails only when registering metrics
+	}
+	return &Resolver{client: client, policy: policy, log: log, synced: make(chan struct{}), now: time.Now}
 }
 
 // Run starts the Service and EndpointSlice informers and blocks until ctx

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"strconv"
 	"testing"
 	"time"
@@ -15,15 +16,25 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/pipeops/pipeops-vm-agent/internal/egress"
 	"github.com/pipeops/pipeops-vm-agent/internal/kubetest"
 )
 
 func TestMain(m *testing.M) { kubetest.Main(m) }
 
-// start runs a Resolver against the test cluster until the test ends.
-func start(t *testing.T, cs kubernetes.Interface) *Resolver {
+// start runs a Resolver against the test cluster until the test ends;
+// allow lists what the dial policy permits beyond its defaults.
+func start(t *testing.T, cs kubernetes.Interface, allow ...string) *Resolver {
 	t.Helper()
-	r := New(cs, nil)
+	var prefixes []netip.Prefix
+	for _, a := range allow {
+		prefixes = append(prefixes, netip.MustParsePrefix(a))
+	}
+	pol, err := egress.New(egress.Options{Allow: prefixes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := New(cs, pol, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = r.Run(ctx) }()
@@ -146,10 +157,19 @@ func TestDialReachesAHostProcessBehindAnExternalNameService(t *testing.T) {
 	port := ln.Addr().(*net.TCPAddr).Port
 	createService(t, env.Client, env.Namespace, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "host"}, Spec: corev1.ServiceSpec{
 		Type: corev1.ServiceTypeExternalName, ExternalName: "localhost"}})
-	r := start(t, env.Client)
+	// Loopback is allowed only because the operator listed it (security.allowed_target_cidrs).
+	r := start(t, env.Client, "127.0.0.1/32")
 	resolveEventually(t, r, "tcp", env.Namespace, "host", port, "localhost:"+strconv.Itoa(port))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	strict := start(t, env.Client)
+	resolveEventually(t, strict, "tcp", env.Namespace, "host", port, "localhost:"+strconv.Itoa(port))
+	if c, addr, err := strict.Dial(ctx, "tcp", env.Namespace, "host", port); !errors.Is(err, egress.ErrRefused) {
+		if c != nil {
+			c.Close()
+		}
+		t.Fatalf("without the allow-list, Dial reached %s (%v); want a refusal", addr, err)
+	}
 	c, addr, err := r.Dial(ctx, "tcp", env.Namespace, "host", port)
 	if err != nil {
 		t.Fatalf("dial %s: %v", addr, err)

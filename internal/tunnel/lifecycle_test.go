@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/pipeops/pipeops-vm-agent/internal/devplane"
+	"github.com/pipeops/pipeops-vm-agent/internal/egress"
 	"github.com/pipeops/pipeops-vm-agent/internal/kubetest"
 	"github.com/pipeops/pipeops-vm-agent/internal/svcresolve"
 	"github.com/pipeops/pipeops-vm-agent/tests/testbin"
@@ -191,7 +193,9 @@ func TestUDPDatagramsCrossTheTunnelFramedAndUnframed(t *testing.T) {
 func TestHTTPReachesAServiceBackedByAHostProcess(t *testing.T) {
 	// The API server rejects loopback endpoints (§15.10), so the Service is
 	// an ExternalName to localhost, resolved by svcresolve through the host
-	// resolver. The gateway's listener names it as service.namespace:port.
+	// resolver, and the dial policy allows loopback as an operator would
+	// with security.allowed_target_cidrs. The gateway's listener names it
+	// as service.namespace:port.
 	env := kubetest.Cluster(t)
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "service %s", r.Host)
@@ -210,7 +214,11 @@ func TestHTTPReachesAServiceBackedByAHostProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res := svcresolve.New(env.Client, nil)
+	pol, err := egress.New(egress.Options{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := svcresolve.New(env.Client, pol, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go res.Run(ctx)
