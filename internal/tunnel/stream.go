@@ -12,6 +12,7 @@ import (
 
 	yamux "github.com/libp2p/go-yamux/v5"
 
+	"github.com/pipeops/pipeops-vm-agent/internal/egress"
 	"github.com/pipeops/pipeops-vm-agent/internal/logging"
 )
 
@@ -50,9 +51,13 @@ func (m *Manager) serveStream(ctx context.Context, s *session, st *yamux.Stream)
 	cancel()
 	if err != nil {
 		m.m.error(errDial)
-		if errors.Is(err, errRefused) {
+		switch {
+		case errors.Is(err, egress.ErrRefused):
+			// The dial policy counted it and logged it once per target.
+			log.Debug("tunnel stream refused by the dial policy", logging.KeyErr, err)
+		case errors.Is(err, errRefused):
 			log.Warn("tunnel stream refused", logging.KeyErr, err)
-		} else {
+		default:
 			log.Info("tunnel target unreachable", logging.KeyErr, err)
 		}
 		_ = st.Close() // §7.3: close, no message on the wire

@@ -3,8 +3,10 @@
 // the binary frames of the shared control-plane WebSocket (WSConn). The
 // gateway opens every stream; each starts with a stream header naming a
 // target, which is either a named forward from the configuration or a
-// Kubernetes Service resolved through the API (§14.2). Anything else is
-// refused: the control plane never reaches arbitrary host addresses.
+// Kubernetes Service resolved through the API (§14.2), dialled under the
+// egress policy by the ServiceDialer (svcresolve). Anything else is
+// refused: the control plane never reaches arbitrary host addresses. Named
+// forwards are the operator's explicit choice and dial directly.
 //
 // Bounds: a cap on concurrent streams, a global memory budget for receive
 // windows, an inactivity timeout per stream and a deadline for the header.
