@@ -32,7 +32,9 @@ func TestCurlOnAGatewayForwardReachesTheAgentAndAClusterService(t *testing.T) {
 	env := kubetest.Cluster(t)
 
 	// A "cluster Service" backed by a process on this host: the API server
-	// rejects loopback endpoints, so it is an ExternalName to localhost.
+	// rejects loopback endpoints, so it is an ExternalName to localhost,
+	// which the agent reaches only because security.allowed_target_cidrs
+	// lists 127.0.0.1 (tests/attack shows the refusal without it).
 	web := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "web service saw %s", r.URL.Path)
 	})}
@@ -58,7 +60,8 @@ func TestCurlOnAGatewayForwardReachesTheAgentAndAClusterService(t *testing.T) {
 
 	f := testbin.WriteAgentConfig(t, testbin.ShortTempDir(t), testbin.AgentConfig{Name: "e2e-tunnel", Port: agentPort,
 		APIURL: fmt.Sprintf("http://127.0.0.1:%d", dpPort), Kubeconfig: env.Kubeconfig,
-		Extra: fmt.Sprintf("tunnel:\n  enabled: true\n  forwards:\n    - name: agent-http\n      local_addr: 127.0.0.1:%d\n", agentPort)})
+		Extra: fmt.Sprintf("tunnel:\n  enabled: true\n  forwards:\n    - name: agent-http\n      local_addr: 127.0.0.1:%d\n"+
+			"security:\n  allowed_target_cidrs: [127.0.0.1/32]\n", agentPort)})
 	socket := f.Socket
 	agent := testbin.Start(t, testbin.Build(t, "pipeops-agent"), testbin.AgentEnv(token), "run", "--config", f.Config)
 
