@@ -84,6 +84,7 @@ func run(configPath string, stderr io.Writer) int {
 	for _, w := range warnings {
 		log.Warn(w)
 	}
+	applyMemoryLimit(cfg, log)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

@@ -1,11 +1,13 @@
 package kubeproxy
 
 import (
+	"context"
 	"encoding/base64"
 	"errors"
 	"io"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // errOverBudget: a buffered response would take the agent past
@@ -24,12 +26,22 @@ var errTooLarge = errors.New("larger than the buffered-response limit")
 type memBudget struct {
 	limit int64
 	used  atomic.Int64
+
+	mu    sync.Mutex
+	freed chan struct{} // closed and replaced on every release
 }
 
-func (b *memBudget) reserve(n int64) bool {
+func newMemBudget(limit int64) *memBudget {
+	return &memBudget{limit: limit, freed: make(chan struct{})}
+}
+
+func (b *memBudget) reserve(n int64) bool { return b.reserveBelow(n, b.limit) }
+
+// reserveBelow reserves n if the total stays at or below max.
+func (b *memBudget) reserveBelow(n, max int64) bool {
 	for {
 		cur := b.used.Load()
-		if cur+n > b.limit {
+		if cur+n > max {
 			return false
 		}
 		if b.used.CompareAndSwap(cur, cur+n) {
@@ -38,7 +50,38 @@ func (b *memBudget) reserve(n int64) bool {
 	}
 }
 
-func (b *memBudget) release(n int64) { b.used.Add(-n) }
+// admit takes a new request's first reservation. It waits (until ctx
+// ends) while the budget is more than half used: the other half is
+// headroom for the requests already admitted, whose growth never waits, so
+// a burst does not fill the budget with first reservations that then all
+// fail to grow. Only a request that holds nothing yet may wait: one that
+// waited while holding part of the budget could wait for itself.
+func (b *memBudget) admit(ctx context.Context, n int64) bool {
+	for {
+		b.mu.Lock()
+		freed := b.freed
+		b.mu.Unlock()
+		if b.reserveBelow(n, b.limit/2) || n > b.limit/2 && b.reserveBelow(n, b.limit) {
+			return true
+		}
+		select {
+		case <-freed:
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+func (b *memBudget) release(n int64) {
+	if n == 0 {
+		return
+	}
+	b.used.Add(-n)
+	b.mu.Lock()
+	close(b.freed)
+	b.freed = make(chan struct{})
+	b.mu.Unlock()
+}
 
 // blockSize is the unit of a spool. It is a multiple of 3, so every full
 // block base64-encodes on its own, without padding.
@@ -57,6 +100,22 @@ type spool struct {
 }
 
 func newSpool(b *memBudget, max int64) *spool { return &spool{b: b, max: max} }
+
+// budgetWait bounds how long a buffered request waits for its first
+// reservation while other responses hold the budget.
+const budgetWait = 30 * time.Second
+
+// reserveFirst takes the spool's first reservation, waiting while other
+// requests hold the budget (up to budgetWait, or until ctx ends).
+func (s *spool) reserveFirst(ctx context.Context, n int64) bool {
+	ctx, cancel := context.WithTimeout(ctx, budgetWait)
+	defer cancel()
+	if s.reserved != 0 || !s.b.admit(ctx, n) {
+		return false
+	}
+	s.reserved = n
+	return true
+}
 
 // reserve makes sure at least n bytes are reserved in total.
 func (s *spool) reserve(n int64) error {
@@ -131,6 +190,38 @@ func (s *spool) readFrom(r io.Reader) error {
 			return rerr
 		}
 	}
+}
+
+// readAtLeast reads r until the spool holds at least min bytes; io.EOF
+// when r ended first (what was read is kept).
+func (s *spool) readAtLeast(r io.Reader, min int64) error {
+	for s.n < min {
+		b, err := s.room()
+		if err != nil {
+			return err
+		}
+		n, rerr := r.Read(b[len(b):blockSize])
+		s.grew(n)
+		if rerr != nil {
+			return rerr
+		}
+	}
+	return nil
+}
+
+// scratch empties the spool and returns its first block as a read buffer;
+// the reservation stays.
+func (s *spool) scratch() []byte {
+	if len(s.blocks) == 0 {
+		if _, err := s.room(); err != nil { // the first reservation covers it
+			return make([]byte, blockSize)
+		}
+	}
+	for _, bp := range s.blocks[1:] {
+		blocks.Put(bp)
+	}
+	s.blocks, s.n = s.blocks[:1], 0
+	return (*s.blocks[0])[:blockSize]
 }
 
 // writeTo copies the held bytes to w.

@@ -196,6 +196,26 @@ func (p *Proxy) serveHTTP(ctx context.Context, c controlplane.Conn, id string, r
 		out.fail(err)
 		return
 	}
+	var raw *spool
+	if !out.streaming {
+		// Reserved before the call: the transport may hold up to one stream
+		// window of the answer before anything reads it (HTTP/2 to the API
+		// server; Services speak HTTP/1.1 and buffer one block at most).
+		raw = newSpool(p.budget, p.o.MaxBufferedBytes)
+		defer raw.free()
+		first := int64(blockSize)
+		if t.kube {
+			first = kubeStreamWindow
+		}
+		if !raw.reserveFirst(ctx, first) {
+			if ctx.Err() != nil {
+				out.fail(context.Cause(ctx))
+			} else {
+				out.failBuffer(errOverBudget, 0)
+			}
+			return
+		}
+	}
 	resp, err := t.client.Do(hreq)
 	if err != nil {
 		out.fail(explainTransport(err, t))
@@ -207,7 +227,7 @@ func (p *Proxy) serveHTTP(ctx context.Context, c controlplane.Conn, id string, r
 	if out.streaming {
 		out.stream(resp)
 	} else {
-		out.buffer(resp)
+		out.buffer(resp, raw)
 	}
 }
 

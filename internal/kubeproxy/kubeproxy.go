@@ -153,7 +153,7 @@ func New(o Options) (*Proxy, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	budget := &memBudget{limit: o.MemoryBudget}
+	budget := newMemBudget(o.MemoryBudget)
 	m, err := newMetrics(o.Registerer, budget)
 	if err != nil {
 		return nil, err

@@ -26,6 +26,13 @@ var ErrBootstrapping = errors.New("agent is still bootstrapping its Kubernetes i
 // total timeout, so watches and follow=true logs are never cut.
 const dialTimeout = 10 * time.Second
 
+// kubeStreamWindow is the HTTP/2 receive window per stream toward the API
+// server: what it may send ahead of the reader. A 1 MiB window (Go's
+// default is 4 MiB) bounds what a fast API server can push ahead of a slow
+// control plane, and a buffered request reserves it from the memory budget
+// before it asks.
+const kubeStreamWindow = 1 << 20
+
 // kubeClients are the clients for one proxy rest.Config.
 type kubeClients struct {
 	cfg  *rest.Config
@@ -180,10 +187,8 @@ func clientFor(cfg *rest.Config) (*http.Client, *tls.Config, error) {
 		ExpectContinueTimeout: time.Second,
 		ForceAttemptHTTP2:     true,
 		DisableCompression:    true,
-		// A 1 MiB per-stream window (Go's default is 4 MiB) bounds what a
-		// fast API server can push ahead of a slow control plane.
 		HTTP2: &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second,
-			MaxReceiveBufferPerStream: 1 << 20},
+			MaxReceiveBufferPerStream: kubeStreamWindow},
 	}
 	rt, err := rest.HTTPWrappersForConfig(cfg, t)
 	if err != nil {

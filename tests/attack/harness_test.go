@@ -347,3 +347,34 @@ func assertRefused(t *testing.T, r *rig, ns, svc string, port int, target, reaso
 		t.Errorf("the agent did not log the refusal of %s:\n%s", target, out)
 	}
 }
+
+// rssKiB reads VmRSS and VmHWM (the peak since the last resetPeak) of pid.
+func rssKiB(t *testing.T, pid int) (rss, peak int64) {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		n, _ := strconv.ParseInt(f[1], 10, 64)
+		switch f[0] {
+		case "VmRSS:":
+			rss = n
+		case "VmHWM:":
+			peak = n
+		}
+	}
+	return rss, peak
+}
+
+// resetPeak resets pid's VmHWM to its current RSS (proc(5), clear_refs 5).
+func resetPeak(t *testing.T, pid int) {
+	t.Helper()
+	if err := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0); err != nil {
+		missing(t, "cannot reset the agent's peak RSS (/proc/PID/clear_refs): "+err.Error())
+	}
+}

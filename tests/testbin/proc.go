@@ -108,6 +108,9 @@ func StartTo(t testing.TB, out *Output, bin string, env []string, args ...string
 	return p
 }
 
+// Pid is the process id.
+func (p *Proc) Pid() int { return p.cmd.Process.Pid }
+
 // String is the output so far.
 func (p *Proc) String() string { return p.Out.String() }
 
