@@ -2,6 +2,7 @@ package kubeproxy
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -207,5 +208,39 @@ func TestBufferedResponsesShareOneMemoryBudget(t *testing.T) {
 	send(t, p, c, protocol.TypeProxyRequest, "m4", protocol.ProxyRequest{Method: "GET", Path: "/api/big", SupportsResponseStreaming: true})
 	if r := c.response(t, "m4"); r.Err != "" || len(r.Body) != len(big) {
 		t.Fatalf("streamed: err %q, %d bytes", r.Err, len(r.Body))
+	}
+}
+
+func TestANewBufferedCallWaitsWhileTheBudgetIsMoreThanHalfUsed(t *testing.T) {
+	b := newMemBudget(8 << 20)
+	if !b.reserve(5 << 20) {
+		t.Fatal("reserve 5 MiB of 8")
+	}
+	admitted := make(chan bool, 1)
+	go func() { admitted <- b.admit(context.Background(), 1<<20) }()
+	select {
+	case <-admitted:
+		t.Fatal("a new call was admitted while more than half the budget is in use")
+	case <-time.After(200 * time.Millisecond):
+	}
+	if !b.reserve(2 << 20) {
+		t.Fatal("growth of an admitted call must use the other half without waiting")
+	}
+	if b.reserve(2 << 20) {
+		t.Fatal("growth past the budget must fail at once")
+	}
+	b.release(7 << 20)
+	if !<-admitted {
+		t.Fatal("the waiting call was not admitted once the budget was free")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	b.reserve(4 << 20)
+	go func() { admitted <- b.admit(ctx, 1<<20) }()
+	cancel()
+	if <-admitted {
+		t.Fatal("admit returned true after its context ended without room")
+	}
+	if got := b.used.Load(); got != 5<<20 {
+		t.Fatalf("used = %d; want 5 MiB", got)
 	}
 }
