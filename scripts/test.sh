@@ -37,12 +37,19 @@ set -e
 go run ./scripts/testreport < "$ARTIFACTS/go-test.json" || rc=1
 [ "$rc" -eq 0 ] || { echo "go test failed" >&2; exit "$rc"; }
 
-log "fuzzing the wire decoders briefly (corpus in testdata/fuzz)"
+log "fuzzing the decoders and validators briefly (corpus in testdata/fuzz)"
 # Counts, not durations: a -fuzztime duration races Go's fuzz coordinator
 # and fails with a bare "context deadline exceeded" and no crasher
 # (go.dev/issue/75804, fixed in Go 1.27). Each is about 10 s here.
 go test -run='^$' -fuzz=FuzzDecode -fuzztime=800000x -timeout=5m ./internal/protocol
 go test -run='^$' -fuzz=FuzzReadHeader -fuzztime=50000x -timeout=5m ./internal/tunnel
+# Where control-plane and cluster input arrives (issue 13): proxy_request
+# validation, relay frames, backend WebSocket messages, Ingress routes, config.
+go test -run='^$' -fuzz=FuzzProxyRequest -fuzztime=40000x -timeout=5m ./internal/kubeproxy
+go test -run='^$' -fuzz=FuzzParseFrame -fuzztime=300000x -timeout=5m ./internal/kubeproxy
+go test -run='^$' -fuzz=FuzzReadBackendMessage -fuzztime=12000x -timeout=5m ./internal/kubeproxy
+go test -run='^$' -fuzz=FuzzExtractRoutes -fuzztime=300000x -timeout=5m ./internal/routesync
+go test -run='^$' -fuzz=FuzzLoad -fuzztime=30000x -timeout=5m ./internal/config
 
 log "make demo, checked: kubectl through devplane → agent → kube-apiserver"
 DEMO_DIR=$(mktemp -d /tmp/pipeops-demo.XXXXXX) scripts/demo.sh --check

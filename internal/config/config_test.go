@@ -223,3 +223,56 @@ func TestAllowedTargetCIDRsAcceptCIDRsAndSingleAddresses(t *testing.T) {
 		}
 	}
 }
+
+// FuzzLoad feeds arbitrary bytes to the config loader as a drop-in file: it
+// must never panic; a file it refuses fails with ErrInvalid (the agent
+// exits 2); one it accepts validates to nil or to FieldErrors, each naming
+// a field; and secrets never appear in an error.
+// Corpus: testdata/fuzz/FuzzLoad. CI runs it by count (scripts/test.sh).
+func FuzzLoad(f *testing.F) {
+	for _, name := range []string{"good-brief.yaml", "bad-fields.yaml", "bad-security.yaml", "bad-duplicate.yaml", "bad-type.yaml", "comments-only.yaml"} {
+		b, err := os.ReadFile(filepath.Join("testdata", name))
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Add([]byte("version: 1\nsecurity:\n  allowed_target_cidrs: [\"::ffff:10.0.0.0/104\", 127.0.0.1]\nproxy: {memory_budget_bytes: 1048576}\n"))
+	f.Add([]byte("version: 1\npipeops:\n  token: s3cret-token-value\n  api_url: \"ht tp://x\"\n"))
+	f.Add([]byte("version: 1\n---\nversion: 1\n"))
+	f.Add([]byte("version: 1\nagent: &a {name: x}\nkubernetes: *a\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		dir := t.TempDir()
+		main := filepath.Join(dir, "agent.yaml")
+		if err := os.WriteFile(main, []byte("version: 1\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		dropins := filepath.Join(dir, "agent.d")
+		if err := os.Mkdir(dropins, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dropins, "10-fuzz.yaml"), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		e := map[string]string{"PIPEOPS_TOKEN": "fuzz-token"}
+		cfg, _, err := Load(Options{Path: main, DropInDir: dropins, Getenv: env(e), Environ: func() []string { return nil },
+			TokenFallback: filepath.Join(dir, "absent")})
+		if err != nil {
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("Load error %v does not wrap ErrInvalid", err)
+			}
+			return
+		}
+		verr := cfg.Validate()
+		if verr == nil {
+			_ = cfg.Security.AllowedTargets()
+			return
+		}
+		if !errors.Is(verr, ErrInvalid) {
+			t.Fatalf("Validate error %v does not wrap ErrInvalid", verr)
+		}
+		if strings.Contains(verr.Error(), "s3cret-token-value") || strings.Contains(verr.Error(), "fuzz-token") {
+			t.Fatalf("a secret appears in %v", verr)
+		}
+	})
+}
