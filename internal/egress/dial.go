@@ -12,9 +12,6 @@ import (
 	"github.com/pipeops/pipeops-vm-agent/internal/logging"
 )
 
-// DialTimeout is the connect timeout of Dialer when the caller sets none.
-const DialTimeout = 10 * time.Second
-
 // Control is the net.Dialer Control hook: it runs for every address the
 // dialer tries, after name resolution and before connect, so it sees the
 // address really dialled.
@@ -35,17 +32,14 @@ func (p *Policy) Control(_, address string, _ syscall.RawConn) error {
 }
 
 // Dialer returns a net.Dialer that applies the policy, with the given
-// connect timeout (0: DialTimeout).
+// connect timeout (0: only the context bounds it).
 func (p *Policy) Dialer(timeout time.Duration) *net.Dialer {
-	if timeout <= 0 {
-		timeout = DialTimeout
-	}
 	return &net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second, Control: p.Control}
 }
 
-// DialContext dials address under the policy. A refusal comes back as a
-// *RefusedError naming address; it is counted, and logged once per target
-// per LogEvery.
+// DialContext dials address under the policy; ctx bounds the connect. A
+// refusal comes back as a *RefusedError naming address; it is counted, and
+// logged once per target per LogEvery.
 func (p *Policy) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
 	c, err := p.Dialer(0).DialContext(ctx, network, address)
 	if err == nil {

@@ -160,7 +160,7 @@ func New(o Options) (*Proxy, error) {
 	}
 	return &Proxy{
 		o: o, log: o.Log, m: m, slots: make(chan struct{}, o.MaxInFlight), budget: budget,
-		clients: clientCache{dial: o.Egress.DialContext},
+		clients: clientCache{dial: dialWithin(o.Egress.DialContext, dialTimeout)},
 		calls:   map[callKey]*call{}, relays: map[callKey]*relay{}, apps: map[callKey]*relay{},
 	}, nil
 }

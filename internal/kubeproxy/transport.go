@@ -61,6 +61,15 @@ type clientCache struct {
 	viaDial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
+// dialWithin bounds every connect of dial to d.
+func dialWithin(dial func(ctx context.Context, network, addr string) (net.Conn, error), d time.Duration) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		ctx, cancel := context.WithTimeout(ctx, d)
+		defer cancel()
+		return dial(ctx, network, addr)
+	}
+}
+
 // ServiceDialer dials a Service port with the resolver's own fallbacks
 // (svcresolve.Resolver: ClusterIP, then ready endpoints). When the
 // Resolver also implements it, Service calls dial through it.
