@@ -18,11 +18,11 @@ var errOverBudget = errors.New("over the buffered-response memory budget")
 var errTooLarge = errors.New("larger than the buffered-response limit")
 
 // memBudget is the global budget for buffered response bytes
-// (proxy.memory_budget_bytes): every byte a buffered response holds (its
-// body, its gzip copy, its encoded message) is reserved here before it is
-// allocated, and a reservation that does not fit fails at once instead of
-// waiting, so requests never hold part of the budget while waiting for
-// more of it.
+// (proxy.memory_budget_bytes): every byte a buffered response holds (the
+// HTTP/2 window the transport may fill, its body, its gzip copy and its
+// encoded message) is reserved here before it is allocated. Only a call's
+// first reservation may wait (admit); every later one fails at once when
+// it does not fit, so no call ever waits while holding part of the budget.
 type memBudget struct {
 	limit int64
 	used  atomic.Int64

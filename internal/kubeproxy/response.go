@@ -71,6 +71,7 @@ func (o *responder) buffer(resp *http.Response, raw *spool) {
 	body, enc, n, err := o.read(resp, raw)
 	if body != raw {
 		defer body.free()
+		raw.free() // the body was read to its end: the compressed copy is all that is left
 	}
 	if err != nil {
 		o.failBuffer(err, n)
