@@ -45,11 +45,11 @@ go test -run='^$' -fuzz=FuzzDecode -fuzztime=800000x -timeout=5m ./internal/prot
 go test -run='^$' -fuzz=FuzzReadHeader -fuzztime=50000x -timeout=5m ./internal/tunnel
 # Where control-plane and cluster input arrives (issue 13): proxy_request
 # validation, relay frames, backend WebSocket messages, Ingress routes, config.
-go test -run='^$' -fuzz=FuzzProxyRequest -fuzztime=40000x -timeout=5m ./internal/kubeproxy
-go test -run='^$' -fuzz=FuzzParseFrame -fuzztime=300000x -timeout=5m ./internal/kubeproxy
-go test -run='^$' -fuzz=FuzzReadBackendMessage -fuzztime=12000x -timeout=5m ./internal/kubeproxy
-go test -run='^$' -fuzz=FuzzExtractRoutes -fuzztime=300000x -timeout=5m ./internal/routesync
-go test -run='^$' -fuzz=FuzzLoad -fuzztime=30000x -timeout=5m ./internal/config
+go test -run='^$' -fuzz=FuzzProxyRequest -fuzztime=30000x -timeout=5m ./internal/kubeproxy
+go test -run='^$' -fuzz=FuzzParseFrame -fuzztime=150000x -timeout=5m ./internal/kubeproxy
+go test -run='^$' -fuzz=FuzzReadBackendMessage -fuzztime=10000x -timeout=5m ./internal/kubeproxy
+go test -run='^$' -fuzz=FuzzExtractRoutes -fuzztime=200000x -timeout=5m ./internal/routesync
+go test -run='^$' -fuzz=FuzzLoad -fuzztime=15000x -timeout=5m ./internal/config
 
 log "make demo, checked: kubectl through devplane → agent → kube-apiserver"
 DEMO_DIR=$(mktemp -d /tmp/pipeops-demo.XXXXXX) scripts/demo.sh --check
