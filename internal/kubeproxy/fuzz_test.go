@@ -159,11 +159,11 @@ func FuzzParseFrame(f *testing.F) {
 func FuzzReadBackendMessage(f *testing.F) {
 	f.Add(true, []byte{0x82, 0x05, 'h', 'e', 'l', 'l', 'o'})
 	f.Add(false, []byte{0x81, 0x03, 'a', 'b', 'c'})
-	f.Add(true, []byte{0xc2, 0x07, 0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00})                                // "Hello", compressed
+	f.Add(true, []byte{0xc2, 0x07, 0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00})                               // "Hello", compressed
 	f.Add(true, []byte{0xc2, 0x0c, 0xed, 0xc1, 0x01, 0x0d, 0x00, 0x00, 0x00, 0xc2, 0xa0, 0xf5, 0x4f, 0x6d}) // zeros, compressed
-	f.Add(false, []byte{0x02, 0x02, 'a', 'b', 0x80, 0x01, 'c'})                                            // fragmented
-	f.Add(false, []byte{0x88, 0x02, 0x03, 0xe8})                                                           // close
-	f.Add(false, []byte{0x82, 0x7f, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff})                                   // huge length
+	f.Add(false, []byte{0x02, 0x02, 'a', 'b', 0x80, 0x01, 'c'})                                             // fragmented
+	f.Add(false, []byte{0x88, 0x02, 0x03, 0xe8})                                                            // close
+	f.Add(false, []byte{0x82, 0x7f, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff})                                    // huge length
 	const limit = 1 << 10
 	f.Fuzz(func(t *testing.T, deflate bool, frames []byte) {
 		client, server := net.Pipe()
