@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"time"
 
@@ -78,21 +79,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 }
 
 func run(ctx context.Context, e *env, args []string) int {
-	app := &cli.App{
-		Name:      "pipeopsctl",
-		Usage:     "manage the PipeOps agent on this host",
-		Writer:    e.stdout,
-		ErrWriter: e.stderr,
-		Flags:     []cli.Flag{&cli.StringFlag{Name: "socket", Usage: "local API socket (default $PIPEOPS_SOCKET or /run/pipeops/agent.sock)"}},
-		Before: func(c *cli.Context) error {
-			if s := c.String("socket"); s != "" {
-				e.client.Socket = s
-			}
-			return nil
-		},
-		ExitErrHandler: func(*cli.Context, error) {}, // we map errors to codes below
-		Commands:       commands(e),
-	}
+	app := newApp(e)
 	err := app.RunContext(ctx, args)
 	if err == nil {
 		return ExitOK
@@ -114,14 +101,56 @@ func run(ctx context.Context, e *env, args []string) int {
 	return code
 }
 
+// newApp is pipeopsctl's command tree. App (docs.go) builds the same tree
+// for the generated man page and completion scripts.
+func newApp(e *env) *cli.App {
+	return &cli.App{
+		Name:  "pipeopsctl",
+		Usage: "manage the PipeOps agent on this host",
+		Description: "pipeopsctl inspects and manages pipeops-agent, the daemon that links this VM's Kubernetes cluster " +
+			"to the PipeOps control plane. It talks to the agent over its local socket and to systemd; most commands need root.",
+		Writer:    e.stdout,
+		ErrWriter: e.stderr,
+		Flags:     []cli.Flag{&cli.StringFlag{Name: "socket", Usage: "local API socket (default $PIPEOPS_SOCKET or /run/pipeops/agent.sock)"}},
+		Before: func(c *cli.Context) error {
+			if s := c.String("socket"); s != "" {
+				e.client.Socket = s
+			}
+			return nil
+		},
+		// The hidden --generate-bash-completion flag that the scripts of
+		// "pipeopsctl completion" call.
+		EnableBashCompletion: true,
+		ExitErrHandler:       func(*cli.Context, error) {}, // we map errors to codes below
+		Commands:             commands(e),
+	}
+}
+
 // commands lists every subcommand. New commands register here.
 var extraCommands []func(e *env) *cli.Command
+
+// commandOrder is the order --help, the man page and completion list the
+// commands in: what an operator reaches for first (is it working, what did
+// it say, what is wrong), then day-to-day actions, then setup. A command
+// missing here sorts last, and TestHelpListsCommandsInOperatorOrder fails.
+var commandOrder = []string{
+	"status", "logs", "doctor",
+	"start", "stop", "restart", "monitoring", "config",
+	"install", "uninstall", "version", "completion",
+}
 
 func commands(e *env) []*cli.Command {
 	cmds := []*cli.Command{newVersionCommand(e), newStatusCommand(e), newConfigCommand(e)}
 	for _, f := range extraCommands {
 		cmds = append(cmds, f(e))
 	}
+	rank := func(c *cli.Command) int {
+		if i := slices.Index(commandOrder, c.Name); i >= 0 {
+			return i
+		}
+		return len(commandOrder)
+	}
+	slices.SortStableFunc(cmds, func(a, b *cli.Command) int { return rank(a) - rank(b) })
 	return cmds
 }
 

@@ -66,3 +66,18 @@ func ShortTempDir(t testing.TB) string {
 	t.Cleanup(func() { os.RemoveAll(d) })
 	return d
 }
+
+// NeedTool finds a host tool on PATH (Debian package pkg). It skips the
+// test on a laptop and fails it under CI=true, where scripts/setup-tools.sh
+// installs every tool the tests use.
+func NeedTool(t testing.TB, name, pkg string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("%s not found: install it with apt-get install -y %s (scripts/setup-tools.sh does)", name, pkg)
+		}
+		t.Skipf("%s not found (apt-get install -y %s)", name, pkg)
+	}
+	return p
+}
