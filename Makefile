@@ -7,11 +7,18 @@ LDFLAGS := -s -w -X $(MODULE)/internal/version.Version=$(VERSION) \
            -X $(MODULE)/internal/version.Commit=$(COMMIT) -X $(MODULE)/internal/version.Date=$(DATE)
 BIN     := bin
 
-.PHONY: build test lint demo clean k8s-bins host-test snapshot
+.PHONY: build docs test lint demo clean k8s-bins host-test snapshot
 
+# urfave_cli_no_docs keeps urfave/cli's man/markdown renderer out of
+# pipeopsctl; only scripts/gendocs needs it.
 build:
 	@mkdir -p $(BIN)
-	CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/...
+	CGO_ENABLED=0 go build -trimpath -tags urfave_cli_no_docs -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/...
+
+# Man pages and shell completion scripts, generated from the command
+# definitions into build/docs (the packages ship them).
+docs:
+	go run ./scripts/gendocs build/docs
 
 # Builds (cached) and starts a real Kubernetes control plane, then runs every
 # test with the race detector. See scripts/test.sh.
@@ -30,7 +37,7 @@ k8s-bins:
 	scripts/k8s/build.sh
 
 clean:
-	rm -rf $(BIN) dist
+	rm -rf $(BIN) dist build
 
 # The host tier alone: packages, installer and unit under a real systemd (root).
 host-test:

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/pipeops/pipeops-vm-agent/internal/config"
@@ -17,15 +18,63 @@ import (
 	"github.com/pipeops/pipeops-vm-agent/internal/version"
 )
 
-const usage = `pipeops-agent connects this VM's Kubernetes cluster to PipeOps.
+// Command is one of pipeops-agent's commands, with its flags. Main parses
+// the command line with these, usage is printed from them, and the man page
+// pipeops-agent(8) is generated from them at build time (scripts/gendocs),
+// so the three cannot disagree.
+type Command struct {
+	Name  string
+	Usage string
+	Flags []Flag
+}
 
-Usage:
-  pipeops-agent run [--config FILE]   run the agent in the foreground (what the systemd unit calls)
-  pipeops-agent version               print the version
+// Flag is one flag of a Command; Arg names its value in usage (FILE).
+type Flag struct {
+	Name, Arg, Usage string
+}
 
---config defaults to $PIPEOPS_CONFIG, then /etc/pipeops/agent.yaml.
-Manage the installed agent with pipeopsctl (status, logs, config, doctor).
-`
+// Commands are pipeops-agent's commands. A bare "pipeops-agent" only prints
+// usage, so typing it never starts a second daemon.
+var Commands = []Command{
+	{Name: "run", Usage: "run the agent in the foreground (what the systemd unit calls)",
+		Flags: []Flag{{Name: "config", Arg: "FILE", Usage: "read the configuration from FILE (default $PIPEOPS_CONFIG, then /etc/pipeops/agent.yaml)"}}},
+	{Name: "version", Usage: "print the version"},
+}
+
+// Summary is pipeops-agent's one-line description.
+const Summary = "connects this VM's Kubernetes cluster to PipeOps"
+
+// Synopsis is "run [--config FILE]" for a command.
+func (c Command) Synopsis() string {
+	s := c.Name
+	for _, f := range c.Flags {
+		s += " [--" + f.Name
+		if f.Arg != "" {
+			s += " " + f.Arg
+		}
+		s += "]"
+	}
+	return s
+}
+
+// usage is printed by --help, a bare pipeops-agent and usage errors.
+var usage = func() string {
+	var b strings.Builder
+	b.WriteString("pipeops-agent " + Summary + ".\n\nUsage:\n")
+	for _, c := range Commands {
+		fmt.Fprintf(&b, "  %-34s %s\n", "pipeops-agent "+c.Synopsis(), c.Usage)
+	}
+	for _, c := range Commands {
+		if len(c.Flags) > 0 {
+			fmt.Fprintf(&b, "\nFlags of %s:\n", c.Name)
+		}
+		for _, f := range c.Flags {
+			fmt.Fprintf(&b, "  %-34s %s\n", strings.TrimSpace("--"+f.Name+" "+f.Arg), f.Usage)
+		}
+	}
+	b.WriteString("\nManage the installed agent with pipeopsctl (status, logs, doctor, config).\n")
+	return b.String()
+}()
 
 // Main is pipeops-agent's entry point; it returns the process exit code.
 //
@@ -43,7 +92,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		fs := flag.NewFlagSet("pipeops-agent run", flag.ContinueOnError)
 		fs.SetOutput(stderr)
 		fs.Usage = func() { fmt.Fprint(stderr, usage) }
-		configPath := fs.String("config", "", "config file (default $PIPEOPS_CONFIG or /etc/pipeops/agent.yaml)")
+		configPath := fs.String(Commands[0].Flags[0].Name, "", Commands[0].Flags[0].Usage)
 		if err := fs.Parse(args[2:]); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
 				return ExitOK
