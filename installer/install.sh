@@ -5,7 +5,8 @@
 #   curl -sfL https://get.pipeops.io/agent | sudo sh -          (prompts for the token)
 #
 # It downloads the release tarball and checksums.txt, checks the sha256,
-# installs pipeops-agent and pipeopsctl, then hands over to
+# installs pipeops-agent and pipeopsctl (and pipeopsctl's shell completion
+# where the shells' directories exist), then hands over to
 # "pipeopsctl install", which writes the unit, the token and the settings and
 # (re)starts the service only when something changed. Running it again is safe.
 #
@@ -220,6 +221,32 @@ install_binaries() {
 	fi
 }
 
+# install_completions writes pipeopsctl's shell completion scripts into the
+# shells' system directories that exist here (the packages ship the same
+# files); "pipeopsctl uninstall" removes them. A failure only warns.
+install_completions() {
+	for spec in bash:/usr/share/bash-completion/completions/pipeopsctl \
+		zsh:/usr/share/zsh/vendor-completions/_pipeopsctl \
+		zsh:/usr/share/zsh/site-functions/_pipeopsctl \
+		fish:/usr/share/fish/vendor_completions.d/pipeopsctl.fish; do
+		shell=${spec%%:*}
+		file=$ROOT${spec#*:}
+		[ -d "${file%/*}" ] || continue
+		if [ "$DRY_RUN" = 1 ]; then
+			printf '+ %s completion %s > %s\n' "$BIN_DIR/pipeopsctl" "$shell" "$file"
+			continue
+		fi
+		if ! "$BIN_DIR/pipeopsctl" completion "$shell" >"$file.new" </dev/null; then
+			rm -f "$file.new"
+			info "could not write the $shell completion to $file (skipped)"
+		elif cmp -s "$file.new" "$file"; then
+			rm -f "$file.new"
+		else
+			mv -f "$file.new" "$file" && info "installed $file"
+		fi
+	done
+}
+
 hand_over() {
 	set -- install
 	[ -n "$TOKEN_SRC" ] && set -- "$@" --token-file "$TOKEN_SRC"
@@ -262,6 +289,7 @@ main() {
 	get_token
 	fetch_binaries
 	install_binaries
+	install_completions
 	hand_over
 	finish
 }

@@ -259,7 +259,8 @@ func TestUninstallKeepsConfigUnlessPurged(t *testing.T) {
 			if _, err := in.Install(ctx); err != nil {
 				t.Fatal(err)
 			}
-			for _, p := range []string{paths.AgentBinary, paths.CtlBinary, paths.HelmBinary} {
+			for _, p := range append([]string{paths.AgentBinary, paths.CtlBinary, paths.HelmBinary}, paths.CompletionFiles()...) {
+				_ = os.MkdirAll(filepath.Dir(filepath.Join(root, p)), 0o755)
 				_ = os.WriteFile(filepath.Join(root, p), []byte("bin"), 0o755)
 			}
 			_ = os.MkdirAll(filepath.Join(root, paths.DefaultState), 0o700)
@@ -271,7 +272,8 @@ func TestUninstallKeepsConfigUnlessPurged(t *testing.T) {
 			if got := log(); !slices.Equal(got, want) {
 				t.Errorf("systemctl calls = %q; want %q", got, want)
 			}
-			for _, p := range []string{paths.LocalUnit, paths.AgentBinary, paths.CtlBinary, paths.HelmBinary, "/usr/bin/pipeops-uninstall.sh"} {
+			for _, p := range append([]string{paths.LocalUnit, paths.AgentBinary, paths.CtlBinary, paths.HelmBinary, "/usr/bin/pipeops-uninstall.sh"},
+				paths.CompletionFiles()...) {
 				if _, err := os.Stat(filepath.Join(root, p)); err == nil {
 					t.Errorf("%s still there", p)
 				}

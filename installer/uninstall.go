@@ -48,10 +48,10 @@ func (in *Installer) Uninstall(ctx context.Context, purge bool) ([]string, error
 		_ = os.Remove(dropDir)
 		_, _ = in.o.Systemctl(ctx, "daemon-reload")
 	}
-	for _, p := range []string{
+	for _, p := range append([]string{
 		in.agentBinary(""), filepath.Join(in.o.BinDir, filepath.Base(paths.CtlBinary)),
 		filepath.Join(in.o.BinDir, filepath.Base(paths.HelmBinary)), in.UninstallScriptPath(),
-	} {
+	}, paths.CompletionFiles()...) { // install.sh wrote the completion scripts
 		if rm(in.path(p)) {
 			removed = append(removed, p)
 		}

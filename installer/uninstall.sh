@@ -1,7 +1,7 @@
 #!/bin/sh
 # pipeops-uninstall.sh: written next to the binaries by "pipeopsctl install"
 # (a script install only; packages are removed with apt or dnf). It removes
-# pipeops-agent completely: service, unit, binaries, /etc/pipeops,
+# pipeops-agent completely: service, unit, binaries, completion scripts, /etc/pipeops,
 # /var/lib/pipeops and /var/cache/pipeops, then deletes itself.
 # PIPEOPS_DRY_RUN=1 prints what it would run.
 
@@ -25,6 +25,8 @@ fallback() {
 		run systemctl daemon-reload || true
 	fi
 	run rm -f "$1/pipeops-agent" "$1/pipeopsctl" "$1/pipeops-agent-helm"
+	run rm -f /usr/share/bash-completion/completions/pipeopsctl /usr/share/zsh/vendor-completions/_pipeopsctl \
+		/usr/share/zsh/site-functions/_pipeopsctl /usr/share/fish/vendor_completions.d/pipeopsctl.fish
 	run rm -rf /etc/pipeops /var/lib/pipeops /var/cache/pipeops /etc/default/pipeops-agent
 }
 

@@ -14,6 +14,7 @@ setup_file() {
 	cat >"$REL/src/pipeopsctl" <<'STUB'
 #!/bin/sh
 echo "$*" >>"$STUB_LOG/pipeopsctl.argv"
+[ "$1" = completion ] && { echo "# $2 completion for pipeopsctl"; exit 0; }
 while [ $# -gt 0 ]; do
 	if [ "$1" = --token-file ]; then
 		cat "$2" >>"$STUB_LOG/pipeopsctl.token"
@@ -187,4 +188,20 @@ setup() {
 	[[ "$output" == *"+ rm -f $ROOT/usr/bin/pipeops-agent $ROOT/usr/bin/pipeopsctl $ROOT/usr/bin/pipeops-agent-helm"* ]]
 	[[ "$output" == *"+ rm -rf /etc/pipeops /var/lib/pipeops /var/cache/pipeops /etc/default/pipeops-agent"* ]]
 	[ -e "$ROOT/usr/bin/pipeops-uninstall.sh" ]
+}
+
+@test "shell completions go into the shells' directories that exist, and a rerun leaves them alone" {
+	mkdir -p "$ROOT/usr/share/bash-completion/completions" "$ROOT/usr/share/fish/vendor_completions.d"
+	PIPEOPS_TOKEN=t run dash "$INSTALL_SH"
+	[ "$status" -eq 0 ] || { echo "$output"; false; }
+	[ "$(cat "$ROOT/usr/share/bash-completion/completions/pipeopsctl")" = "# bash completion for pipeopsctl" ]
+	[ "$(cat "$ROOT/usr/share/fish/vendor_completions.d/pipeopsctl.fish")" = "# fish completion for pipeopsctl" ]
+	[ ! -e "$ROOT/usr/share/zsh" ]
+	grep -qx 'completion bash' "$STUB_LOG/pipeopsctl.argv"
+	run grep -q 'completion zsh' "$STUB_LOG/pipeopsctl.argv"
+	[ "$status" -ne 0 ]
+	PIPEOPS_TOKEN=t run dash "$INSTALL_SH"
+	[ "$status" -eq 0 ]
+	[[ "$output" != *"installed $ROOT/usr/share/bash-completion"* ]]
+	[ ! -e "$ROOT/usr/share/bash-completion/completions/pipeopsctl.new" ]
 }

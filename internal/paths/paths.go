@@ -30,6 +30,21 @@ const (
 	LocalUnit      = "/etc/systemd/system/pipeops-agent.service"
 )
 
+// Shell completion scripts of pipeopsctl, in each shell's system directory.
+// The packages ship them; install.sh writes those whose directory exists,
+// and "pipeopsctl uninstall" removes them again.
+const (
+	BashCompletion      = "/usr/share/bash-completion/completions/pipeopsctl"
+	ZshVendorCompletion = "/usr/share/zsh/vendor-completions/_pipeopsctl" // Debian, Ubuntu
+	ZshSiteCompletion   = "/usr/share/zsh/site-functions/_pipeopsctl"     // Fedora, RHEL, Arch
+	FishCompletion      = "/usr/share/fish/vendor_completions.d/pipeopsctl.fish"
+)
+
+// CompletionFiles lists the completion scripts above.
+func CompletionFiles() []string {
+	return []string{BashCompletion, ZshVendorCompletion, ZshSiteCompletion, FishCompletion}
+}
+
 // firstDir returns the first entry of a colon-separated systemd directory
 // variable, or def when it is unset.
 func firstDir(env, def string) string {
