@@ -4,7 +4,8 @@
 # Boots the cached Debian 12 tree with systemd-nspawn (systemd 252 as PID 1,
 # throwaway copy through -x, host network) and drives it with nsenter:
 #   1. the .deb: install (enabled, inactive without a token), pipeopsctl install
-#      → the service reaches READY and pipeopsctl status answers;
+#      → the service reaches READY and pipeopsctl status answers; man pipeopsctl
+#      and bash completion work from the installed files;
 #   2. upgrade to the newer snapshot: config, drop-ins and token are kept;
 #   3. the watchdog kills and restarts a hung agent (debug-wedge trigger);
 #   4. remove, then purge: nothing left;
@@ -86,6 +87,25 @@ test_dropin() {
   ct_sh "mkdir -p /etc/pipeops/agent.d && printf 'version: 1\nagent:\n  port: $(free_port)\n' > /etc/pipeops/agent.d/50-test.yaml"
 }
 
+# cli_docs_check: "man pipeopsctl" and "man pipeops-agent" render from the
+# package's pages, and bash-completion completes pipeopsctl from its script.
+cli_docs_check() {
+  ct_sh 'MANWIDTH=80 man pipeopsctl 2>&1' >"$WORK/man.txt" || { cat "$WORK/man.txt"; fail "man pipeopsctl failed"; }
+  grep -q 'pipeopsctl - manage the PipeOps agent' "$WORK/man.txt" || { head -n 20 "$WORK/man.txt"; fail "man pipeopsctl shows no NAME line"; }
+  ct_sh 'MANWIDTH=80 man 8 pipeops-agent 2>&1' | grep -q 'pipeops-agent - ' || fail "man 8 pipeops-agent failed"
+  cat >"$WORK/complete.bash" <<'SH'
+. /usr/share/bash-completion/bash_completion
+_completion_loader pipeopsctl
+COMP_WORDS=(pipeopsctl st) COMP_CWORD=1
+_pipeopsctl
+echo "${COMPREPLY[*]}"
+SH
+  in_ct bash -c "$(cat "$WORK/complete.bash")" >"$WORK/complete.txt" 2>&1 ||
+    { cat "$WORK/complete.txt"; fail "bash completion of pipeopsctl failed"; }
+  grep -qw status "$WORK/complete.txt" || { cat "$WORK/complete.txt"; fail "bash completion of \"pipeopsctl st\" did not offer status"; }
+  step "man pipeopsctl and bash completion work (pipeopsctl st<TAB>: $(cat "$WORK/complete.txt"))"
+}
+
 deb_tier() {
   local old_deb new_deb
   old_deb=$(cd "$WORK/artifacts/old" && ls pipeops-agent_*_"$ARCH".deb)
@@ -96,6 +116,7 @@ deb_tier() {
   [ "$(in_ct systemctl is-enabled pipeops-agent.service)" = enabled ] || fail "the package did not enable the unit"
   [ "$(show ActiveState)" = inactive ] || fail "the package started the agent without a token"
   in_ct test ! -e /etc/systemd/system/pipeops-agent.service || fail "a unit in /etc shadows the packaged one"
+  cli_docs_check
 
   step "pipeopsctl install (package-owned unit) → READY"
   test_dropin
@@ -183,6 +204,7 @@ script_tier() {
     fail "kardianos/service did not write the unit byte for byte"
   [ "$(in_ct cat /etc/pipeops/token)" = script-token ] || fail "install.sh did not install the token"
   in_ct pipeopsctl status >/dev/null || fail "pipeopsctl status failed after install.sh"
+  in_ct test -s /usr/share/bash-completion/completions/pipeopsctl || fail "install.sh did not install the bash completion"
 
   step "install.sh again is idempotent"
   local pid
@@ -196,7 +218,7 @@ script_tier() {
   in_ct /usr/bin/pipeops-uninstall.sh >/dev/null || fail "the uninstall script failed"
   [ "$(show LoadState)" = not-found ] || fail "the unit is still loaded after uninstall"
   for p in /usr/bin/pipeops-agent /usr/bin/pipeopsctl /usr/bin/pipeops-agent-helm /usr/bin/pipeops-uninstall.sh /etc/pipeops /var/lib/pipeops \
-    /etc/systemd/system/pipeops-agent.service; do
+    /etc/systemd/system/pipeops-agent.service /usr/share/bash-completion/completions/pipeopsctl; do
     in_ct test ! -e "$p" || fail "uninstall left $p"
   done
 }

@@ -8,8 +8,9 @@ set -euo pipefail
 CACHE=${PIPEOPS_TEST_CACHE:-$HOME/.cache/pipeops-test}
 SUITE=bookworm
 # Bump REV when the package list changes, so the cache rebuilds.
-REV=2
-INCLUDE=systemd,systemd-sysv,dbus,ca-certificates,curl,rpm
+REV=3
+# man-db and bash-completion: the tier checks "man pipeopsctl" and completion.
+INCLUDE=systemd,systemd-sysv,dbus,ca-certificates,curl,rpm,man-db,bash-completion
 DIR=$CACHE/rootfs/$SUITE-r$REV
 
 mirror() {
