@@ -19,6 +19,10 @@ type cpPart struct {
 // wireControlPlane builds the control-plane link (protocol.md §2–5, §8):
 // /health and the status snapshot read its state, and Run keeps it up.
 func (d *Daemon) wireControlPlane() error {
+	loc, err := d.newLocality()
+	if err != nil {
+		return fmt.Errorf("control-plane link: %w", err)
+	}
 	c, err := controlplane.New(controlplane.Options{
 		Config:  d.cfg,
 		AgentID: d.agentID,
@@ -27,6 +31,8 @@ func (d *Daemon) wireControlPlane() error {
 		Log:     d.log.With(logging.KeyComponent, "controlplane"),
 		Metrics: d.reg,
 		Cluster: kubeCluster{d.kubePart.mgr},
+
+		Locality: loc, // wire_locality.go
 	})
 	if err != nil {
 		return fmt.Errorf("control-plane link: %w", err)

@@ -55,6 +55,18 @@ type Agent struct {
 	Socket            string            `json:"socket" yaml:"socket"`
 	EnableSSE         bool              `json:"enable_sse" yaml:"enable_sse"`
 	EnableWebSocket   bool              `json:"enable_websocket" yaml:"enable_websocket"`
+
+	// ServerIP replaces the looked-up public address sent as
+	// register.server_ip (NAT setups that know better).
+	ServerIP string `json:"server_ip,omitempty" yaml:"server_ip"`
+	// PublicIPServices answer a GET with the caller's public address, asked
+	// in order (each for at most 3 s, at most hourly); [] asks none. Unset:
+	// the three of protocol.md §4.1, or none when pipeops.api_url is on
+	// loopback or a private network (that control plane needs the local address).
+	PublicIPServices []string `json:"public_ip_services,omitempty" yaml:"public_ip_services"`
+	// JoinServerURL replaces heartbeat.worker_join.server_url (default:
+	// https://<the node's InternalIP>:6443).
+	JoinServerURL string `json:"join_server_url,omitempty" yaml:"join_server_url"`
 }
 
 // PipeOps is the control-plane connection.

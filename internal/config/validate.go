@@ -54,6 +54,19 @@ func (c *Config) Validate() error {
 	if net.ParseIP(c.Agent.BindAddress) == nil && c.Agent.BindAddress != "localhost" {
 		add("agent.bind_address", c.Agent.BindAddress, fmt.Errorf("must be an IP address such as 127.0.0.1"))
 	}
+	if c.Agent.ServerIP != "" && net.ParseIP(c.Agent.ServerIP) == nil {
+		add("agent.server_ip", c.Agent.ServerIP, fmt.Errorf("must be an IP address such as 203.0.113.10"))
+	}
+	for i, s := range c.Agent.PublicIPServices {
+		if u, err := url.Parse(s); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			add(fmt.Sprintf("agent.public_ip_services[%d]", i), s, fmt.Errorf("must be an http(s) URL that answers with the caller's address"))
+		}
+	}
+	if s := c.Agent.JoinServerURL; s != "" {
+		if u, err := url.Parse(s); err != nil || u.Scheme != "https" || u.Host == "" {
+			add("agent.join_server_url", s, fmt.Errorf("must be the server's https URL such as https://10.0.0.2:6443"))
+		}
+	}
 	positive := map[string]Duration{
 		"agent.heartbeat_interval":       c.Agent.HeartbeatInterval,
 		"pipeops.timeout":                c.PipeOps.Timeout,

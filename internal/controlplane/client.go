@@ -61,6 +61,10 @@ type Options struct {
 	// Metrics registers the pipeops_agent_controlplane_* metrics; nil skips.
 	Metrics prometheus.Registerer
 	Cluster Cluster
+	// Locality fills register's server_ip, region, cloud_provider and
+	// location metadata, and worker_join.server_url; nil uses the outbound
+	// interface's address and the configured region and provider.
+	Locality Locality
 	// K3sTokenPath is read for heartbeat.worker_join; "" means
 	// /var/lib/rancher/k3s/server/node-token.
 	K3sTokenPath string
@@ -86,6 +90,8 @@ type Client struct {
 	metrics *metrics
 	limiter *logging.Limiter
 	k3sPath string
+
+	locality Locality // where this VM is (locality.go)
 
 	pingEvery, readTimeout, registerTimeout time.Duration
 
@@ -120,7 +126,7 @@ func New(o Options) (*Client, error) {
 	c := &Client{
 		cfg: o.Config, agentID: o.AgentID, st: o.State, health: o.Health, log: log, cluster: o.Cluster,
 		dialer: d, metrics: newMetrics(o.Metrics), limiter: logging.NewLimiter(5*time.Minute, nil),
-		k3sPath: o.K3sTokenPath, handlers: map[string]Handler{},
+		k3sPath: o.K3sTokenPath, locality: o.Locality, handlers: map[string]Handler{},
 		pingEvery: orDefault(o.PingInterval, 10*time.Second), readTimeout: orDefault(o.ReadTimeout, 60*time.Second),
 		registerTimeout: orDefault(o.RegisterTimeout, 30*time.Second),
 		link:            apitype.LinkStatus{State: apitype.LinkConnecting},

@@ -59,7 +59,7 @@ func (c *Client) buildHeartbeat(ctx context.Context, cn *conn) protocol.Heartbea
 	if cn.ctx.Err() == nil {
 		hb.TunnelStatus = "connected"
 	}
-	hb.WorkerJoin = c.workerJoin()
+	hb.WorkerJoin = c.workerJoin(ctx)
 	c.hmu.RLock()
 	contributors := append([]func(context.Context, *protocol.Heartbeat){}, c.contributors...)
 	c.hmu.RUnlock()
@@ -111,7 +111,7 @@ func (c *Client) telemetry(ctx context.Context) Telemetry {
 
 // workerJoin builds heartbeat.worker_join when the k3s node token is
 // readable (§4.2). The token is never logged.
-func (c *Client) workerJoin() *protocol.WorkerJoin {
+func (c *Client) workerJoin(ctx context.Context) *protocol.WorkerJoin {
 	b, err := os.ReadFile(c.k3sPath)
 	if err != nil {
 		return nil
@@ -120,7 +120,7 @@ func (c *Client) workerJoin() *protocol.WorkerJoin {
 	if token == "" {
 		return nil
 	}
-	serverURL := "https://" + c.serverIP() + ":6443"
+	serverURL := c.joinServerURL(ctx)
 	q := func(s string) string { return shellQuote(s) }
 	return &protocol.WorkerJoin{
 		Provider:  "k3s",

@@ -27,6 +27,7 @@ const registerMaxWait = 120 * time.Second
 func (c *Client) register(ctx context.Context, cn *conn, st state.State, k8sVersion, token, ca string) (*protocol.RegisterSuccess, error) {
 	c.notReady("registering with the control plane")
 	reg := c.buildRegister(st, k8sVersion, token)
+	c.applyLocation(ctx, &reg) // server_ip, region, cloud_provider, location metadata (locality.go)
 	reqID := fmt.Sprintf("req_%d_%s", time.Now().UnixNano(), c.agentID)
 	replies := cn.expectRegister(reqID)
 	sctx, cancel := context.WithTimeout(ctx, writeTimeout)

@@ -49,7 +49,11 @@ type State struct {
 	// Generated once and never regenerated (protocol.md §13.12).
 	Secrets      map[string]string `json:"secrets,omitempty"`
 	RegisteredAt time.Time         `json:"registered_at,omitzero"`
-	UpdatedAt    time.Time         `json:"updated_at,omitzero"`
+	// PublicIP is the last public address the lookup services reported
+	// (register.server_ip), reused for an hour (internal/locality).
+	PublicIP          string    `json:"public_ip,omitempty"`
+	PublicIPCheckedAt time.Time `json:"public_ip_checked_at,omitzero"`
+	UpdatedAt         time.Time `json:"updated_at,omitzero"`
 }
 
 // clone returns a deep copy so callers never share the map.
