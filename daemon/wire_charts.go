@@ -34,17 +34,28 @@ func (d *Daemon) wireCharts() error {
 	if cacheDir == "" {
 		cacheDir = filepath.Join(paths.CacheDir(), "helm")
 	}
-	var comps []monitor.Component
+	var comps, disabled []monitor.Component
 	for _, c := range mc.Components.Each() { // install order of §12
-		if c.Name == "grafana" || !c.Enabled {
-			continue
-		}
 		ns := c.Namespace
 		if ns == "" {
 			ns = mc.Namespace
 		}
-		comps = append(comps, monitor.Component{Name: c.Name, Release: c.Release, Namespace: ns,
-			Repo: c.Repo, Chart: c.Chart, Version: c.Version, Values: c.Values})
+		comp := monitor.Component{Name: c.Name, Release: c.Release, Namespace: ns,
+			Repo: c.Repo, Chart: c.Chart, Version: c.Version, Values: c.Values}
+		switch c.Name {
+		case "coredns": // not a release: the Corefile in kube-system/coredns
+			comp.Release, comp.Namespace = "coredns", "kube-system"
+		case "grafana": // part of the prometheus release: listed only when off
+			if c.Enabled {
+				continue
+			}
+			comp.Release = "grafana"
+		}
+		if !c.Enabled {
+			disabled = append(disabled, comp)
+			continue
+		}
+		comps = append(comps, comp)
 	}
 	log := d.log.With(logging.KeyComponent, "charts")
 	backend := &monitor.Exec{
@@ -56,6 +67,7 @@ func (d *Daemon) wireCharts() error {
 			GrafanaSubPath: d.cfg.Agent.GrafanaSubPath,
 			APIURL:         d.cfg.PipeOps.APIURL,
 			ClusterDomain:  d.cfg.Kubernetes.ClusterDomain,
+			ACMEEmail:      mc.ACMEEmail,
 			Profile:        mc.Profile,
 			ChartsDir:      mc.ChartsDir,
 			CacheDir:       cacheDir,
@@ -69,6 +81,7 @@ func (d *Daemon) wireCharts() error {
 	m, err := monitor.New(monitor.Options{
 		Enabled:     mc.Enabled,
 		Components:  comps,
+		Disabled:    disabled,
 		Backend:     backend,
 		State:       d.state,
 		Health:      d.health,

@@ -75,6 +75,7 @@ func TestMonitoringStatusListsTheConfiguredReleasesBeforeKubernetesAnswers(t *te
 	c := runDaemon(t, func(c *config.Config) {
 		c.Monitoring.Enabled = true
 		c.Monitoring.Components.VPA.Enabled = false
+		c.Monitoring.Components.Grafana.Enabled = false
 	})
 	st, err := c.Monitoring(context.Background())
 	if err != nil {
@@ -84,12 +85,15 @@ func TestMonitoringStatusListsTheConfiguredReleasesBeforeKubernetesAnswers(t *te
 	for _, r := range st.Releases {
 		names = append(names, r.Namespace+"/"+r.Name+"="+r.State)
 	}
-	want := "kube-system/metrics-server=pending pipeops-system/traefik=pending pipeops-monitoring/kube-prometheus-stack=pending pipeops-monitoring/loki=pending"
+	// Every component, in install order; those switched off last, saying so.
+	want := "kube-system/metrics-server=pending kube-system/coredns=pending pipeops-system/traefik=pending " +
+		"cert-manager/cert-manager=pending pipeops-monitoring/kube-prometheus-stack=pending pipeops-monitoring/loki=pending " +
+		"pipeops-system/vpa=disabled pipeops-monitoring/grafana=disabled"
 	if got := strings.Join(names, " "); !st.Enabled || got != want {
 		t.Fatalf("releases = %s; want %s", got, want)
 	}
 	full, err := c.Status(context.Background())
-	if err != nil || len(full.Monitoring.Releases) != 4 {
-		t.Fatalf("GET /v1/status monitoring = %+v, %v; want the same 4 releases", full.Monitoring, err)
+	if err != nil || len(full.Monitoring.Releases) != 8 {
+		t.Fatalf("GET /v1/status monitoring = %+v, %v; want the same 8 components", full.Monitoring, err)
 	}
 }

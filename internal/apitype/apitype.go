@@ -150,13 +150,17 @@ const (
 	// ReleaseSkipped: not installed on purpose (e.g. Traefik when the
 	// cluster already has an ingress controller); Reason says why.
 	ReleaseSkipped = "skipped"
+	// ReleaseDisabled: switched off in the configuration
+	// (monitoring.components.<name>.enabled: false).
+	ReleaseDisabled = "disabled"
 	// ReleaseUninstalling and ReleaseUninstalled follow
 	// "pipeopsctl monitoring uninstall".
 	ReleaseUninstalling = "uninstalling"
 	ReleaseUninstalled  = "uninstalled"
 )
 
-// Release is one Helm release of the monitoring stack.
+// Release is one component of the monitoring stack: a Helm release, or
+// the CoreDNS rewrite (component coredns, Name the ConfigMap, no Chart).
 type Release struct {
 	Component string    `json:"component"`
 	Name      string    `json:"name"`

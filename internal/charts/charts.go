@@ -1,6 +1,9 @@
 // Package charts installs and keeps the monitoring stack (protocol.md §12)
-// through the Helm v3 SDK: metrics-server, VPA, Traefik when the cluster has
-// no ingress controller, kube-prometheus-stack with Grafana, and Loki. Each
+// through the Helm v3 SDK: metrics-server, VPA, the CoreDNS rewrite
+// (internal/coredns), Traefik when the cluster has no ingress controller,
+// cert-manager (unless one runs already) with its letsencrypt
+// ClusterIssuers, the pinned prometheus-operator CRDs (applied server-side,
+// never deleted), kube-prometheus-stack with Grafana, and Loki. Each
 // round compares what Helm recorded for every release (chart, version and
 // values) with what the agent would render and calls Helm only when they
 // differ; releases left failed or pending-* by a crash are rolled back or
@@ -17,7 +20,9 @@ import (
 	"sync"
 	"time"
 
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/rest"
 
 	"github.com/pipeops/pipeops-vm-agent/internal/monitor"
@@ -69,8 +74,13 @@ type Engine struct {
 	envMu sync.Mutex
 	helm  *helmEnv
 	kube  kubernetes.Interface
+	dyn   dynamic.Interface  // CRDs and ClusterIssuers
+	meta  metadata.Interface // metadata-only reads (the CRDs are large)
 
 	sink monitor.Sink // of the call in progress
+	// skipped holds, per component, why a round left it alone (a foreign
+	// cert-manager, say); notes what its ready state should say.
+	skipped, notes map[string]string
 }
 
 // New returns an engine. It dials nothing.
@@ -112,7 +122,15 @@ func (m *Engine) env(ctx context.Context) (*helmEnv, kubernetes.Interface, error
 	if err != nil {
 		return nil, nil, err
 	}
-	m.helm, m.kube = newHelmEnv(cfg, m.opts.CacheDir, m.log, &m.calls), cs
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	meta, err := metadata.NewForConfig(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	m.helm, m.kube, m.dyn, m.meta = newHelmEnv(cfg, m.opts.CacheDir, m.log, &m.calls), cs, dyn, meta
 	return m.helm, m.kube, nil
 }
 

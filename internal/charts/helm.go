@@ -146,6 +146,9 @@ func (h *helmEnv) install(ctx context.Context, s *Component, ch *chart.Chart, va
 	in := action.NewInstall(c)
 	in.ReleaseName, in.Namespace, in.CreateNamespace = s.Release, s.Namespace, true
 	in.Timeout, in.Labels = timeout, labels
+	// kube-prometheus-stack's CRDs come from the pinned prometheus-operator
+	// bundle, applied server-side before the chart (crds.go).
+	in.SkipCRDs = s.Name == "prometheus"
 	// Readiness is waited for by the manager (ready.go), with its own timeout
 	// and a reason that names what is not ready.
 	in.Wait = false

@@ -29,7 +29,7 @@ func TestRealPinnedChartsRenderWithTheAgentsValues(t *testing.T) {
 	dir := os.Getenv(EnvRealCharts)
 	if dir == "" {
 		t.Fatalf("set %s to a folder with "+
-			"kube-prometheus-stack-<v>.tgz, loki-stack-<v>.tgz, metrics-server-<v>.tgz, traefik-33.1.0.tgz and vpa-<v>.tgz (helm pull)", EnvRealCharts)
+			"kube-prometheus-stack-<v>.tgz, loki-stack-<v>.tgz, metrics-server-<v>.tgz, traefik-33.1.0.tgz, cert-manager-v1.13.3.tgz and vpa-<v>.tgz (helm pull)", EnvRealCharts)
 	}
 	m := unitManager(t, func(o *Options) {
 		o.ChartsDir = dir
@@ -38,6 +38,7 @@ func TestRealPinnedChartsRenderWithTheAgentsValues(t *testing.T) {
 			{Name: "metrics_server", Release: "metrics-server", Namespace: "kube-system", Chart: "metrics-server"},
 			{Name: "vpa", Release: "vpa", Namespace: "pipeops-system", Chart: "vpa"},
 			{Name: "traefik", Release: "traefik", Namespace: "pipeops-system", Chart: "traefik", Version: "33.1.0"},
+			{Name: "cert_manager", Release: "cert-manager", Namespace: "cert-manager", Chart: "cert-manager", Version: "v1.13.3"},
 			{Name: "prometheus", Release: "kube-prometheus-stack", Namespace: "pipeops-monitoring", Chart: "kube-prometheus-stack"},
 			{Name: "loki", Release: "loki", Namespace: "pipeops-monitoring", Chart: "loki-stack"},
 		}
@@ -46,6 +47,8 @@ func TestRealPinnedChartsRenderWithTheAgentsValues(t *testing.T) {
 	want := map[string][]string{
 		"metrics_server": {"--kubelet-insecure-tls"},
 		"traefik":        {"type: LoadBalancer", "kind: IngressClass"},
+		// installCRDs renders the CRDs; the webhook the ClusterIssuers wait for.
+		"cert_manager": {"name: clusterissuers.cert-manager.io", "name: cert-manager-webhook", "app.kubernetes.io/name: cert-manager"},
 		"prometheus": {
 			"root_url = https://api.pipeops.io/api/v1/clusters/agent/c-1/proxy/api/v1/namespaces/pipeops-monitoring/services/http:kube-prometheus-stack-grafana:3000/proxy/",
 			"serve_from_sub_path = true", "retention: \"15d\"", "storage: 20Gi", "http://loki.pipeops-monitoring.svc.k8s.example:3100",

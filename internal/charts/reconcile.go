@@ -79,10 +79,32 @@ func (m *Engine) reconcile(ctx context.Context, c *Component, f facts, h *helmEn
 			return nil, nil
 		}
 	}
-	if c.Name == "prometheus" && rel != nil {
-		if pw, ok := dig(rel.Config, "grafana", "adminPassword").(string); ok {
-			m.adoptSecret(monitor.SecretGrafanaPassword, pw)
+	if c.Name == "cert_manager" && rel == nil {
+		why, err := m.foreignCertManager(ctx, cs, c)
+		if err != nil {
+			m.setRelease(c, apitype.ReleaseFailed, err.Error(), nil)
+			return nil, err
 		}
+		if why != "" {
+			m.skipped[c.Name] = why
+			m.setRelease(c, apitype.ReleaseSkipped, why, nil)
+			return nil, nil
+		}
+	}
+	if c.Name == "prometheus" {
+		if rel != nil {
+			if pw, ok := dig(rel.Config, "grafana", "adminPassword").(string); ok {
+				m.adoptSecret(monitor.SecretGrafanaPassword, pw)
+			}
+		}
+		// The chart is installed with SkipCRDs: its CRDs come first, pinned.
+		note, err := m.ensurePrometheusCRDs(ctx)
+		if err != nil {
+			err = fmt.Errorf("apply the prometheus-operator %s CRDs: %w", PrometheusOperatorVersion, err)
+			m.setRelease(c, apitype.ReleaseFailed, err.Error(), nil)
+			return nil, err
+		}
+		m.notes[c.Name] = note
 	}
 	vals, err := m.desiredValues(c, f)
 	if err != nil {
@@ -121,7 +143,7 @@ func (m *Engine) reconcile(ctx context.Context, c *Component, f facts, h *helmEn
 		m.setRelease(c, apitype.ReleaseFailed, err.Error(), nil)
 		return nil, err
 	}
-	m.setRelease(c, apitype.ReleaseReady, "", nil)
+	m.setRelease(c, apitype.ReleaseReady, m.notes[c.Name], nil)
 	return rel, nil
 }
 

@@ -28,9 +28,18 @@ func (m *Engine) Round(ctx context.Context, s monitor.Sink) (monitor.Result, err
 	res := monitor.Result{Profile: f.Profile}
 	var errs []error
 	ready := map[string]*release.Release{}
+	m.skipped, m.notes = map[string]string{}, map[string]string{}
 	for i := range m.opts.Components {
 		c := &m.opts.Components[i]
-		rel, err := m.reconcile(ctx, c, f, h, cs)
+		var rel *release.Release
+		if c.Name == "coredns" {
+			err = m.reconcileDNS(ctx, c, cs)
+		} else {
+			rel, err = m.reconcile(ctx, c, f, h, cs)
+		}
+		if err == nil && c.Name == "cert_manager" {
+			err = m.certManagerIssuers(ctx, c, rel, ready["traefik"], cs)
+		}
 		if ctx.Err() != nil {
 			return res, ctx.Err()
 		}
@@ -67,16 +76,29 @@ func (m *Engine) endpoints(ready map[string]*release.Release) []Endpoint {
 }
 
 // Uninstall removes every release of the stack, in reverse order
-// (monitor.Backend). Namespaces, CRDs and PersistentVolumeClaims stay.
+// (monitor.Backend), the agent's ClusterIssuers and the CoreDNS rewrite.
+// Namespaces, CRDs and PersistentVolumeClaims stay: deleting the
+// prometheus-operator CRDs would delete every user's monitors.
 func (m *Engine) Uninstall(ctx context.Context, s monitor.Sink) error {
 	m.sink = s
-	h, _, err := m.env(ctx)
+	h, cs, err := m.env(ctx)
 	if err != nil {
 		return monitor.NoAPI("uninstall", err)
 	}
 	var errs []error
 	for _, c := range slices.Backward(m.opts.Components) {
 		c := &c
+		switch c.Name {
+		case "coredns":
+			if err := m.undoDNS(ctx, c, cs); err != nil {
+				errs = append(errs, fmt.Errorf("undo the CoreDNS rewrite: %w", err))
+			}
+			continue
+		case "cert_manager":
+			if err := m.removeIssuers(ctx); err != nil {
+				errs = append(errs, err)
+			}
+		}
 		m.setRelease(c, apitype.ReleaseUninstalling, "", nil)
 		if err := h.uninstall(c.Namespace, c.Release, m.opts.Timeout); err != nil {
 			err = fmt.Errorf("helm uninstall %s/%s: %w", c.Namespace, c.Release, err)

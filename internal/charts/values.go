@@ -52,6 +52,7 @@ var sizes = map[string]map[string]size{
 	"metrics_server": {ProfileSmall: {"50m", "64Mi", "128Mi"}, ProfileMedium: {"100m", "128Mi", "256Mi"}, ProfileLarge: {"100m", "200Mi", "400Mi"}},
 	"traefik":        {ProfileSmall: {"50m", "64Mi", "128Mi"}, ProfileMedium: {"100m", "128Mi", "256Mi"}, ProfileLarge: {"200m", "256Mi", "512Mi"}},
 	"vpa":            {ProfileSmall: {"50m", "128Mi", "256Mi"}, ProfileMedium: {"50m", "256Mi", "512Mi"}, ProfileLarge: {"100m", "512Mi", "1Gi"}},
+	"cert_manager":   {ProfileSmall: {"25m", "96Mi", "256Mi"}, ProfileMedium: {"50m", "128Mi", "384Mi"}, ProfileLarge: {"100m", "256Mi", "512Mi"}},
 }
 
 // facts are what the defaults depend on, gathered once per round.
@@ -90,6 +91,10 @@ func (m *Engine) defaults(c *Component, f facts) (map[string]any, error) {
 			"ingressClass": map[string]any{"enabled": true, "isDefaultClass": true},
 			"resources":    res("traefik"),
 		}, nil
+	case "cert_manager":
+		// installCRDs is the switch of the pinned v1.13 chart (later charts: crds.enabled).
+		return map[string]any{"installCRDs": true, "resources": res("cert_manager"),
+			"webhook": map[string]any{"resources": res("cert_manager")}, "cainjector": map[string]any{"resources": res("cert_manager")}}, nil
 	case "loki":
 		loki := map[string]any{"resources": res("loki"), "persistence": map[string]any{"enabled": persist}}
 		if persist {

@@ -22,11 +22,11 @@ func init() { extraCommands = append(extraCommands, newMonitoringCommand) }
 func newMonitoringCommand(e *env) *cli.Command {
 	return &cli.Command{
 		Name:  "monitoring",
-		Usage: "show, install or uninstall the monitoring stack (Prometheus, Grafana, Loki, metrics-server)",
+		Usage: "show, install or uninstall the cluster components: metrics-server, VPA, the CoreDNS rewrite, Traefik, cert-manager, Prometheus, Grafana, Loki",
 		Subcommands: []*cli.Command{
 			{
 				Name:  "status",
-				Usage: "show each release of the stack and the advertised endpoints",
+				Usage: "show each component (on or off in the configuration, and its state) and the advertised endpoints",
 				Flags: []cli.Flag{jsonFlag},
 				Action: func(c *cli.Context) error {
 					ctx, cancel := context.WithTimeout(c.Context, 5*time.Second)
@@ -180,7 +180,7 @@ func (p *monProgress) redraw() {
 	spin := `|/-\`[p.frame%4]
 	for _, n := range p.order {
 		r := p.rel[n]
-		mark := map[string]byte{apitype.ReleaseReady: '+', apitype.ReleaseFailed: 'x', apitype.ReleaseSkipped: '-'}[r.State]
+		mark := map[string]byte{apitype.ReleaseReady: '+', apitype.ReleaseFailed: 'x', apitype.ReleaseSkipped: '-', apitype.ReleaseDisabled: '-'}[r.State]
 		if mark == 0 {
 			mark = spin
 		}
@@ -222,8 +222,17 @@ func (p *monProgress) finish(action string, final *apitype.MonitoringEvent, json
 		fmt.Fprintln(p.w, "set monitoring.enabled: false to keep it uninstalled after the agent restarts")
 		return nil
 	}
-	n := len(final.Status.Releases)
-	fmt.Fprintf(p.w, "monitoring stack ready: %d release%s\n", n, map[bool]string{true: "", false: "s"}[n == 1])
+	count := map[string]int{}
+	for _, r := range final.Status.Releases {
+		count[r.State]++
+	}
+	line := fmt.Sprintf("monitoring stack ready: %d component%s", count[apitype.ReleaseReady], map[bool]string{true: "", false: "s"}[count[apitype.ReleaseReady] == 1])
+	for _, st := range []string{apitype.ReleaseSkipped, apitype.ReleaseDisabled} {
+		if count[st] > 0 {
+			line += fmt.Sprintf(", %d %s", count[st], st)
+		}
+	}
+	fmt.Fprintln(p.w, line)
 	for _, ep := range final.Status.Endpoints {
 		fmt.Fprintf(p.w, "  %-11s %s\n", ep.Name, ep.URL)
 	}
@@ -248,7 +257,7 @@ func renderMonitoring(w io.Writer, st *apitype.MonitoringStatus, now time.Time) 
 	}
 	fmt.Fprintln(w)
 	if len(st.Releases) > 0 {
-		fmt.Fprintf(w, "\n%-24s %-20s %-34s %-12s %s\n", "RELEASE", "NAMESPACE", "CHART", "STATE", "REASON")
+		fmt.Fprintf(w, "\n%-15s %-24s %-20s %-34s %-12s %s\n", "COMPONENT", "RELEASE", "NAMESPACE", "CHART", "STATE", "REASON")
 		for _, r := range st.Releases {
 			chart := r.Chart
 			if r.Version != "" {
@@ -257,7 +266,10 @@ func renderMonitoring(w io.Writer, st *apitype.MonitoringStatus, now time.Time) 
 			if r.Revision > 0 {
 				chart += fmt.Sprintf(" (r%d)", r.Revision)
 			}
-			fmt.Fprintln(w, strings.TrimRight(fmt.Sprintf("%-24s %-20s %-34s %-12s %s", r.Name, r.Namespace, chart, r.State, r.Reason), " "))
+			if chart == "" {
+				chart = "-"
+			}
+			fmt.Fprintln(w, strings.TrimRight(fmt.Sprintf("%-15s %-24s %-20s %-34s %-12s %s", r.Component, r.Name, r.Namespace, chart, r.State, r.Reason), " "))
 		}
 	}
 	if len(st.Endpoints) > 0 {

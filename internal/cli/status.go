@@ -166,7 +166,7 @@ func renderStatus(e *env, st *apitype.StatusResponse, now time.Time) {
 	if !m.Enabled {
 		fmt.Fprintln(w, "Monitoring:  disabled")
 	} else {
-		fmt.Fprintf(w, "Monitoring:  %d releases\n", len(m.Releases))
+		fmt.Fprintf(w, "Monitoring:  %d components\n", len(m.Releases))
 		for _, rel := range m.Releases {
 			line := fmt.Sprintf("             %-16s %s", rel.Component, rel.State)
 			if rel.Reason != "" {

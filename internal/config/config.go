@@ -176,7 +176,9 @@ type Monitoring struct {
 	ChartsDir string `json:"charts_dir,omitempty" yaml:"charts_dir"`
 	// CacheDir holds Helm's repository cache and registry config
 	// (default $CACHE_DIRECTORY/helm or /var/cache/pipeops/helm).
-	CacheDir   string               `json:"cache_dir,omitempty" yaml:"cache_dir"`
+	CacheDir string `json:"cache_dir,omitempty" yaml:"cache_dir"`
+	// ACMEEmail is the account e-mail of the letsencrypt ClusterIssuers.
+	ACMEEmail  string               `json:"acme_email" yaml:"acme_email"`
 	Components MonitoringComponents `json:"components" yaml:"components"`
 }
 

@@ -13,9 +13,15 @@ import (
 type MonitoringComponents struct {
 	MetricsServer MonitoringComponent `json:"metrics_server" yaml:"metrics_server"`
 	VPA           MonitoringComponent `json:"vpa" yaml:"vpa"`
+	// CoreDNS is the *.pipeops.internal rewrite of the cluster's Corefile
+	// (not a Helm release: only enabled applies).
+	CoreDNS MonitoringComponent `json:"coredns" yaml:"coredns"`
 	// Traefik is installed only when the cluster has no ingress controller.
-	Traefik    MonitoringComponent `json:"traefik" yaml:"traefik"`
-	Prometheus MonitoringComponent `json:"prometheus" yaml:"prometheus"`
+	Traefik MonitoringComponent `json:"traefik" yaml:"traefik"`
+	// CertManager is skipped when the cluster already runs cert-manager;
+	// either way the agent adds its ClusterIssuers.
+	CertManager MonitoringComponent `json:"cert_manager" yaml:"cert_manager"`
+	Prometheus  MonitoringComponent `json:"prometheus" yaml:"prometheus"`
 	// Grafana is part of the prometheus release (kube-prometheus-stack).
 	Grafana MonitoringComponent `json:"grafana" yaml:"grafana"`
 	Loki    MonitoringComponent `json:"loki" yaml:"loki"`
@@ -39,13 +45,18 @@ type MonitoringComponent struct {
 // newest chart in the repository at first install; pin one to make upgrades
 // deliberate.
 const (
-	MetricsServerRepo = "https://kubernetes-sigs.github.io/metrics-server/"
-	VPARepo           = "https://charts.fairwinds.com/stable"
-	TraefikRepo       = "https://traefik.github.io/charts"
-	TraefikVersion    = "33.1.0"
-	PrometheusRepo    = "https://prometheus-community.github.io/helm-charts"
-	LokiRepo          = "https://grafana.github.io/helm-charts"
+	MetricsServerRepo  = "https://kubernetes-sigs.github.io/metrics-server/"
+	VPARepo            = "https://charts.fairwinds.com/stable"
+	TraefikRepo        = "https://traefik.github.io/charts"
+	TraefikVersion     = "33.1.0"
+	CertManagerRepo    = "https://charts.jetstack.io"
+	CertManagerVersion = "v1.13.3"
+	PrometheusRepo     = "https://prometheus-community.github.io/helm-charts"
+	LokiRepo           = "https://grafana.github.io/helm-charts"
 )
+
+// DefaultACMEEmail is the ClusterIssuers' ACME account e-mail (protocol.md §12).
+const DefaultACMEEmail = "admin@pipeops.io"
 
 // Monitoring profiles (monitoring.profile).
 const (
@@ -59,7 +70,7 @@ const (
 // reference agent's PIPEOPS_AUTO_INSTALL_COMPONENTS defaults to false.
 func defaultMonitoring() Monitoring {
 	return Monitoring{Enabled: false, Namespace: "pipeops-monitoring", Timeout: D(10 * time.Minute),
-		ReadyTimeout: D(5 * time.Minute), Profile: ProfileAuto, Components: DefaultMonitoringComponents()}
+		ReadyTimeout: D(5 * time.Minute), Profile: ProfileAuto, ACMEEmail: DefaultACMEEmail, Components: DefaultMonitoringComponents()}
 }
 
 // DefaultMonitoringComponents is the stack of protocol.md §12. An empty
@@ -68,18 +79,23 @@ func DefaultMonitoringComponents() MonitoringComponents {
 	return MonitoringComponents{
 		MetricsServer: MonitoringComponent{Enabled: true, Repo: MetricsServerRepo, Chart: "metrics-server", Release: "metrics-server", Namespace: "kube-system"},
 		VPA:           MonitoringComponent{Enabled: true, Repo: VPARepo, Chart: "vpa", Release: "vpa", Namespace: "pipeops-system"},
+		CoreDNS:       MonitoringComponent{Enabled: true},
 		Traefik:       MonitoringComponent{Enabled: true, Repo: TraefikRepo, Chart: "traefik", Version: TraefikVersion, Release: "traefik", Namespace: "pipeops-system"},
-		Prometheus:    MonitoringComponent{Enabled: true, Repo: PrometheusRepo, Chart: "kube-prometheus-stack", Release: "kube-prometheus-stack"},
-		Grafana:       MonitoringComponent{Enabled: true},
-		Loki:          MonitoringComponent{Enabled: true, Repo: LokiRepo, Chart: "loki-stack", Release: "loki"},
+		CertManager: MonitoringComponent{Enabled: true, Repo: CertManagerRepo, Chart: "cert-manager", Version: CertManagerVersion,
+			Release: "cert-manager", Namespace: "cert-manager"},
+		Prometheus: MonitoringComponent{Enabled: true, Repo: PrometheusRepo, Chart: "kube-prometheus-stack", Release: "kube-prometheus-stack"},
+		Grafana:    MonitoringComponent{Enabled: true},
+		Loki:       MonitoringComponent{Enabled: true, Repo: LokiRepo, Chart: "loki-stack", Release: "loki"},
 	}
 }
 
-// Each returns the components by their config name, in install order.
+// Each returns the components by their config name, in install order
+// (protocol.md §12: metrics-server, VPA and CoreDNS, Traefik, cert-manager,
+// kube-prometheus-stack, Loki).
 func (c *MonitoringComponents) Each() []NamedComponent {
 	return []NamedComponent{
-		{"metrics_server", &c.MetricsServer}, {"vpa", &c.VPA}, {"traefik", &c.Traefik},
-		{"prometheus", &c.Prometheus}, {"grafana", &c.Grafana}, {"loki", &c.Loki},
+		{"metrics_server", &c.MetricsServer}, {"vpa", &c.VPA}, {"coredns", &c.CoreDNS}, {"traefik", &c.Traefik},
+		{"cert_manager", &c.CertManager}, {"prometheus", &c.Prometheus}, {"grafana", &c.Grafana}, {"loki", &c.Loki},
 	}
 }
 
@@ -105,11 +121,20 @@ func (m *Monitoring) validate(add func(field, value string, err error)) {
 	if m.ChartsDir != "" && !filepath.IsAbs(m.ChartsDir) {
 		add("monitoring.charts_dir", m.ChartsDir, fmt.Errorf("must be an absolute path"))
 	}
+	if at := strings.IndexByte(m.ACMEEmail, '@'); m.ACMEEmail != "" && (at < 1 || at == len(m.ACMEEmail)-1 || strings.ContainsAny(m.ACMEEmail, " \t\n")) {
+		add("monitoring.acme_email", m.ACMEEmail, fmt.Errorf("must be an e-mail address such as %s", DefaultACMEEmail))
+	}
 	if m.CacheDir != "" && !filepath.IsAbs(m.CacheDir) {
 		add("monitoring.cache_dir", m.CacheDir, fmt.Errorf("must be an absolute path"))
 	}
 	for _, c := range m.Components.Each() {
 		field := "monitoring.components." + c.Name
+		if c.Name == "coredns" {
+			if c.Repo != "" || c.Chart != "" || c.Version != "" || c.Release != "" || c.Namespace != "" || c.Values != nil {
+				add(field, "", fmt.Errorf("coredns is an edit of the cluster's Corefile, not a chart: only enabled applies"))
+			}
+			continue
+		}
 		if c.Name == "grafana" {
 			// Grafana is a subchart of kube-prometheus-stack: it has no source of its own.
 			if c.Repo != "" || c.Chart != "" || c.Version != "" || c.Release != "" || c.Namespace != "" {

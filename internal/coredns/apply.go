@@ -41,10 +41,12 @@ type Result struct {
 	Form      string
 	Changed   bool
 	Restarted bool // the Deployment was rolled because the Corefile has no reload plugin
+	// Domain and ClusterDomain are the Target's.
+	Domain, ClusterDomain string
 }
 
 func (r Result) String() string {
-	s := fmt.Sprintf("*.pipeops.internal → cluster domain via %s", r.Form)
+	s := fmt.Sprintf("*.%s resolves as *.%s (%s)", r.Domain, r.ClusterDomain, r.Form)
 	if r.Restarted {
 		s += "; CoreDNS restarted (no reload plugin)"
 	}
@@ -66,7 +68,7 @@ func Apply(ctx context.Context, cs kubernetes.Interface, t Target) (Result, erro
 	if !ok {
 		return Result{}, fmt.Errorf("ConfigMap %s/%s has no Corefile key", t.Namespace, t.ConfigMap)
 	}
-	res := Result{Form: FormCorefile}
+	res := Result{Form: FormCorefile, Domain: t.Domain, ClusterDomain: t.ClusterDomain}
 	if ImportsCustom(corefile) {
 		res.Form = FormCustom
 		if res.Changed, err = setCustom(ctx, cs, t, CustomOverride(t.Domain, t.ClusterDomain)); err != nil {
@@ -99,7 +101,7 @@ func Apply(ctx context.Context, cs kubernetes.Interface, t Target) (Result, erro
 // Undo takes the rewrite out of both places. A coredns-custom ConfigMap
 // the agent created and that holds nothing else is deleted.
 func Undo(ctx context.Context, cs kubernetes.Interface, t Target) (Result, error) {
-	res := Result{Form: FormCorefile}
+	res := Result{Form: FormCorefile, Domain: t.Domain, ClusterDomain: t.ClusterDomain}
 	cm, err := cs.CoreV1().ConfigMaps(t.Namespace).Get(ctx, t.ConfigMap, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return res, nil

@@ -44,7 +44,9 @@ var ErrDisabled = &apitype.Error{Code: apitype.CodeBadRequest,
 
 // Component is one release of the stack and where its chart comes from.
 type Component struct {
-	// Name is the config key: metrics_server, vpa, traefik, prometheus or loki.
+	// Name is the config key: metrics_server, vpa, coredns, traefik,
+	// cert_manager, prometheus or loki. coredns is no Helm release: Release
+	// names its ConfigMap and Chart is empty.
 	Name      string `json:"name"`
 	Release   string `json:"release"`
 	Namespace string `json:"namespace"`
@@ -134,7 +136,10 @@ type Options struct {
 	Enabled bool
 	// Components are the enabled releases, in install order.
 	Components []Component
-	Backend    Backend
+	// Disabled are the components switched off in the configuration; Status
+	// lists them (state disabled) after the others.
+	Disabled []Component
+	Backend  Backend
 	State      *state.Store
 	Health     *health.Tracker // optional
 	Log        *slog.Logger
@@ -203,6 +208,13 @@ func New(o Options) (*Manager, error) {
 		}
 		m.releases[c.Name] = &apitype.Release{Component: c.Name, Name: c.Release, Namespace: c.Namespace,
 			Chart: c.Chart, Version: c.Version, State: apitype.ReleasePending, Reason: "waiting for the first round"}
+	}
+	for _, c := range o.Disabled {
+		if !o.Enabled {
+			break
+		}
+		m.releases[c.Name] = &apitype.Release{Component: c.Name, Name: c.Release, Namespace: c.Namespace, Chart: c.Chart,
+			State: apitype.ReleaseDisabled, Reason: "off in the configuration (monitoring.components." + c.Name + ".enabled: false)"}
 	}
 	return m, nil
 }
@@ -407,7 +419,7 @@ func (m *Manager) Status() apitype.MonitoringStatus {
 	for _, e := range m.endpoints {
 		st.Endpoints = append(st.Endpoints, apitype.MonitoringEndpoint{Name: e.Name, URL: e.URL})
 	}
-	for _, c := range m.opts.Components {
+	for _, c := range slices.Concat(m.opts.Components, m.opts.Disabled) {
 		if r := m.releases[c.Name]; r != nil {
 			st.Releases = append(st.Releases, *r)
 		}

@@ -34,6 +34,8 @@ type Settings struct {
 	APIURL string `json:"api_url,omitempty"`
 	// ClusterDomain is the cluster's DNS domain for advertised URLs.
 	ClusterDomain string `json:"cluster_domain,omitempty"`
+	// ACMEEmail is the account e-mail of the letsencrypt ClusterIssuers.
+	ACMEEmail string `json:"acme_email,omitempty"`
 	// Profile is auto (from node allocatable), small, medium or large.
 	Profile string `json:"profile,omitempty"`
 	// ChartsDir, when set, is the only place charts are read from.

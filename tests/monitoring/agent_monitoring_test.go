@@ -2,8 +2,10 @@
 // against a private FULL test cluster (kwok makes pods Ready) and an
 // in-process devplane, and checks the monitoring stack end to end: the
 // heartbeat fields the control plane sees, Grafana's root_url with the
-// registered cluster id, a restart that changes no release and no
-// credential, and `pipeopsctl monitoring uninstall|install`.
+// registered cluster id, the pinned prometheus-operator CRDs, cert-manager
+// with its ClusterIssuers, the CoreDNS rewrite in k3s's coredns-custom, a
+// restart that changes no release and no credential, and
+// `pipeopsctl monitoring uninstall|install`.
 package monitoring
 
 import (
@@ -19,7 +21,11 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
 
 	"github.com/pipeops/pipeops-vm-agent/internal/apitype"
 	"github.com/pipeops/pipeops-vm-agent/internal/devplane"
@@ -62,9 +68,10 @@ monitoring:
     metrics_server: {namespace: %s, chart: %s, repo: ""}
     vpa: {enabled: false}
     traefik: {enabled: false}
+    cert_manager: {namespace: %s, chart: %s, repo: ""}
     prometheus: {chart: %s, repo: ""}
     loki: {chart: %s, repo: ""}
-`, ns, filepath.Join(dir, "cache"), ns, charts("metrics-server"), charts("kube-prometheus-stack"), charts("loki-stack"))
+`, ns, filepath.Join(dir, "cache"), ns, charts("metrics-server"), ns, charts("cert-manager"), charts("kube-prometheus-stack"), charts("loki-stack"))
 	f := testbin.WriteAgentConfig(t, dir, testbin.AgentConfig{Name: "e2e-monitoring", APIURL: apiURL, Kubeconfig: kubeconfig,
 		Kubernetes: "  cluster_domain: corp.internal\n", Extra: extra})
 	a := &agent{t: t, dir: dir, socket: f.Socket, config: f.Config, stateDir: f.StateDir, out: &testbin.Output{}, kubeconfig: kubeconfig}
@@ -104,23 +111,47 @@ func (a *agent) monitoring() (apitype.MonitoringStatus, error) {
 	return st, json.Unmarshal([]byte(out), &st)
 }
 
+// allReady: metrics-server, the CoreDNS rewrite, cert-manager,
+// kube-prometheus-stack and Loki ready; VPA and Traefik off.
 func allReady(st apitype.MonitoringStatus) bool {
-	if len(st.Releases) != 3 {
-		return false
-	}
+	got := map[string]string{}
 	for _, r := range st.Releases {
-		if r.State != apitype.ReleaseReady {
-			return false
-		}
+		got[r.Component] = r.State
 	}
-	return true
+	want := map[string]string{"metrics_server": "ready", "coredns": "ready", "cert_manager": "ready", "prometheus": "ready",
+		"loki": "ready", "vpa": "disabled", "traefik": "disabled"}
+	return fmt.Sprint(got) == fmt.Sprint(want)
 }
+
+// k3sCorefile is k3s's packaged Corefile: it imports coredns-custom.
+const k3sCorefile = `.:53 {
+    errors
+    health
+    ready
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+      pods insecure
+      fallthrough in-addr.arpa ip6.arpa
+    }
+    forward . /etc/resolv.conf
+    cache 30
+    loop
+    reload
+    loadbalance
+    import /etc/coredns/custom/*.override
+}
+import /etc/coredns/custom/*.server
+`
 
 func TestTheAgentInstallsTheStackAndTheControlPlaneSeesItsEndpoints(t *testing.T) {
 	// A private cluster: the agent bootstraps cluster-wide RBAC, which other
 	// packages' agents sharing a cluster would also reconcile.
 	p := kubetest.PrivateCluster(t, true)
 	ns := p.Namespace
+	cms := p.Client.CoreV1().ConfigMaps("kube-system")
+	if _, err := cms.Create(context.Background(), &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "coredns"},
+		Data: map[string]string{"Corefile": k3sCorefile}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	dp := devplane.New(devplane.Config{Tokens: []string{token}})
 	srv := httptest.NewServer(dp.Handler())
 	defer srv.Close()
@@ -157,9 +188,23 @@ func TestTheAgentInstallsTheStackAndTheControlPlaneSeesItsEndpoints(t *testing.T
 	if hb.GrafanaUsername != "admin" || password == "" || hb.GrafanaPassword != password {
 		t.Fatalf("heartbeat grafana credentials do not match the persisted password")
 	}
-	mon, err := a.monitoring()
-	if err != nil || !allReady(mon) {
-		t.Fatalf("pipeopsctl monitoring status: %+v, %v; want 3 ready releases", mon, err)
+	var mon apitype.MonitoringStatus
+	testbin.Eventually(t, 60*time.Second, "every component ready", func() bool {
+		mon, err = a.monitoring()
+		return err == nil && allReady(mon)
+	}, func() string { return fmt.Sprintf("%+v, %v", mon, err) })
+	// The k3s form of the CoreDNS rewrite; k3s's own Corefile untouched.
+	if custom, err := cms.Get(context.Background(), "coredns-custom", metav1.GetOptions{}); err != nil ||
+		!strings.Contains(custom.Data["pipeops.override"], `name regex (.+)\.pipeops\.internal\.$ {1}.corp.internal.`) {
+		t.Errorf("coredns-custom = %v, %v; want the pipeops.override rewrite to corp.internal", custom, err)
+	}
+	// The pinned prometheus-operator CRDs, and the ClusterIssuers.
+	if crd, err := apiextensionsCRD(p, "servicemonitors.monitoring.coreos.com"); err != nil || crd["operator.prometheus.io/version"] != "0.70.0" {
+		t.Errorf("ServiceMonitor CRD annotations = %v, %v; want prometheus-operator 0.70.0", crd, err)
+	}
+	if out := p.Kubectl(t, "get", "clusterissuers.cert-manager.io", "-o", "name"); !strings.Contains(out, "clusterissuer.cert-manager.io/letsencrypt-prod\n") ||
+		!strings.Contains(out, "clusterissuer.cert-manager.io/letsencrypt-production\n") {
+		t.Errorf("kubectl get clusterissuers:\n%s", out)
 	}
 	sec, err := p.Client.CoreV1().Secrets(ns).Get(context.Background(), "kube-prometheus-stack-grafana-config", metav1.GetOptions{})
 	if err != nil {
@@ -195,12 +240,12 @@ func TestTheAgentInstallsTheStackAndTheControlPlaneSeesItsEndpoints(t *testing.T
 	}
 	mon, _ = a.monitoring()
 	for _, r := range mon.Releases {
-		if r.Revision != 1 {
+		if r.Chart != "" && r.State == apitype.ReleaseReady && r.Revision != 1 {
 			t.Errorf("release %s at revision %d after a restart; want 1 (no Helm call)", r.Name, r.Revision)
 		}
 	}
-	if !strings.Contains(a.out.String(), `"msg":"release installed"`) || strings.Count(a.out.String(), `"msg":"release installed"`) != 3 {
-		t.Errorf("the agent logged %d installs over both runs; want 3 (none after the restart)", strings.Count(a.out.String(), `"msg":"release installed"`))
+	if n := strings.Count(a.out.String(), `"msg":"release installed"`); n != 4 {
+		t.Errorf("the agent logged %d installs over both runs; want 4 (none after the restart)", n)
 	}
 
 	// Uninstall, then install again through pipeopsctl.
@@ -209,6 +254,15 @@ func TestTheAgentInstallsTheStackAndTheControlPlaneSeesItsEndpoints(t *testing.T
 	}
 	if list, _ := p.Client.CoreV1().Secrets(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "owner=helm"}); len(list.Items) != 0 {
 		t.Errorf("%d Helm release records left after uninstall", len(list.Items))
+	}
+	if _, err := cms.Get(context.Background(), "coredns-custom", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("coredns-custom after monitoring uninstall: %v; want the agent's ConfigMap gone", err)
+	}
+	if cm, err := cms.Get(context.Background(), "coredns", metav1.GetOptions{}); err != nil || cm.Data["Corefile"] != k3sCorefile {
+		t.Errorf("k3s's Corefile changed: %v", err)
+	}
+	if crd, err := apiextensionsCRD(p, "servicemonitors.monitoring.coreos.com"); err != nil || crd == nil {
+		t.Errorf("the ServiceMonitor CRD after monitoring uninstall: %v; want it kept", err)
 	}
 	uninstalled := time.Now()
 	testbin.Eventually(t, 30*time.Second, "a heartbeat without monitoring fields", func() bool {
@@ -225,8 +279,22 @@ func TestTheAgentInstallsTheStackAndTheControlPlaneSeesItsEndpoints(t *testing.T
 		}
 	}
 	out, err := a.ctl("monitoring", "install")
-	if err != nil || !strings.Contains(out, "monitoring stack ready: 3 releases") || !strings.Contains(out, "kube-prometheus-stack    ready") {
+	if err != nil || !strings.Contains(out, "monitoring stack ready: 5 components, 2 disabled") || !strings.Contains(out, "kube-prometheus-stack    ready") {
 		t.Fatalf("pipeopsctl monitoring install: %v\n%s", err, out)
 	}
 	t.Logf("pipeopsctl monitoring install:\n%s", out)
+}
+
+// apiextensionsCRD returns a CRD's annotations (nil when it is absent).
+func apiextensionsCRD(p *kubetest.Private, name string) (map[string]string, error) {
+	d, err := dynamic.NewForConfig(p.Config)
+	if err != nil {
+		return nil, err
+	}
+	u, err := d.Resource(schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}).
+		Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		return nil, err
+	}
+	return u.GetAnnotations(), nil
 }
