@@ -44,6 +44,7 @@ func (d *Daemon) newLocality() (controlplane.Locality, error) {
 	l := locality.New(locality.Options{
 		ServerIP: a.ServerIP, Region: a.Region, CloudProvider: a.CloudProvider, JoinServerURL: a.JoinServerURL,
 		LookupServices: services,
+		CloudMetadata:  a.CloudMetadata,
 		IntelURL:       locality.IntelURLFor(d.cfg.PipeOps.APIURL),
 		Lookup:         client(&http.Transport{}),
 		Intel:          client(&http.Transport{TLSClientConfig: tc}),

@@ -64,6 +64,10 @@ type Agent struct {
 	// the three of protocol.md §4.1, or none when pipeops.api_url is on
 	// loopback or a private network (that control plane needs the local address).
 	PublicIPServices []string `json:"public_ip_services,omitempty" yaml:"public_ip_services"`
+	// CloudMetadata lets the agent ask the cloud's instance metadata service
+	// (169.254.169.254) for its provider and region when the node does not
+	// say. Off by default.
+	CloudMetadata bool `json:"cloud_metadata" yaml:"cloud_metadata"`
 	// JoinServerURL replaces heartbeat.worker_join.server_url (default:
 	// https://<the node's InternalIP>:6443).
 	JoinServerURL string `json:"join_server_url,omitempty" yaml:"join_server_url"`

@@ -3,8 +3,9 @@
 // public address (server_ip), the country (region), the provider, and the
 // address other VMs join the cluster through. Its sources, in order:
 // configuration, the node's providerID and topology labels, the public-IP
-// lookup services, and the control plane's ip-intel endpoint. It calls no
-// cloud metadata service. It imports the standard library and the leaves
+// lookup services, and the control plane's ip-intel endpoint. It calls the
+// clouds' instance metadata service only when the operator enables it
+// (agent.cloud_metadata). It imports the standard library and the leaves
 // hostinfo and state only; the daemon hands it the node facts and the
 // HTTP clients (with the link's proxy settings).
 package locality
@@ -69,6 +70,12 @@ type Options struct {
 	IntelTimeout  time.Duration
 	// CacheTTL is how long a looked-up public address is reused (1 h).
 	CacheTTL time.Duration
+	// CloudMetadata allows asking the instance metadata service at
+	// MetadataURL (default DefaultMetadataURL) for the provider and region
+	// when the Node does not tell them. Off by default: the agent reaches
+	// no link-local address unless the operator says so.
+	CloudMetadata bool
+	MetadataURL   string
 	// Node reads this VM's Node; nil when there is no Kubernetes access.
 	Node func(ctx context.Context) (Node, error)
 	// State caches the public address across restarts; nil keeps it in memory.
@@ -117,6 +124,7 @@ type Locator struct {
 	intel    map[string]intelCache
 	node     *Node
 	nodeAt   time.Time
+	cloud    *[2]string // provider and region from the metadata service, once asked
 }
 
 type intelCache struct {
@@ -153,6 +161,9 @@ func New(o Options) *Locator {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.MetadataURL == "" {
+		o.MetadataURL = DefaultMetadataURL
+	}
 	return &Locator{o: o, intel: map[string]intelCache{}}
 }
 
@@ -169,6 +180,14 @@ func (l *Locator) Locate(ctx context.Context) Location {
 		provider = providerFromID(n.ProviderID)
 	} else if !errors.Is(err, errNoNode) {
 		l.o.Log.Debug("node facts unavailable for the registration", "err", err)
+	}
+	if provider == "" && l.o.CloudMetadata {
+		if p, r := l.cloudFacts(ctx); p != "" {
+			provider = p
+			if loc.Region == UnknownRegion && r != "" {
+				loc.Region = r
+			}
+		}
 	}
 	if in := l.intelFor(ctx, loc.ServerIP); in != nil {
 		if in.CountryCode != "" {
@@ -216,6 +235,24 @@ func (l *Locator) JoinServerURL(ctx context.Context) string {
 }
 
 var errNoNode = errors.New("no Kubernetes node source")
+
+// cloudFacts asks the metadata service once per process; a VM does not
+// change clouds.
+func (l *Locator) cloudFacts(ctx context.Context) (provider, region string) {
+	l.mu.Lock()
+	c := l.cloud
+	l.mu.Unlock()
+	if c != nil {
+		return c[0], c[1]
+	}
+	provider, region = l.cloudMetadata(ctx)
+	if provider != "" {
+		l.mu.Lock()
+		l.cloud = &[2]string{provider, region}
+		l.mu.Unlock()
+	}
+	return provider, region
+}
 
 // nodeInfo reads the Node at most every 5 minutes.
 func (l *Locator) nodeInfo(ctx context.Context) (Node, error) {

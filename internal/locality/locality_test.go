@@ -287,3 +287,64 @@ func TestProvidersAreNormalised(t *testing.T) {
 		}
 	}
 }
+
+func TestCloudMetadataIsAskedOnlyWhenEnabledAndOnlyWithoutNodeFacts(t *testing.T) {
+	// A stand-in for AWS's IMDSv2: a session token first, then the region.
+	imds := newService(t, func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.Method == http.MethodPut && r.URL.Path == "/latest/api/token" && r.Header.Get("X-aws-ec2-metadata-token-ttl-seconds") != "":
+			fmt.Fprint(w, "tok-1")
+		case r.URL.Path == "/latest/meta-data/placement/region" && r.Header.Get("X-aws-ec2-metadata-token") == "tok-1":
+			fmt.Fprint(w, "eu-central-1")
+		default:
+			http.NotFound(w, r)
+		}
+	})
+	bareNode := func(context.Context) (Node, error) { return Node{Name: "vm-1", ProviderID: "k3s://vm-1"}, nil }
+	opts := Options{ServerIP: "10.0.0.2", MetadataURL: imds.URL, Node: bareNode}
+
+	if loc := New(opts).Locate(t.Context()); loc.CloudProvider != "agent" || imds.hits.Load() != 0 {
+		t.Errorf("without cloud_metadata: Locate = %+v after %d metadata requests; want none", loc, imds.hits.Load())
+	}
+	opts.CloudMetadata = true
+	l := New(opts)
+	if loc := l.Locate(t.Context()); loc.CloudProvider != "aws" || loc.Region != "eu-central-1" {
+		t.Errorf("with cloud_metadata: Locate = %+v; want aws, eu-central-1", loc)
+	}
+	asked := imds.hits.Load()
+	l.Locate(t.Context())
+	if imds.hits.Load() != asked {
+		t.Errorf("the metadata service was asked again; want once per process")
+	}
+	// The node's providerID wins; the metadata service is not asked.
+	opts.Node = hetznerNode
+	before := imds.hits.Load()
+	if loc := New(opts).Locate(t.Context()); loc.CloudProvider != "hetzner" || imds.hits.Load() != before {
+		t.Errorf("with node facts: Locate = %+v after %d metadata requests; want hetzner and none", loc, imds.hits.Load()-before)
+	}
+}
+
+func TestCloudMetadataOfOtherCloudsIsRead(t *testing.T) {
+	for _, tc := range []struct {
+		provider, path, header, value, answer, region string
+	}{
+		{"gcp", "/computeMetadata/v1/instance/zone", "Metadata-Flavor", "Google", "projects/42/zones/europe-west1-b", "europe-west1"},
+		{"azure", "/metadata/instance/compute/location", "Metadata", "true", "westeurope", "westeurope"},
+		{"digitalocean", "/metadata/v1/region", "", "", "fra1", "fra1"},
+		{"hetzner", "/hetzner/v1/metadata/region", "", "", "eu-central", "eu-central"},
+	} {
+		t.Run(tc.provider, func(t *testing.T) {
+			svc := newService(t, func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == tc.path && (tc.header == "" || r.Header.Get(tc.header) == tc.value) {
+					fmt.Fprintln(w, tc.answer)
+					return
+				}
+				http.NotFound(w, r)
+			})
+			l := New(Options{ServerIP: "10.0.0.2", CloudMetadata: true, MetadataURL: svc.URL})
+			if loc := l.Locate(t.Context()); loc.CloudProvider != tc.provider || loc.Region != tc.region {
+				t.Errorf("Locate = %+v; want %s, %s", loc, tc.provider, tc.region)
+			}
+		})
+	}
+}
