@@ -140,9 +140,9 @@ type Options struct {
 	// lists them (state disabled) after the others.
 	Disabled []Component
 	Backend  Backend
-	State      *state.Store
-	Health     *health.Tracker // optional
-	Log        *slog.Logger
+	State    *state.Store
+	Health   *health.Tracker // optional
+	Log      *slog.Logger
 	// OnEndpoints is called when the set of ready endpoints changes (the
 	// daemon registers tunnel forwards for them). It must not block.
 	OnEndpoints func([]Endpoint)
