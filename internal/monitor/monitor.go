@@ -136,13 +136,10 @@ type Options struct {
 	Enabled bool
 	// Components are the enabled releases, in install order.
 	Components []Component
-	// Disabled are the components switched off in the configuration; Status
-	// lists them (state disabled) after the others.
-	Disabled []Component
-	Backend  Backend
-	State    *state.Store
-	Health   *health.Tracker // optional
-	Log      *slog.Logger
+	Backend    Backend
+	State      *state.Store
+	Health     *health.Tracker // optional
+	Log        *slog.Logger
 	// OnEndpoints is called when the set of ready endpoints changes (the
 	// daemon registers tunnel forwards for them). It must not block.
 	OnEndpoints func([]Endpoint)
@@ -152,6 +149,10 @@ type Options struct {
 	Resync time.Duration
 	// Now is the clock (tests).
 	Now func() time.Time
+
+	// Disabled are the components switched off in the configuration; Status
+	// lists them (state disabled) after the others.
+	Disabled []Component
 }
 
 // Manager reconciles the stack through its Backend. Run drives it; Install
