@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -35,16 +36,29 @@ func (d *Daemon) newLocality() (controlplane.Locality, error) {
 	}
 	a := d.cfg.Agent
 	services := a.PublicIPServices // nil: locality.DefaultLookupServices
-	if services == nil && privateControlPlane(d.cfg.PipeOps.APIURL) {
+	var localIP func() string      // nil: the interface toward 8.8.8.8 (§4.1)
+	if privateControlPlane(d.cfg.PipeOps.APIURL) {
 		// A control plane on loopback or a private network (development,
 		// tests, on-premises) reaches this VM by its local address; asking
-		// the internet for the public one would only leak and delay.
-		services = []string{}
+		// the internet for the public one would only leak and delay, and the
+		// interface that matters is the one toward that control plane.
+		if services == nil {
+			services = []string{}
+		}
+		if u, err := url.Parse(d.cfg.PipeOps.APIURL); err == nil {
+			port := u.Port()
+			if port == "" {
+				port = "443"
+			}
+			target := net.JoinHostPort(u.Hostname(), port)
+			localIP = func() string { return hostinfo.OutboundIP(target) }
+		}
 	}
 	l := locality.New(locality.Options{
 		ServerIP: a.ServerIP, Region: a.Region, CloudProvider: a.CloudProvider, JoinServerURL: a.JoinServerURL,
 		LookupServices: services,
 		CloudMetadata:  a.CloudMetadata,
+		LocalIP:        localIP,
 		IntelURL:       locality.IntelURLFor(d.cfg.PipeOps.APIURL),
 		Lookup:         client(&http.Transport{}),
 		Intel:          client(&http.Transport{TLSClientConfig: tc}),
