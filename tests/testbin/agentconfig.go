@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -15,9 +16,9 @@ type AgentConfig struct {
 	Port       int // 0: a free port
 	APIURL     string
 	Kubeconfig string
-	// PipeOps and Kubernetes are more lines of those sections, each line
-	// indented two spaces; Extra is more top-level sections.
-	PipeOps, Kubernetes, Extra string
+	// Agent, PipeOps and Kubernetes are more lines of those sections, each
+	// line indented two spaces; Extra is more top-level sections.
+	Agent, PipeOps, Kubernetes, Extra string
 }
 
 // AgentFiles are where WriteAgentConfig put things.
@@ -34,6 +35,10 @@ func WriteAgentConfig(t testing.TB, dir string, c AgentConfig) AgentFiles {
 	}
 	f := AgentFiles{Config: filepath.Join(dir, "agent.yaml"), Socket: filepath.Join(dir, "agent.sock"),
 		StateDir: filepath.Join(dir, "state"), Port: c.Port}
+	if !strings.Contains(c.Agent, "public_ip_services:") {
+		// Tests never ask the internet for this host's address.
+		c.Agent += "  public_ip_services: []\n"
+	}
 	yaml := fmt.Sprintf(`version: 1
 agent:
   name: %s
@@ -41,12 +46,12 @@ agent:
   state_dir: %s
   socket: %s
   heartbeat_interval: 1s
-pipeops:
+%spipeops:
   api_url: %s
   reconnect: {interval: 200ms, max_interval: 1s}
 %skubernetes:
   kubeconfig: %s
-%s%s`, c.Name, c.Port, f.StateDir, f.Socket, c.APIURL, c.PipeOps, c.Kubeconfig, c.Kubernetes, c.Extra)
+%s%s`, c.Name, c.Port, f.StateDir, f.Socket, c.Agent, c.APIURL, c.PipeOps, c.Kubeconfig, c.Kubernetes, c.Extra)
 	if err := os.WriteFile(f.Config, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
