@@ -30,6 +30,19 @@ const (
 	maxAppFrame = 1 << 20
 	// maxKubeFrame caps messages read from the API server.
 	maxKubeFrame = 16 << 20
+	// kubeWriteBuffer is the write buffer of a relay to the API server. A
+	// client's message larger than its buffer leaves as several frames, and
+	// the channel protocols' server side (wsstream, on golang.org/x/net/
+	// websocket) takes each continuation frame for a message of its own: its
+	// first byte is read as a channel number and lost. client-go sizes its
+	// buffer for 32 KiB of data plus the channel byte for that reason; the
+	// relay keeps room for twice that and splits longer channel messages
+	// (channelChunk).
+	kubeWriteBuffer = 64 << 10
+	// channelChunk is the most data one channel message carries toward the
+	// API server: a longer one is split into several on the same channel,
+	// which the channel protocols read as the same stream.
+	channelChunk = kubeWriteBuffer - 1
 	// appPingEvery and appPongWait are the app relay's backend keepalive (§6.7).
 	appPingEvery = 30 * time.Second
 	appPongWait  = 90 * time.Second
@@ -53,6 +66,7 @@ type relay struct {
 	id        string
 	key       callKey
 	app       bool
+	channels  bool // a *.channel.k8s.io subprotocol: [channel][bytes] messages
 	translate bool // *.channel.k8s.io translation (§6.8 table)
 	in        chan wsFrame
 	ctx       context.Context
@@ -263,8 +277,27 @@ func (r *relay) write(ws *websocket.Conn, f wsFrame) error {
 		copy(b[1:], data)
 		op, data = websocket.BinaryMessage, b
 	}
+	if r.channels && op == websocket.BinaryMessage && len(data) > 1+channelChunk {
+		return writeChannelChunks(ws, data)
+	}
 	_ = ws.SetWriteDeadline(time.Now().Add(relayWriteTimeout))
 	return ws.WriteMessage(op, data)
+}
+
+// writeChannelChunks writes one [channel][bytes] message as several, each
+// small enough to leave as a single frame (kubeWriteBuffer).
+func writeChannelChunks(ws *websocket.Conn, data []byte) error {
+	msg := make([]byte, 1+channelChunk)
+	msg[0] = data[0]
+	for rest := data[1:]; len(rest) > 0; {
+		n := copy(msg[1:], rest)
+		rest = rest[n:]
+		_ = ws.SetWriteDeadline(time.Now().Add(relayWriteTimeout))
+		if err := ws.WriteMessage(websocket.BinaryMessage, msg[:1+n]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // deliver queues one frame from the reader goroutine. A kubectl relay

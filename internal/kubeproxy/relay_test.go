@@ -1,6 +1,7 @@
 package kubeproxy
 
 import (
+	"bytes"
 	"encoding/base64"
 	"net/http"
 	"strings"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	xwebsocket "golang.org/x/net/websocket"
 
 	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
 	"github.com/pipeops/pipeops-vm-agent/tests/testbin"
@@ -229,5 +231,60 @@ func TestARelayEndsAtItsDeadline(t *testing.T) {
 	}
 	if env := c.next(t); env.Type != protocol.TypeProxyWebSocketClose {
 		t.Fatalf("got %s; want proxy_websocket_close", env.Type)
+	}
+}
+
+// The API server's channel protocols (wsstream) read frames with
+// golang.org/x/net/websocket, which takes every continuation frame for a
+// message of its own. A stdin message longer than the relay's write buffer
+// went out fragmented and lost a byte per fragment (read as a channel
+// number): `kubectl cp` of 1 MiB into a pod hung. This upstream reads like
+// the API server does.
+func TestLongStdinMessagesReachTheAPIServerIntactAsWholeChannelMessages(t *testing.T) {
+	got := make(chan [][]byte, 1)
+	up := xwebsocket.Server{
+		Handshake: func(c *xwebsocket.Config, _ *http.Request) error {
+			c.Protocol = []string{"v4.channel.k8s.io"}
+			return nil
+		},
+		Handler: func(ws *xwebsocket.Conn) {
+			var msgs [][]byte
+			total := 0
+			for total < 100<<10 {
+				var m []byte
+				if err := xwebsocket.Message.Receive(ws, &m); err != nil {
+					break
+				}
+				msgs = append(msgs, m)
+				total += len(m) - 1
+			}
+			got <- msgs
+		},
+	}
+	_, cfg := tlsBackend(t, up)
+	p := newTestProxy(t, cfg, nil)
+	c := newFakeConn(t)
+	send(t, p, c, protocol.TypeWSStart, "", protocol.WebSocketStart{StreamID: "big", Path: "/api/v1/namespaces/a/pods/b/exec",
+		Protocol: "v4.channel.k8s.io", RawFrames: true})
+	stdin := make([]byte, 100<<10)
+	for i := range stdin {
+		stdin[i] = byte(i % 251)
+	}
+	send(t, p, c, protocol.TypeWSData, "", protocol.WebSocketData{StreamID: "big", Data: frame(2, "\x00"+string(stdin))})
+	var msgs [][]byte
+	select {
+	case msgs = <-got:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the upstream did not receive 100 KiB of stdin")
+	}
+	var data []byte
+	for i, m := range msgs {
+		if len(m) == 0 || m[0] != 0 {
+			t.Fatalf("message %d of %d starts with %v; want channel 0 on every message", i, len(msgs), m[:min(1, len(m))])
+		}
+		data = append(data, m[1:]...)
+	}
+	if !bytes.Equal(data, stdin) {
+		t.Errorf("the upstream read %d bytes of stdin in %d messages; want the %d bytes sent, intact", len(data), len(msgs), len(stdin))
 	}
 }

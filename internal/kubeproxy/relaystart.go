@@ -101,7 +101,8 @@ func (p *Proxy) startKubeRelay(c controlplane.Conn, s relaySpec, answer func()) 
 			}
 			return
 		}
-		r.translate = !s.raw && strings.HasSuffix(ws.Subprotocol(), "channel.k8s.io")
+		r.channels = strings.HasSuffix(ws.Subprotocol(), "channel.k8s.io")
+		r.translate = r.channels && !s.raw
 		p.log.Debug("kubectl relay open", logging.KeyRequestID, s.id, logging.KeyPath, s.path, "subprotocol", ws.Subprotocol())
 		r.pump(ws)
 	})
@@ -156,6 +157,10 @@ func dialWS(ctx context.Context, rawURL string, hdr http.Header, protos []string
 	if t.dial != nil {
 		dial, proxy = t.dial, nil
 	}
+	writeBuf := 32 << 10
+	if t.kube {
+		writeBuf = kubeWriteBuffer // one frame per message: see kubeWriteBuffer
+	}
 	d := websocket.Dialer{
 		Proxy:             proxy,
 		NetDialContext:    dial,
@@ -163,7 +168,7 @@ func dialWS(ctx context.Context, rawURL string, hdr http.Header, protos []string
 		HandshakeTimeout:  handshake,
 		Subprotocols:      protos,
 		ReadBufferSize:    32 << 10,
-		WriteBufferSize:   32 << 10,
+		WriteBufferSize:   writeBuf,
 		EnableCompression: false,
 	}
 	ws, resp, err := d.DialContext(ctx, rawURL, hdr)
