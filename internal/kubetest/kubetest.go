@@ -201,7 +201,7 @@ func binDir() (string, error) {
 		}
 		bin = strings.TrimSpace(string(out))
 	}
-	for _, b := range []string{"etcd", "kube-apiserver", "kubectl", "kube-controller-manager", "kube-scheduler", "kwok", "kwok-stages.yaml"} {
+	for _, b := range []string{"etcd", "kube-apiserver", "kubectl", "kube-controller-manager", "kube-scheduler", "kwok", "kwok-stages.yaml", "kwok-crds.yaml"} {
 		if _, err := os.Stat(filepath.Join(bin, b)); err != nil {
 			return "", binariesMissing{fmt.Sprintf("Kubernetes test binary %s is missing in %s: run scripts/k8s/build.sh (about 6 min cold, seconds warm)", b, bin)}
 		}

@@ -57,13 +57,25 @@ if [ "${CORE:-0}" != 1 ]; then
   step kube-scheduler gobuild kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler
   # kwok and helm have no replace directives: plain go install works.
   step kwok env GOBIN="$BIN" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK"
+  kwok_src() { # the kwok module's folder (downloaded when the bin cache outlived the module cache)
+    go mod download -json "sigs.k8s.io/kwok@$KWOK" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p'
+  }
   if [ ! -s "$BIN/kwok-stages.yaml" ]; then
     # The kwok binary has no built-in stages; use the ones kwokctl uses.
-    src=$(go env GOMODCACHE)/sigs.k8s.io/kwok@$KWOK/kustomize/stage
+    src=$(kwok_src)/kustomize/stage
     for f in node/fast/node-initialize.yaml node/heartbeat/node-heartbeat.yaml \
              pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
       echo "---"; cat "$src/$f"
     done > "$BIN/kwok-stages.yaml.tmp" && mv "$BIN/kwok-stages.yaml.tmp" "$BIN/kwok-stages.yaml"
+  fi
+  if [ ! -s "$BIN/kwok-crds.yaml" ]; then
+    # The per-pod simulation resources of kwok's kubelet API (cluster.sh
+    # enables them with --enable-crds): tests point one pod's exec, logs,
+    # attach or port-forward at their own directory, file or server.
+    src=$(kwok_src)/kustomize/crd/bases
+    for r in execs logs attaches portforwards; do
+      echo "---"; sed '/^---$/d' "$src/kwok.x-k8s.io_$r.yaml"
+    done > "$BIN/kwok-crds.yaml.tmp" && mv "$BIN/kwok-crds.yaml.tmp" "$BIN/kwok-crds.yaml"
   fi
   step helm env GOBIN="$BIN" go install -trimpath \
     -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VER" "helm.sh/helm/v3/cmd/helm@$HELM_VER"

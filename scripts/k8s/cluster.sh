@@ -5,6 +5,7 @@
 #   scripts/k8s/cluster.sh start DIR          # etcd + kube-apiserver
 #   FULL=1 scripts/k8s/cluster.sh start DIR   # + kube-controller-manager, kube-scheduler,
 #                                             #   kwok and one fake Ready node (kwok-node-0)
+#                                             #   whose kubelet API kwok serves (see below)
 #   scripts/k8s/cluster.sh stop DIR           # clients, then apiserver, then etcd
 #   scripts/k8s/cluster.sh apiserver-stop DIR # stop only kube-apiserver (outage tests)
 #   scripts/k8s/cluster.sh apiserver-start DIR # start it again on the same port
@@ -14,7 +15,27 @@
 # Every listener is on 127.0.0.1 and on ports picked free at start (etcd client
 # and peer, apiserver, kcm and scheduler secure ports, kwok's server), so two
 # clusters on one machine never collide. The ports are kept in DIR/cluster.env.
-# Logs go to DIR/logs. With OWNER_PID=<pid>, a watcher stops the cluster when
+# Logs go to DIR/logs.
+#
+# The node's kubelet API (FULL): kwok serves it on KWOK_PORT over TLS (a
+# serving certificate from the cluster CA), and the node object advertises
+# that port, so the API server reaches it the way it reaches a real kubelet:
+# with its kubelet client certificate, verifying the serving certificate
+# (--kubelet-client-certificate/-key, --kubelet-certificate-authority).
+# What runs behind it (kwok's simulation resources, in DIR/kwok.yaml):
+#   exec         a real local process in DIR/node/exec (any pod, any container);
+#                kwok never closes its stdin, so a command that reads to EOF
+#                waits forever (scripts/k8s/node/tar covers `kubectl cp`)
+#   logs         DIR/node/logs/pod.log, CRI format ("<RFC3339Nano> stdout F <line>");
+#                `logs -f` follows what is appended
+#   attach       follows the same file from its end (stdin is not read)
+#   port-forward any pod port reaches 127.0.0.1:PORTFORWARD_PORT
+# A namespaced Exec, Logs, Attach or PortForward object (kwok.x-k8s.io/v1alpha1,
+# CRDs installed at start) overrides these for one pod, so each test can point
+# its pod at its own directory, file or server. These paths and ports are in
+# DIR/cluster.env (NODE_EXEC_DIR, NODE_LOG_FILE, PORTFORWARD_PORT).
+#
+# With OWNER_PID=<pid>, a watcher stops the cluster when
 # that process exits (so a killed `go test` does not leave a cluster behind).
 # BIN overrides the binary folder (default: what build.sh prints).
 set -euo pipefail
@@ -129,6 +150,10 @@ start_apiserver() {
     --service-cluster-ip-range 10.0.0.0/24 \
     --allow-privileged=true \
     --endpoint-reconciler-type=none \
+    --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" \
+    --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
+    --kubelet-certificate-authority "$PKI/ca.crt" \
+    --kubelet-preferred-address-types InternalIP \
     </dev/null >>"$LOGS/kube-apiserver.log" 2>&1 &
   echo $! > "$DIR/kube-apiserver.pid"
 }
@@ -167,7 +192,7 @@ esac
 BIN=${BIN:-$("$HERE/build.sh" --print-bin)}
 FULL=${FULL:-0}
 need="etcd kube-apiserver kubectl"
-[ "$FULL" = 1 ] && need="$need kube-controller-manager kube-scheduler kwok kwok-stages.yaml"
+[ "$FULL" = 1 ] && need="$need kube-controller-manager kube-scheduler kwok kwok-stages.yaml kwok-crds.yaml"
 for b in $need; do
   [ -e "$BIN/$b" ] || { echo "missing $BIN/$b: run scripts/k8s/build.sh first" >&2; exit 1; }
 done
@@ -184,7 +209,8 @@ trap on_exit EXIT
 T0=$(now_ms)
 mkdir -p "$PKI" "$LOGS" "$DIR/etcd"
 ETCD_PORT=$(free_port); ETCD_PEER_PORT=$(free_port); API_PORT=$(free_port)
-KCM_PORT=$(free_port); SCHED_PORT=$(free_port); KWOK_PORT=$(free_port)
+KCM_PORT=$(free_port); SCHED_PORT=$(free_port); KWOK_PORT=$(free_port); PORTFORWARD_PORT=$(free_port)
+NODE_DIR=$DIR/node
 TOKEN=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 cat > "$DIR/cluster.env" <<EOF
 BIN=$BIN
@@ -195,6 +221,9 @@ API_PORT=$API_PORT
 KCM_PORT=$KCM_PORT
 SCHED_PORT=$SCHED_PORT
 KWOK_PORT=$KWOK_PORT
+PORTFORWARD_PORT=$PORTFORWARD_PORT
+NODE_EXEC_DIR=$NODE_DIR/exec
+NODE_LOG_FILE=$NODE_DIR/logs/pod.log
 EOF
 
 # --- PKI: a CA, the apiserver serving cert, the ServiceAccount signing key pair,
@@ -212,6 +241,20 @@ if [ ! -f "$PKI/apiserver.crt" ]; then
   openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
   openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
 fi
+# sign NAME SUBJECT EXTENSIONS...: a key and a certificate from the cluster CA.
+sign() {
+  local name=$1 subj=$2; shift 2
+  [ -f "$PKI/$name.crt" ] && return 0
+  openssl req -newkey rsa:2048 -nodes -subj "$subj" -keyout "$PKI/$name.key" -out "$PKI/$name.csr" 2>/dev/null
+  printf '%s\n' "$@" > "$PKI/$name.ext"
+  openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" \
+    -CAcreateserial -days 3650 -extfile "$PKI/$name.ext" -out "$PKI/$name.crt" 2>/dev/null
+}
+# The API server's identity toward kubelets, as kubeadm issues it.
+sign apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "extendedKeyUsage=clientAuth"
+# The kubelet API's serving certificate (kwok serves it for the node).
+sign kubelet "/O=system:nodes/CN=system:node:kwok-node-0" \
+  "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kwok-node-0" "extendedKeyUsage=serverAuth"
 echo "$TOKEN,admin,admin,\"system:masters\"" > "$PKI/tokens.csv"
 chmod 600 "$PKI/tokens.csv"
 # The CA is embedded so the kubeconfig stays valid if it is copied elsewhere.
@@ -268,17 +311,62 @@ if [ "$FULL" = 1 ]; then
     --bind-address 127.0.0.1 --secure-port "$SCHED_PORT" --leader-elect=false \
     </dev/null >"$LOGS/kube-scheduler.log" 2>&1 &
   echo $! > "$DIR/kube-scheduler.pid"
-  # kwok plays kubelet for nodes carrying its annotation: it keeps them Ready
-  # and moves Pods bound to them to Running/Ready (no containers run).
-  "$BIN/kwok" --kubeconfig "$KC" --config "$BIN/kwok-stages.yaml" \
+  # What the node's kubelet API runs (see the header): a scratch working
+  # directory for exec, a CRI-format log file, and the default port-forward
+  # target; the per-pod CRDs let a test override each for its own pod.
+  mkdir -p "$NODE_DIR/exec" "$NODE_DIR/logs"
+  [ -f "$NODE_DIR/logs/pod.log" ] ||
+    echo "$(date -u +%Y-%m-%dT%H:%M:%S.%NZ) stdout F kwok-node-0: this line comes from $NODE_DIR/logs/pod.log" > "$NODE_DIR/logs/pod.log"
+  cat > "$DIR/kwok.yaml" <<EOF
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: ClusterExec
+metadata: {name: node-exec}
+spec:
+  execs:
+  - local: {workDir: "$NODE_DIR/exec"}
+---
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: ClusterLogs
+metadata: {name: node-logs}
+spec:
+  logs:
+  - {logsFile: "$NODE_DIR/logs/pod.log", follow: true}
+---
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: ClusterAttach
+metadata: {name: node-attach}
+spec:
+  attaches:
+  - {logsFile: "$NODE_DIR/logs/pod.log"}
+---
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: ClusterPortForward
+metadata: {name: node-port-forward}
+spec:
+  forwards:
+  - target: {address: 127.0.0.1, port: $PORTFORWARD_PORT}
+EOF
+  kc apply -f "$BIN/kwok-crds.yaml" >/dev/null
+  kc wait --for=condition=Established --timeout=60s \
+    crd/execs.kwok.x-k8s.io crd/logs.kwok.x-k8s.io crd/attaches.kwok.x-k8s.io crd/portforwards.kwok.x-k8s.io >/dev/null
+  # kwok plays kubelet for nodes carrying its annotation: it keeps them Ready,
+  # moves Pods bound to them to Running/Ready (no containers run), and serves
+  # their kubelet API on KWOK_PORT (--node-port puts that port in the node's
+  # status, where the API server looks for it).
+  # scripts/k8s/node comes first on its PATH: a tar that works around kwok
+  # never closing an exec's stdin (see that file), for `kubectl cp` into pods.
+  PATH="$HERE/node:$PATH" "$BIN/kwok" --kubeconfig "$KC" --config "$BIN/kwok-stages.yaml" --config "$DIR/kwok.yaml" \
     --manage-all-nodes=false \
     --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
     --cidr=10.244.0.0/16 --node-ip=127.0.0.1 \
-    --server-address "127.0.0.1:$KWOK_PORT" \
+    --server-address "127.0.0.1:$KWOK_PORT" --node-port "$KWOK_PORT" \
+    --tls-cert-file "$PKI/kubelet.crt" --tls-private-key-file "$PKI/kubelet.key" \
+    --enable-crds Exec,Logs,Attach,PortForward \
     </dev/null >"$LOGS/kwok.log" 2>&1 &
   echo $! > "$DIR/kwok.pid"
   wait_listen "$KCM_PORT" 60
   wait_listen "$SCHED_PORT" 60
+  wait_listen "$KWOK_PORT" 60
   kc apply -f - >/dev/null <<EOF
 apiVersion: v1
 kind: Node
