@@ -25,6 +25,10 @@ import (
 //	GET /clusters/{id}/k8s/<path>   with Upgrade: websocket → ws_start/ws_data/ws_close
 //	GET /admin/frontdoor/kubeconfig?cluster_id=…  a kubeconfig for it
 //
+// "k8s" may carry relay options, "k8s-translated", "k8s-v4" or
+// "k8s-translated-v5" (see FrontDoorOptions): they change only how
+// WebSockets (exec, attach, port-forward) travel.
+//
 // Request bodies go out as proxy_request_chunk messages, responses come back
 // as proxy_response_header/_chunk/_end, and a client that goes away turns
 // into proxy_cancel. The client's Authorization header passes through to the
@@ -50,8 +54,8 @@ const frontDoorChunk = 32 << 10
 
 // registerFrontDoor adds the front door's routes.
 func (s *Server) registerFrontDoor(mux *http.ServeMux) {
-	mux.HandleFunc("/clusters/{id}/k8s/", s.serveFrontDoor)
-	mux.HandleFunc("/clusters/{id}/k8s", s.serveFrontDoor)
+	mux.HandleFunc("/clusters/{id}/{door}/", s.serveFrontDoor)
+	mux.HandleFunc("/clusters/{id}/{door}", s.serveFrontDoor)
 	mux.HandleFunc("GET /admin/frontdoor/kubeconfig", s.serveKubeconfig)
 }
 
@@ -62,6 +66,11 @@ func (s *Server) nextRequestID() string {
 // serveFrontDoor relays one HTTP request through the cluster's agent.
 func (s *Server) serveFrontDoor(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
+	opts, ok := parseDoor(r.PathValue("door"))
+	if !ok {
+		http.Error(w, fmt.Sprintf("no front door %q: use k8s, or k8s- followed by translated, v4 or v5 joined with -", r.PathValue("door")), http.StatusNotFound)
+		return
+	}
 	wctx, cancel := context.WithTimeout(r.Context(), frontDoorWait)
 	sess, err := s.WaitSession(wctx, id)
 	cancel()
@@ -69,12 +78,12 @@ func (s *Server) serveFrontDoor(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, fmt.Sprintf("cluster %q has no connected agent (waited %s)", id, frontDoorWait), http.StatusServiceUnavailable)
 		return
 	}
-	path := strings.TrimPrefix(r.URL.EscapedPath(), FrontDoorPrefix+id+"/k8s")
+	path := strings.TrimPrefix(r.URL.EscapedPath(), FrontDoorPrefix+id+"/"+r.PathValue("door"))
 	if path == "" {
 		path = "/"
 	}
 	if websocket.IsWebSocketUpgrade(r) {
-		s.frontDoorWebSocket(w, r, sess, path)
+		s.frontDoorWebSocket(w, r, sess, path, opts)
 		return
 	}
 	s.frontDoorHTTP(w, r, sess, path)

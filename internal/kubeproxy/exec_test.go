@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +16,7 @@ import (
 	"github.com/gorilla/websocket"
 	"k8s.io/client-go/rest"
 
+	"github.com/pipeops/pipeops-vm-agent/internal/devplane"
 	"github.com/pipeops/pipeops-vm-agent/internal/kubetest"
 )
 
@@ -69,26 +72,41 @@ func fakeKubelet(t *testing.T) *rest.Config {
 
 // TestKubectlExecWorksThroughTheAgent runs the real kubectl exec (WebSocket,
 // the default since kubectl 1.30) through devplane and the agent against
-// the fake kubelet above: stdout and stderr stay apart and the exit code
-// survives, so the relay keeps every channel byte.
+// the fake kubelet above. On the raw-frames path stdout and stderr stay
+// apart; on the PipeOps control plane's translated path (§6.8) they arrive
+// merged on stdout. On both the exact exit code survives: the status
+// channel passes unchanged, or the front door restores it.
 func TestKubectlExecWorksThroughTheAgent(t *testing.T) {
 	env := kubetest.Cluster(t) // only for the kubectl binary
 	s := startStack(t, fakeKubelet(t), nil)
-	kc := s.kubeconfig(t, "")
-
-	out, err := kubectl(t, env, kc, "", "exec", "-n", "app", "web-0", "--", "echo", "hello")
-	if err != nil {
-		t.Fatalf("kubectl exec: %v", err)
-	}
-	if out != "echo hello\n" {
-		t.Errorf("stdout = %q; want %q (stderr kept apart)", out, "echo hello\n")
-	}
-	_, err = kubectl(t, env, kc, "", "exec", "-n", "app", "web-0", "--", "false", "exit=3")
-	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.ExitCode() != 3 {
-		t.Errorf("kubectl exec of a failing command: %v; want exit code 3 from the status channel", err)
-	}
-	if err != nil && !strings.Contains(err.Error(), "oops") {
-		t.Errorf("stderr of kubectl = %v; want the command's stderr", err)
+	for _, tc := range []struct {
+		name    string
+		opts    devplane.FrontDoorOptions
+		wantOut string
+	}{
+		{"raw frames", devplane.FrontDoorOptions{}, "echo hello\n"},
+		{"translated channels", devplane.FrontDoorOptions{Translated: true}, "echo hello\noops\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			kc := filepath.Join(t.TempDir(), "frontdoor.kubeconfig")
+			if err := os.WriteFile(kc, devplane.FrontDoorKubeconfigWith(s.base, s.clusterID, "", tc.opts), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			out, err := kubectl(t, env, kc, "", "exec", "-n", "app", "web-0", "--", "echo", "hello")
+			if err != nil {
+				t.Fatalf("kubectl exec: %v", err)
+			}
+			if out != tc.wantOut {
+				t.Errorf("stdout = %q; want %q", out, tc.wantOut)
+			}
+			_, err = kubectl(t, env, kc, "", "exec", "-n", "app", "web-0", "--", "false", "exit=3")
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != 3 {
+				t.Errorf("kubectl exec of a failing command: %v; want exit code 3 from the status channel", err)
+			}
+			if !tc.opts.Translated && err != nil && !strings.Contains(err.Error(), "oops") {
+				t.Errorf("stderr of kubectl = %v; want the command's stderr", err)
+			}
+		})
 	}
 }
