@@ -62,5 +62,5 @@ func (k kubeCluster) Telemetry(ctx context.Context) (controlplane.Telemetry, err
 		return controlplane.Telemetry{}, err
 	}
 	return controlplane.Telemetry{K8sVersion: t.K8sVersion, Nodes: t.Nodes, Pods: t.Pods,
-		CPUUsage: t.CPUUsage, MemoryUsage: t.MemoryUsage, UsageSource: t.UsageSource}, nil
+		CPUUsage: t.CPUUsage, MemoryUsage: t.MemoryUsage}, nil
 }

@@ -21,7 +21,7 @@ type kubePart struct {
 // own ServiceAccount and RBAC, its token, the API probe behind the
 // "kubernetes" health condition, and heartbeat telemetry.
 func (d *Daemon) wireKube() error {
-	opts := []kube.Option{kube.WithHealth(d.health)}
+	opts := []kube.Option{kube.WithHealth(d.health), kube.WithHeartbeatInterval(d.cfg.Agent.HeartbeatInterval.Std())}
 	if d.cfg.Monitoring.Enabled {
 		ns := d.cfg.Monitoring.Namespace
 		if ns == "" {

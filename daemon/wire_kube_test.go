@@ -36,7 +36,7 @@ func TestTheDaemonReportsTheClusterItReachesInItsStatus(t *testing.T) {
 			t.Fatal(err)
 		}
 		k := st.Kubernetes
-		if k.Reachable && strings.HasPrefix(k.Version, "v1.") && k.Nodes >= 1 && k.UsageSource != "" && kubeOK(st) {
+		if k.Reachable && strings.HasPrefix(k.Version, "v1.") && k.Nodes >= 1 && k.CPUSource != "" && kubeOK(st) {
 			break
 		}
 		if time.Now().After(deadline) {

@@ -87,17 +87,21 @@ type LinkStatus struct {
 
 // KubeStatus is the local cluster as the agent sees it.
 type KubeStatus struct {
-	Reachable   bool      `json:"reachable"`
-	Kubeconfig  string    `json:"kubeconfig,omitempty"`
-	Server      string    `json:"server,omitempty"`
-	Version     string    `json:"version,omitempty"`
-	Nodes       int       `json:"nodes"`
-	Pods        int       `json:"pods"`
-	CPUUsage    string    `json:"cpu_usage,omitempty"`
-	MemoryUsage string    `json:"memory_usage,omitempty"`
-	UsageSource string    `json:"usage_source,omitempty"` // metrics-api or requests
-	LastError   string    `json:"last_error,omitempty"`
-	CheckedAt   time.Time `json:"checked_at,omitzero"`
+	Reachable   bool   `json:"reachable"`
+	Kubeconfig  string `json:"kubeconfig,omitempty"`
+	Server      string `json:"server,omitempty"`
+	Version     string `json:"version,omitempty"`
+	Nodes       int    `json:"nodes"`
+	Pods        int    `json:"pods"`
+	CPUUsage    string `json:"cpu_usage,omitempty"`
+	MemoryUsage string `json:"memory_usage,omitempty"`
+	// CPUSource and MemorySource say where each figure came from: "proc"
+	// (this machine's /proc), "metrics-api" or "requests", each with its
+	// nodes, e.g. "proc on vm-1 + metrics-api on 2 nodes".
+	CPUSource    string    `json:"cpu_source,omitempty"`
+	MemorySource string    `json:"memory_source,omitempty"`
+	LastError    string    `json:"last_error,omitempty"`
+	CheckedAt    time.Time `json:"checked_at,omitzero"`
 }
 
 // ProxyStatus is the Kubernetes API proxy.

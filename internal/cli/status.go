@@ -133,8 +133,10 @@ func renderStatus(e *env, st *apitype.StatusResponse, now time.Time) {
 	k := st.Kubernetes
 	if k.Reachable {
 		fmt.Fprintf(w, "Kubernetes:  %s at %s, %d nodes, %d pods", k.Version, orDash(k.Server), k.Nodes, k.Pods)
-		if k.CPUUsage != "" {
-			fmt.Fprintf(w, ", cpu %s, memory %s (%s)", k.CPUUsage, k.MemoryUsage, k.UsageSource)
+		if k.CPUUsage != "" && k.CPUSource == k.MemorySource {
+			fmt.Fprintf(w, ", cpu %s, memory %s (%s)", k.CPUUsage, k.MemoryUsage, k.CPUSource)
+		} else if k.CPUUsage != "" {
+			fmt.Fprintf(w, ", cpu %s (%s), memory %s (%s)", k.CPUUsage, k.CPUSource, k.MemoryUsage, k.MemorySource)
 		}
 		fmt.Fprintln(w)
 	} else {

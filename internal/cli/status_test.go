@@ -70,7 +70,7 @@ func sampleStatus() *apitype.StatusResponse {
 		Link: apitype.LinkStatus{State: apitype.LinkConnected, Mode: "gateway", ConnectedSince: now.Add(-90 * time.Second),
 			LastHeartbeat: now.Add(-10 * time.Second), Reconnects: 2, LastError: "dial tcp: connection refused", LastErrorAt: now.Add(-5 * time.Minute)},
 		Kubernetes: apitype.KubeStatus{Reachable: true, Server: "https://127.0.0.1:6443", Version: "v1.36.3", Nodes: 1, Pods: 31,
-			CPUUsage: "12.5%", MemoryUsage: "48.0%", UsageSource: "requests"},
+			CPUUsage: "12.5%", MemoryUsage: "48.0%", CPUSource: "requests on node-1", MemorySource: "requests on node-1"},
 		Proxy:      apitype.ProxyStatus{InFlight: 1, Requests: 120, Errors: 3},
 		Tunnel:     apitype.TunnelStatus{Active: true, ActiveStreams: 4, Forwards: []apitype.Forward{{Name: "agent-http", LocalAddr: "127.0.0.1:8080"}}},
 		Routes:     apitype.RoutesStatus{Enabled: true, Count: 3, RoutingMode: "tunnel", LastSync: now.Add(-time.Minute), LastSyncResult: "ok"},

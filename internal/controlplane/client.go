@@ -48,7 +48,6 @@ type Telemetry struct {
 	Pods        int
 	CPUUsage    string // e.g. "37.5%"
 	MemoryUsage string
-	UsageSource string // metrics-api or requests
 }
 
 // Options are a Client's dependencies.

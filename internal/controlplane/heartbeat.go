@@ -53,7 +53,7 @@ func (c *Client) buildHeartbeat(ctx context.Context, cn *conn) protocol.Heartbea
 		Status: heartbeatStatus(status), TunnelStatus: "disconnected",
 		Metadata: protocol.HeartbeatMetadata{
 			AgentVersion: version.Version, K8sVersion: k8s, K8sNodes: tel.Nodes, K8sPods: tel.Pods,
-			CPUUsage: tel.CPUUsage, MemoryUsage: tel.MemoryUsage, UsageSource: tel.UsageSource,
+			CPUUsage: tel.CPUUsage, MemoryUsage: tel.MemoryUsage,
 		},
 	}
 	if cn.ctx.Err() == nil {

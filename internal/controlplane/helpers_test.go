@@ -65,7 +65,7 @@ func (f *fakeCluster) Credentials(context.Context) (string, string, error) {
 }
 
 func (f *fakeCluster) Telemetry(context.Context) (Telemetry, error) {
-	return Telemetry{K8sVersion: "v1.36.3", Nodes: 1, Pods: 7, CPUUsage: "12.5%", MemoryUsage: "40.0%", UsageSource: "requests"}, nil
+	return Telemetry{K8sVersion: "v1.36.3", Nodes: 1, Pods: 7, CPUUsage: "12.5%", MemoryUsage: "40.0%"}, nil
 }
 
 func (f *fakeCluster) set(fn func(f *fakeCluster)) {

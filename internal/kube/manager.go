@@ -52,6 +52,10 @@ func WithWellKnownKubeconfigs(c []Candidate) Option { return func(m *Manager) { 
 // WithClock injects the clock that drives token renewal and caches (tests).
 func WithClock(now func() time.Time) Option { return func(m *Manager) { m.now = now } }
 
+// WithHeartbeatInterval is how often the heartbeat asks for telemetry
+// (default 30 s): the interval this machine's CPU rate covers.
+func WithHeartbeatInterval(d time.Duration) Option { return func(m *Manager) { m.heartbeat = d } }
+
 // WithIntervals sets the probe interval while healthy, the retry interval
 // while failing, and how long to wait for the token controller to fill the
 // token Secret before falling back to TokenRequest. Zero keeps a default.
@@ -105,6 +109,7 @@ type Manager struct {
 	reconciled  time.Time
 	tokenMode   string // TokenFromSecret until the token controller fails to fill the Secret
 	tel         *telemetry
+	heartbeat   time.Duration
 }
 
 // New builds a Manager. It does no I/O and starts nothing. getenv is
@@ -387,8 +392,10 @@ func (m *Manager) Version(ctx context.Context) (string, error) {
 	return m.version, nil
 }
 
-// Telemetry is the heartbeat's cluster figures, from informer caches
-// (recomputed at most every 15 s). It fails until the caches synced once.
+// Telemetry is the heartbeat's cluster figures, from informer caches and,
+// for the node the agent runs on, /proc (recomputed at most every 15 s,
+// or every heartbeat interval when that is shorter). It fails until the
+// caches synced once.
 func (m *Manager) Telemetry(ctx context.Context) (Telemetry, error) {
 	m.mu.Lock()
 	tel, v := m.tel, m.version
@@ -423,7 +430,8 @@ func (m *Manager) Status(ctx context.Context) apitype.KubeStatus {
 	}
 	m.mu.Unlock()
 	if t, err := m.Telemetry(ctx); err == nil {
-		st.Nodes, st.Pods, st.CPUUsage, st.MemoryUsage, st.UsageSource = t.Nodes, t.Pods, t.CPUUsage, t.MemoryUsage, t.UsageSource
+		st.Nodes, st.Pods, st.CPUUsage, st.MemoryUsage = t.Nodes, t.Pods, t.CPUUsage, t.MemoryUsage
+		st.CPUSource, st.MemorySource = t.CPUSource, t.MemorySource
 	}
 	return st
 }
@@ -434,6 +442,13 @@ func (m *Manager) startTelemetry(ctx context.Context) {
 	if m.tel != nil || m.saCS == nil {
 		return
 	}
-	m.tel = newTelemetry(m.saCS, m.now, 15*time.Second)
+	// Figures are recomputed at most every 15 s, and at least once per
+	// heartbeat; this machine's CPU is a rate over a heartbeat interval.
+	every, ttl := m.heartbeat, 15*time.Second
+	if every <= 0 {
+		every = 30 * time.Second
+	}
+	ttl = min(ttl, every)
+	m.tel = newTelemetry(m.saCS, m.now, ttl, every)
 	m.tel.start(ctx)
 }

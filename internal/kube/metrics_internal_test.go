@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -39,7 +40,8 @@ func fakeAPI(t *testing.T, metrics bool) *httptest.Server {
 		}
 	}
 	node := func(name string) string {
-		return `{"metadata":{"name":"` + name + `"},"status":{"allocatable":{"cpu":"4","memory":"8Gi"}}}`
+		return `{"metadata":{"name":"` + name + `"},"status":{"allocatable":{"cpu":"4","memory":"8Gi"},` +
+			`"addresses":[{"type":"InternalIP","address":"192.0.2.` + strconv.Itoa(int(name[0])) + `"}]}}`
 	}
 	mux.HandleFunc("/api/v1/nodes", list("NodeList", node("a")+","+node("b")))
 	mux.HandleFunc("/api/v1/pods", list("PodList",
@@ -75,9 +77,9 @@ func TestUsageComesFromTheMetricsAPIWhenServedAndFromRequestsOtherwise(t *testin
 		want    Telemetry
 	}{
 		{"metrics.k8s.io served: node usage over allocatable", true,
-			Telemetry{Nodes: 2, Pods: 1, CPUUsage: "25.0%", MemoryUsage: "25.0%", UsageSource: UsageFromMetricsAPI}},
+			Telemetry{Nodes: 2, Pods: 1, CPUUsage: "25.0%", MemoryUsage: "25.0%", CPUSource: "metrics-api on 2 nodes", MemorySource: "metrics-api on 2 nodes"}},
 		{"no metrics API: requests over allocatable", false,
-			Telemetry{Nodes: 2, Pods: 1, CPUUsage: "50.0%", MemoryUsage: "50.0%", UsageSource: UsageFromRequests}},
+			Telemetry{Nodes: 2, Pods: 1, CPUUsage: "50.0%", MemoryUsage: "50.0%", CPUSource: "requests on 2 nodes", MemorySource: "requests on 2 nodes"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -88,7 +90,8 @@ func TestUsageComesFromTheMetricsAPIWhenServedAndFromRequestsOtherwise(t *testin
 			}
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			tel := newTelemetry(cs, time.Now, time.Minute)
+			tel := newTelemetry(cs, time.Now, time.Minute, time.Minute)
+			tel.hostname, tel.local = "", func() map[string]bool { return nil } // neither node is this machine
 			tel.start(ctx)
 			deadline := time.Now().Add(10 * time.Second)
 			for !tel.synced() {
@@ -104,5 +107,38 @@ func TestUsageComesFromTheMetricsAPIWhenServedAndFromRequestsOtherwise(t *testin
 			cancel()
 			tel.factory.Shutdown()
 		})
+	}
+}
+
+// The node this machine is reports what /proc says; the others what the
+// metrics API says. Node a's address is one of "this machine's" here.
+func TestTheNodeTheAgentRunsOnReportsProcAndTheOthersTheMetricsAPI(t *testing.T) {
+	srv := fakeAPI(t, true)
+	cs, err := kubernetes.NewForConfig(&rest.Config{Host: srv.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	now := time.Now()
+	tel := newTelemetry(cs, func() time.Time { return now }, time.Minute, time.Minute)
+	tel.hostname, tel.local = "", func() map[string]bool { return map[string]bool{"192.0.2.97": true} }
+	tel.start(ctx)
+	defer func() { cancel(); tel.factory.Shutdown() }()
+	deadline := time.Now().Add(10 * time.Second)
+	for !tel.synced() {
+		if time.Now().After(deadline) {
+			t.Fatal("informers did not sync against the fake API")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	now = now.Add(2 * time.Second) // past the first CPU interval
+	got, err := tel.get(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const want = "proc on a + metrics-api on b"
+	if got.CPUSource != want || got.MemorySource != want || got.CPUUsage == "" || got.MemoryUsage == "" {
+		t.Fatalf("telemetry = %+v; want both figures from %q", got, want)
 	}
 }

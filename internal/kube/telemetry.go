@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -16,22 +18,25 @@ import (
 	"k8s.io/client-go/tools/cache"
 )
 
-// Usage sources reported with CPU and memory figures.
+// Where a node's CPU or memory figure comes from, best first.
 const (
+	UsageFromProc       = "proc"        // this machine's /proc/stat and /proc/meminfo, for the node the agent runs on
 	UsageFromMetricsAPI = "metrics-api" // metrics.k8s.io node usage over allocatable
 	UsageFromRequests   = "requests"    // sum of scheduled pods' requests over allocatable
 )
 
-// Telemetry is the cluster part of the heartbeat (protocol.md §4.2). Its
-// fields match controlplane.Telemetry, so the daemon converts with a plain
-// type conversion.
+// Telemetry is the cluster part of the heartbeat (protocol.md §4.2) plus,
+// for local status only, where each figure came from.
 type Telemetry struct {
 	K8sVersion  string
 	Nodes       int
 	Pods        int
 	CPUUsage    string // "37.5%"; "" when unknown (no allocatable), never a made-up 0%
 	MemoryUsage string
-	UsageSource string // UsageFromMetricsAPI or UsageFromRequests; "" when unknown
+	// CPUSource and MemorySource say where each figure came from, per
+	// source with its nodes: "proc on vm-1 + metrics-api on 2 nodes". Local
+	// status shows them; the heartbeat does not carry them.
+	CPUSource, MemorySource string
 }
 
 // telemetry keeps node and pod counts from informers (one LIST, then a
@@ -45,20 +50,32 @@ type telemetry struct {
 	nodes   cache.SharedIndexInformer
 	pods    cache.SharedIndexInformer
 
+	hostname string
+	local    func() map[string]bool // this machine's addresses
+
 	mu           sync.Mutex
+	host         *hostUsage
 	cached       Telemetry
 	cachedAt     time.Time
 	metricsAt    time.Time // last check whether metrics.k8s.io is served
 	metricsServe bool
 }
 
-func newTelemetry(cs kubernetes.Interface, now func() time.Time, ttl time.Duration) *telemetry {
+// newTelemetry recomputes the figures at most once per ttl; this machine's
+// CPU is a rate over at least every (the heartbeat interval).
+func newTelemetry(cs kubernetes.Interface, now func() time.Time, ttl, every time.Duration) *telemetry {
 	f := informers.NewSharedInformerFactoryWithOptions(cs, 0, informers.WithTransform(trim))
-	return &telemetry{cs: cs, now: now, ttl: ttl, factory: f,
+	host, _ := os.Hostname()
+	return &telemetry{cs: cs, now: now, ttl: ttl, factory: f, hostname: host, local: localAddrs, host: newHostUsage(every),
 		nodes: f.Core().V1().Nodes().Informer(), pods: f.Core().V1().Pods().Informer()}
 }
 
-func (t *telemetry) start(ctx context.Context) { t.factory.Start(ctx.Done()) }
+func (t *telemetry) start(ctx context.Context) {
+	t.mu.Lock()
+	t.host.cpu(t.now()) // the first sample, so the first interval starts now
+	t.mu.Unlock()
+	t.factory.Start(ctx.Done())
+}
 
 func (t *telemetry) synced() bool { return t.nodes.HasSynced() && t.pods.HasSynced() }
 
@@ -77,8 +94,14 @@ func trim(obj any) (any, error) {
 		}
 		return p, nil
 	case *corev1.Node:
-		return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: o.Name, UID: o.UID, ResourceVersion: o.ResourceVersion},
-			Status: corev1.NodeStatus{Allocatable: o.Status.Allocatable}}, nil
+		n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: o.Name, UID: o.UID, ResourceVersion: o.ResourceVersion},
+			Status: corev1.NodeStatus{Allocatable: o.Status.Allocatable}}
+		for _, a := range o.Status.Addresses { // to find the node this machine is
+			if a.Type == corev1.NodeInternalIP || a.Type == corev1.NodeExternalIP {
+				n.Status.Addresses = append(n.Status.Addresses, a)
+			}
+		}
+		return n, nil
 	}
 	return obj, nil
 }
@@ -97,42 +120,117 @@ func (t *telemetry) get(ctx context.Context) (Telemetry, error) {
 		return t.cached, nil
 	}
 	var tel Telemetry
-	var allocCPU, allocMem int64 // millicores, bytes
-	nodes := t.nodes.GetStore().List()
-	tel.Nodes = len(nodes)
-	for _, o := range nodes {
-		n := o.(*corev1.Node)
-		allocCPU += n.Status.Allocatable.Cpu().MilliValue()
-		allocMem += n.Status.Allocatable.Memory().Value()
+	var nodes []*corev1.Node
+	for _, o := range t.nodes.GetStore().List() {
+		nodes = append(nodes, o.(*corev1.Node))
 	}
+	tel.Nodes = len(nodes)
 	pods := t.pods.GetStore().List()
 	tel.Pods = len(pods)
 
-	usedCPU, usedMem, source := int64(0), int64(0), ""
-	if t.metricsServed(now) {
-		if c, m, err := t.metricsUsage(ctx); err == nil {
-			usedCPU, usedMem, source = c, m, UsageFromMetricsAPI
+	// Per node, the best source each figure has: /proc for the node this
+	// machine is, the metrics API for the others when it is served, else
+	// the requests of the node's pods.
+	self := selfNode(nodes, t.hostname, t.local())
+	var metrics map[string]nodeUsage
+	if len(nodes) > 0 && t.metricsServed(now) {
+		metrics, _ = t.metricsUsage(ctx)
+	}
+	var requested map[string]nodeUsage
+	requests := func(node string) nodeUsage {
+		if requested == nil {
+			requested = requestsByNode(pods)
+		}
+		return requested[node]
+	}
+	var cpu, mem figure
+	for _, n := range nodes {
+		allocCPU, allocMem := n.Status.Allocatable.Cpu().MilliValue(), n.Status.Allocatable.Memory().Value()
+		if u, c, ok := t.hostIf(n.Name == self, now, (*hostUsage).cpuAt); ok {
+			cpu.add(UsageFromProc, n.Name, u, c)
+		} else if m, ok := metrics[n.Name]; ok {
+			cpu.add(UsageFromMetricsAPI, n.Name, m.cpu, allocCPU)
+		} else {
+			cpu.add(UsageFromRequests, n.Name, requests(n.Name).cpu, allocCPU)
+		}
+		if u, c, ok := t.hostIf(n.Name == self, now, (*hostUsage).memoryAt); ok {
+			mem.add(UsageFromProc, n.Name, u, c)
+		} else if m, ok := metrics[n.Name]; ok {
+			mem.add(UsageFromMetricsAPI, n.Name, m.mem, allocMem)
+		} else {
+			mem.add(UsageFromRequests, n.Name, requests(n.Name).mem, allocMem)
 		}
 	}
-	if source == "" {
-		for _, o := range pods {
-			p := o.(*corev1.Pod)
-			if p.Spec.NodeName == "" || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
-				continue
-			}
-			c, m := podRequests(p)
-			usedCPU += c
-			usedMem += m
-		}
-		source = UsageFromRequests
-	}
-	if allocCPU > 0 && allocMem > 0 {
-		tel.CPUUsage = percent(usedCPU, allocCPU)
-		tel.MemoryUsage = percent(usedMem, allocMem)
-		tel.UsageSource = source
+	if cpu.total > 0 && mem.total > 0 {
+		tel.CPUUsage, tel.CPUSource = percent(cpu.used, cpu.total), cpu.source()
+		tel.MemoryUsage, tel.MemorySource = percent(mem.used, mem.total), mem.source()
 	}
 	t.cached, t.cachedAt = tel, now
 	return tel, nil
+}
+
+// hostIf reads this machine's figure when the node is this machine.
+func (t *telemetry) hostIf(self bool, now time.Time, read func(*hostUsage, time.Time) (int64, int64, bool)) (used, capacity int64, ok bool) {
+	if !self {
+		return 0, 0, false
+	}
+	return read(t.host, now)
+}
+
+func (h *hostUsage) cpuAt(now time.Time) (int64, int64, bool) { return h.cpu(now) }
+func (h *hostUsage) memoryAt(time.Time) (int64, int64, bool)  { return h.memory() }
+
+// figure sums one resource over the nodes and remembers each node's source.
+type figure struct {
+	used, total int64
+	nodes       map[string][]string // source → node names
+}
+
+func (f *figure) add(source, node string, used, total int64) {
+	if total <= 0 {
+		return
+	}
+	f.used += used
+	f.total += total
+	if f.nodes == nil {
+		f.nodes = map[string][]string{}
+	}
+	f.nodes[source] = append(f.nodes[source], node)
+}
+
+// source is e.g. "proc on vm-1 + metrics-api on 2 nodes".
+func (f *figure) source() string {
+	var parts []string
+	for _, src := range []string{UsageFromProc, UsageFromMetricsAPI, UsageFromRequests} {
+		switch ns := f.nodes[src]; len(ns) {
+		case 0:
+		case 1:
+			parts = append(parts, src+" on "+ns[0])
+		default:
+			parts = append(parts, fmt.Sprintf("%s on %d nodes", src, len(ns)))
+		}
+	}
+	return strings.Join(parts, " + ")
+}
+
+// nodeUsage is CPU in millicores and memory in bytes.
+type nodeUsage struct{ cpu, mem int64 }
+
+// requestsByNode sums the requests of scheduled, non-terminated pods per node.
+func requestsByNode(pods []any) map[string]nodeUsage {
+	out := map[string]nodeUsage{}
+	for _, o := range pods {
+		p := o.(*corev1.Pod)
+		if p.Spec.NodeName == "" || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+			continue
+		}
+		c, m := podRequests(p)
+		u := out[p.Spec.NodeName]
+		u.cpu += c
+		u.mem += m
+		out[p.Spec.NodeName] = u
+	}
+	return out
 }
 
 func percent(used, total int64) string {
@@ -174,24 +272,27 @@ func (t *telemetry) metricsServed(now time.Time) bool {
 	return t.metricsServe
 }
 
-// metricsUsage sums node usage from the metrics API (one small list of nodes).
-func (t *telemetry) metricsUsage(ctx context.Context) (cpu, mem int64, err error) {
+// metricsUsage is each node's usage from the metrics API (one small list).
+func (t *telemetry) metricsUsage(ctx context.Context) (map[string]nodeUsage, error) {
 	raw, err := t.cs.CoreV1().RESTClient().Get().AbsPath("/apis/metrics.k8s.io/v1beta1/nodes").Do(ctx).Raw()
 	if err != nil {
-		return 0, 0, fmt.Errorf("metrics.k8s.io nodes: %w", err)
+		return nil, fmt.Errorf("metrics.k8s.io nodes: %w", err)
 	}
 	var list struct {
 		Items []struct {
+			Metadata struct {
+				Name string `json:"name"`
+			} `json:"metadata"`
 			Usage map[corev1.ResourceName]resource.Quantity `json:"usage"`
 		} `json:"items"`
 	}
 	if err := json.Unmarshal(raw, &list); err != nil {
-		return 0, 0, fmt.Errorf("decode metrics.k8s.io nodes: %w", err)
+		return nil, fmt.Errorf("decode metrics.k8s.io nodes: %w", err)
 	}
+	out := map[string]nodeUsage{}
 	for _, it := range list.Items {
 		c, m := it.Usage[corev1.ResourceCPU], it.Usage[corev1.ResourceMemory]
-		cpu += c.MilliValue()
-		mem += m.Value()
+		out[it.Metadata.Name] = nodeUsage{cpu: c.MilliValue(), mem: m.Value()}
 	}
-	return cpu, mem, nil
+	return out, nil
 }

@@ -63,7 +63,8 @@ func TestTelemetryCountsTheClustersNodesAndPodsAndSumsRequests(t *testing.T) {
 	clock := newFakeClock()
 	m := startManager(t, p.Env, config.Kubernetes{Namespace: "pipeops-system"}, kube.WithClock(clock.Now),
 		kube.WithIntervals(100*time.Millisecond, 100*time.Millisecond, 300*time.Millisecond))
-	want := kube.Telemetry{Nodes: 2, Pods: 4, CPUUsage: "37.5%", MemoryUsage: "25.0%", UsageSource: kube.UsageFromRequests}
+	want := kube.Telemetry{Nodes: 2, Pods: 4, CPUUsage: "37.5%", MemoryUsage: "25.0%",
+		CPUSource: "requests on 2 nodes", MemorySource: "requests on 2 nodes"}
 	var got kube.Telemetry
 	eventually(t, 60*time.Second, "telemetry to match", func() bool {
 		clock.Add(time.Minute) // past the 15 s cache
@@ -81,14 +82,15 @@ func TestTelemetryCountsTheClustersNodesAndPodsAndSumsRequests(t *testing.T) {
 	if err := c.CoreV1().Pods(p.Namespace).Delete(ctx, "three", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
 		t.Fatal(err)
 	}
-	want = kube.Telemetry{Nodes: 2, Pods: 3, CPUUsage: "12.5%", MemoryUsage: "12.5%", UsageSource: kube.UsageFromRequests}
+	want = kube.Telemetry{Nodes: 2, Pods: 3, CPUUsage: "12.5%", MemoryUsage: "12.5%",
+		CPUSource: "requests on 2 nodes", MemorySource: "requests on 2 nodes"}
 	eventually(t, 30*time.Second, "telemetry after a delete", func() bool {
 		clock.Add(time.Minute)
 		got, _ = m.Telemetry(ctx)
 		got.K8sVersion = ""
 		return got == want
 	})
-	if st := m.Status(ctx); st.Nodes != 2 || st.Pods != 3 || st.UsageSource != kube.UsageFromRequests {
+	if st := m.Status(ctx); st.Nodes != 2 || st.Pods != 3 || st.CPUSource != "requests on 2 nodes" {
 		t.Fatalf("Status = %+v", st)
 	}
 }

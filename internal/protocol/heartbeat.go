@@ -42,12 +42,10 @@ type HeartbeatMetadata struct {
 	K8sPods      int    `json:"k8s_pods"`
 	CPUUsage     string `json:"cpu_usage"`
 	MemoryUsage  string `json:"memory_usage"`
-	// UsageSource says where CPU and memory came from: "metrics-api" or
-	// "requests" (sum of requests against allocatable). An extra key; the
-	// control plane ignores unknown fields.
-	UsageSource   string `json:"usage_source,omitempty"`
-	IsPrivate     bool   `json:"is_private"`
-	GatewayRoutes int    `json:"gateway_routes"`
+	// Where CPU and memory came from is local status only (apitype.KubeStatus):
+	// §4.2 names the metadata keys, and a message carries no others.
+	IsPrivate     bool `json:"is_private"`
+	GatewayRoutes int  `json:"gateway_routes"`
 }
 
 // WorkerJoin is heartbeat.worker_join on k3s servers (§4.2). Its token is a

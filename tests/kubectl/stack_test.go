@@ -55,6 +55,7 @@ type stack struct {
 	dir        string
 	agent      *testbin.Proc
 	agentPort  int
+	socket     string
 	clusterID  string
 	planeURL   string
 	kubeconfig map[devplane.FrontDoorOptions]string
@@ -73,7 +74,7 @@ func startStack(t *testing.T) *stack {
 	testbin.Start(t, testbin.Build(t, "pipeops-devplane"), nil, "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--token", token)
 	f := testbin.WriteAgentConfig(t, s.dir, testbin.AgentConfig{Name: "e2e-kubectl", APIURL: s.planeURL,
 		Kubeconfig: env.Kubeconfig, Kubernetes: "  namespace: " + env.Namespace + "\n"})
-	s.agentPort = f.Port
+	s.agentPort, s.socket = f.Port, f.Socket
 	s.agent = testbin.Start(t, testbin.Build(t, "pipeops-agent"), testbin.AgentEnv(token), "run", "--config", f.Config)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
