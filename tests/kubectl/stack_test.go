@@ -202,14 +202,15 @@ func (s *stack) agentMetric(name string) float64 {
 	return metric(b.Bytes(), name)
 }
 
-// apiserverMetric reads the API server's /metrics as admin.
+// apiserverMetric reads a gauge from the API server's /metrics as admin. A
+// series the API server has not created yet (no such call so far) is 0.
 func (s *stack) apiserverMetric(t *testing.T, name string) float64 {
 	t.Helper()
 	b, err := s.env.Client.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(context.Background())
 	if err != nil {
 		t.Fatalf("API server /metrics: %v", err)
 	}
-	return metric(b, name)
+	return max(metric(b, name), 0)
 }
 
 // listen is a TCP server on a free loopback port that serves each
