@@ -17,6 +17,7 @@ import (
 	"github.com/pipeops/pipeops-vm-agent/internal/hostinfo"
 	"github.com/pipeops/pipeops-vm-agent/internal/locality"
 	"github.com/pipeops/pipeops-vm-agent/internal/logging"
+	"github.com/pipeops/pipeops-vm-agent/internal/tlsconfig"
 )
 
 // newLocality builds where-this-VM-is for registration (protocol.md §4.1):
@@ -25,7 +26,8 @@ import (
 // link's TLS settings, since it is the control plane. The node facts come
 // from the ServiceAccount's view of the cluster.
 func (d *Daemon) newLocality() (controlplane.Locality, error) {
-	tc, err := controlplane.TLSConfig(d.cfg.PipeOps.TLS)
+	tc, err := tlsconfig.New(d.cfg.PipeOps.TLS.Options()) // the link's trust and pins: ip-intel is the control plane
+
 	if err != nil {
 		return nil, err
 	}

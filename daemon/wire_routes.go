@@ -15,6 +15,7 @@ import (
 	"github.com/pipeops/pipeops-vm-agent/internal/logging"
 	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
 	"github.com/pipeops/pipeops-vm-agent/internal/routesync"
+	"github.com/pipeops/pipeops-vm-agent/internal/tlsconfig"
 )
 
 // routesPart holds what the routes wiring builds. Owned by wire_routes.go.
@@ -31,7 +32,9 @@ func (d *Daemon) wireRoutes() error {
 	if !d.cfg.Gateway.Enabled {
 		return nil
 	}
-	tc, err := controlplane.TLSConfig(d.cfg.PipeOps.TLS)
+	// The same TLS configuration (trust, client certificate, pins) as the
+	// WebSocket link: one builder, so the REST calls cannot be weaker.
+	tc, err := tlsconfig.New(d.cfg.PipeOps.TLS.Options())
 	if err != nil {
 		return fmt.Errorf("route sync: %w", err)
 	}

@@ -1,11 +1,9 @@
 package cli
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha1" //nolint:gosec // RFC 6455 defines Sec-WebSocket-Accept with SHA-1
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
@@ -15,20 +13,17 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
 	"time"
 
 	"golang.org/x/net/http/httpproxy"
 
 	"github.com/pipeops/pipeops-vm-agent/internal/config"
+	"github.com/pipeops/pipeops-vm-agent/internal/tlsconfig"
 )
 
 // wsPath is the controller WebSocket (protocol.md §2).
 const wsPath = "/api/v1/clusters/agent/ws"
-
-// ErrPinMismatch means no certificate in the chain matches pipeops.tls.pin_sha256.
-var ErrPinMismatch = errors.New("no certificate in the chain matches pipeops.tls.pin_sha256")
 
 // Clock skew thresholds: tokens and certificates tolerate little.
 const (
@@ -97,7 +92,8 @@ func checkNetwork(ctx context.Context, e *env, d doctorDeps, cfg *config.Config)
 	conn.Close()
 	out = append(out, check{levelOK, "tcp", "connected to " + hop, ""})
 
-	tlsConf, err := tlsConfig(cfg.PipeOps.TLS)
+	// The agent's own builder: doctor trusts exactly what the agent trusts.
+	tlsConf, err := tlsconfig.New(cfg.PipeOps.TLS.Options())
 	if err != nil {
 		return append(out, check{levelFail, "tls", err.Error(), "fix pipeops.tls in the configuration"})
 	}
@@ -153,62 +149,14 @@ func agentProxy(e *env, d doctorDeps) func(*url.URL) (*url.URL, error) {
 	return func(u *url.URL) (*url.URL, error) { return f(u) }
 }
 
-// tlsConfig mirrors pipeops.tls: CA file, client certificate, SPKI pins.
-func tlsConfig(t config.TLS) (*tls.Config, error) {
-	c := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: t.InsecureSkipVerify} //nolint:gosec // mirrors the agent's setting, reported as WARN
-	if t.CAFile != "" {
-		pem, err := os.ReadFile(t.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("read pipeops.tls.ca_file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("pipeops.tls.ca_file %s holds no PEM certificate", t.CAFile)
-		}
-		c.RootCAs = pool
-	}
-	if t.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("load pipeops.tls client certificate: %w", err)
-		}
-		c.Certificates = []tls.Certificate{cert}
-	}
-	var pins [][]byte
-	for _, p := range t.PinSHA256 {
-		b, err := config.ParsePin(p)
-		if err != nil {
-			return nil, fmt.Errorf("pipeops.tls.pin_sha256 %q: %w", p, err)
-		}
-		pins = append(pins, b)
-	}
-	if len(pins) > 0 {
-		c.VerifyConnection = func(cs tls.ConnectionState) error {
-			for _, cert := range cs.PeerCertificates {
-				sum := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
-				for _, p := range pins {
-					if bytes.Equal(sum[:], p) {
-						return nil
-					}
-				}
-			}
-			if len(cs.PeerCertificates) > 0 {
-				sum := sha256.Sum256(cs.PeerCertificates[0].RawSubjectPublicKeyInfo)
-				return fmt.Errorf("%w (the server's key is sha256//%s)", ErrPinMismatch, base64.StdEncoding.EncodeToString(sum[:]))
-			}
-			return ErrPinMismatch
-		}
-	}
-	return c, nil
-}
-
 func tlsFailure(err error, host, via string) check {
+	var pe *tlsconfig.PinError
 	var ua x509.UnknownAuthorityError
 	var hn x509.HostnameError
 	var ci x509.CertificateInvalidError
 	switch {
-	case errors.Is(err, ErrPinMismatch):
-		return check{levelFail, "tls", "pin mismatch for " + host + via + ": " + errors.Unwrap(err).Error(),
+	case errors.As(err, &pe):
+		return check{levelFail, "tls", "pin mismatch for " + host + via + ": the server presented " + pe.Presented,
 			"update pipeops.tls.pin_sha256, or find out who intercepts the connection"}
 	case errors.As(err, &ua):
 		return check{levelFail, "tls", "certificate of " + host + via + " is signed by an unknown authority",

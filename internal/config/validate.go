@@ -1,9 +1,6 @@
 package config
 
 import (
-	"crypto/sha256"
-	"encoding/base64"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"maps"
@@ -15,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/pipeops/pipeops-vm-agent/internal/logging"
+	"github.com/pipeops/pipeops-vm-agent/internal/tlsconfig"
 )
 
 // Sentinels wrapped by FieldError, for callers that test with errors.Is.
@@ -184,14 +182,12 @@ func (s Security) AllowedTargets() []netip.Prefix {
 }
 
 // ParsePin decodes an SPKI SHA-256 pin given as base64 (as in HPKP and curl's
-// --pinnedpubkey "sha256//…") or hex.
-func ParsePin(p string) ([]byte, error) {
-	s := strings.TrimPrefix(strings.TrimSpace(p), "sha256//")
-	if b, err := hex.DecodeString(strings.ReplaceAll(s, ":", "")); err == nil && len(b) == sha256.Size {
-		return b, nil
-	}
-	if b, err := base64.StdEncoding.DecodeString(s); err == nil && len(b) == sha256.Size {
-		return b, nil
-	}
-	return nil, fmt.Errorf("want the SHA-256 of the server's public key (SPKI), base64 or hex")
+// --pinnedpubkey "sha256//…") or hex. The TLS builder owns the format.
+func ParsePin(p string) ([]byte, error) { return tlsconfig.ParsePin(p) }
+
+// Options are these settings for the TLS builder shared by the agent and
+// pipeopsctl doctor (tlsconfig.New).
+func (t TLS) Options() tlsconfig.Options {
+	return tlsconfig.Options{CAFile: t.CAFile, CertFile: t.CertFile, KeyFile: t.KeyFile, PinSHA256: t.PinSHA256,
+		InsecureSkipVerify: t.InsecureSkipVerify}
 }

@@ -1,24 +1,21 @@
 package controlplane
 
 import (
-	"bytes"
 	"context"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
 	"time"
 
 	"github.com/gorilla/websocket"
 
 	"github.com/pipeops/pipeops-vm-agent/internal/config"
+	"github.com/pipeops/pipeops-vm-agent/internal/tlsconfig"
 	"github.com/pipeops/pipeops-vm-agent/internal/version"
 	"github.com/pipeops/pipeops-vm-agent/internal/wsconn"
 )
@@ -32,7 +29,11 @@ const defaultHandshakeTimeout = 30 * time.Second
 
 // ErrPinMismatch means the control plane's certificate matched none of the
 // configured SPKI pins.
-var ErrPinMismatch = errors.New("control plane certificate does not match pipeops.tls.pin_sha256")
+var ErrPinMismatch = tlsconfig.ErrPinMismatch
+
+// ErrDowngrade means the control plane handed out a plain-text gateway URL
+// although pipeops.api_url uses TLS.
+var ErrDowngrade = errors.New("refusing to downgrade the control-plane link to plain text")
 
 // AuthError is a 401 or 403 answer to a WebSocket handshake (§8.6).
 type AuthError struct {
@@ -70,8 +71,11 @@ func ControllerURL(apiURL string) (string, error) {
 
 // GatewayURL builds the gateway WebSocket URL from gateway_ws_url (§2):
 // https→wss, http→ws, other schemes kept; path /ws only when empty; the
-// capability query parameters set.
-func GatewayURL(gatewayWSURL, clusterUUID string) (string, error) {
+// capability query parameters set. A plain-text gateway (ws, http) handed
+// out while apiURL uses TLS is refused with ErrDowngrade: the install token
+// would cross the network in clear text, and a control plane reached over
+// TLS has no reason to send one.
+func GatewayURL(apiURL, gatewayWSURL, clusterUUID string) (string, error) {
 	u, err := url.Parse(strings.TrimSpace(gatewayWSURL))
 	if err != nil || u.Host == "" {
 		return "", fmt.Errorf("gateway_ws_url %q is not an absolute URL", gatewayWSURL)
@@ -81,6 +85,11 @@ func GatewayURL(gatewayWSURL, clusterUUID string) (string, error) {
 		u.Scheme = "wss"
 	case "http":
 		u.Scheme = "ws"
+	}
+	if u.Scheme != "wss" && secureURL(apiURL) {
+		return "", fmt.Errorf("%w: the control plane handed out gateway_ws_url %s while pipeops.api_url %s uses TLS; "+
+			"the agent will not send its token without TLS. Ask PipeOps support to fix the gateway URL, or check for something rewriting the control plane's answers",
+			ErrDowngrade, redactURL(u.String()), apiURL)
 	}
 	if u.Path == "" {
 		u.Path = "/ws"
@@ -95,8 +104,15 @@ func GatewayURL(gatewayWSURL, clusterUUID string) (string, error) {
 	return u.String(), nil
 }
 
-// newDialer builds the WebSocket dialer: TLS ≥ 1.2 against the system roots
-// plus ca_file, an optional client certificate, optional SPKI pins, and the
+// secureURL reports whether an api_url uses TLS (https or wss).
+func secureURL(apiURL string) bool {
+	u, err := url.Parse(strings.TrimSpace(apiURL))
+	return err == nil && (u.Scheme == "https" || u.Scheme == "wss")
+}
+
+// newDialer builds the WebSocket dialer: the shared TLS configuration
+// (tlsconfig: TLS ≥ 1.2, system roots plus ca_file, client certificate, SPKI
+// pins matched against what verified), and the
 // proxy from HTTPS_PROXY/NO_PROXY. No compression, no subprotocol. The
 // handshake is bounded by pipeops.timeout (default 30 s).
 func newDialer(t config.TLS, handshake time.Duration) (*websocket.Dialer, error) {
@@ -126,69 +142,7 @@ func newDialer(t config.TLS, handshake time.Duration) (*websocket.Dialer, error)
 	}, nil
 }
 
-// TLSConfig is the link's TLS configuration (ca_file, client certificate,
-// SPKI pins), for other clients of the same server such as the route REST calls.
-func TLSConfig(t config.TLS) (*tls.Config, error) { return tlsConfig(t) }
-
-func tlsConfig(t config.TLS) (*tls.Config, error) {
-	tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: t.InsecureSkipVerify} //nolint:gosec // opt-in, documented
-	if t.CAFile != "" {
-		pem, err := os.ReadFile(t.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("read pipeops.tls.ca_file: %w", err)
-		}
-		pool, err := x509.SystemCertPool()
-		if err != nil || pool == nil {
-			pool = x509.NewCertPool()
-		}
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("pipeops.tls.ca_file %s holds no PEM certificate", t.CAFile)
-		}
-		tc.RootCAs = pool
-	}
-	if (t.CertFile == "") != (t.KeyFile == "") {
-		return nil, fmt.Errorf("pipeops.tls.cert_file and pipeops.tls.key_file must be set together")
-	}
-	if t.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("load client certificate (pipeops.tls.cert_file/key_file): %w", err)
-		}
-		tc.Certificates = []tls.Certificate{cert}
-	}
-	if len(t.PinSHA256) > 0 {
-		var pins [][]byte
-		for _, p := range t.PinSHA256 {
-			b, err := config.ParsePin(p)
-			if err != nil {
-				return nil, fmt.Errorf("pipeops.tls.pin_sha256 %q: %w", p, err)
-			}
-			pins = append(pins, b)
-		}
-		tc.VerifyConnection = func(cs tls.ConnectionState) error { return checkPins(cs.PeerCertificates, pins) }
-	}
-	return tc, nil
-}
-
-// checkPins accepts the connection when any certificate of the presented
-// chain has a pinned SPKI hash.
-func checkPins(chain []*x509.Certificate, pins [][]byte) error {
-	var got []string
-	for _, c := range chain {
-		sum := sha256.Sum256(c.RawSubjectPublicKeyInfo)
-		for _, p := range pins {
-			if bytes.Equal(sum[:], p) {
-				return nil
-			}
-		}
-		got = append(got, "sha256//"+base64.StdEncoding.EncodeToString(sum[:]))
-	}
-	return fmt.Errorf("%w: the server presented %s; update the pin if the certificate was rotated, otherwise something is intercepting the connection",
-		ErrPinMismatch, strings.Join(got, ", "))
-}
+func tlsConfig(t config.TLS) (*tls.Config, error) { return tlsconfig.New(t.Options()) }
 
 // SPKIPin returns the "sha256//<base64>" pin of a certificate (tests, docs).
-func SPKIPin(c *x509.Certificate) string {
-	sum := sha256.Sum256(c.RawSubjectPublicKeyInfo)
-	return "sha256//" + base64.StdEncoding.EncodeToString(sum[:])
-}
+func SPKIPin(c *x509.Certificate) string { return tlsconfig.SPKIPin(c) }

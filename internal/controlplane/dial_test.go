@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"io"
 	"log"
 	"math/big"
@@ -55,7 +56,7 @@ func TestGatewayURLMapsSchemesAddsWsPathOnlyWhenEmptyAndSetsCapabilities(t *test
 		{"http://127.0.0.1:9/custom", "ws://127.0.0.1:9/custom?"},
 		{"ws://gw?keep=1", "ws://gw/ws?"},
 	} {
-		got, err := GatewayURL(tc.in, "uuid-1")
+		got, err := GatewayURL("http://127.0.0.1:8090", tc.in, "uuid-1")
 		if err != nil || !strings.HasPrefix(got, tc.prefix) {
 			t.Errorf("GatewayURL(%q) = %q, %v; want prefix %q", tc.in, got, err, tc.prefix)
 			continue
@@ -65,6 +66,28 @@ func TestGatewayURLMapsSchemesAddsWsPathOnlyWhenEmptyAndSetsCapabilities(t *test
 			if !strings.Contains(got, p) {
 				t.Errorf("GatewayURL(%q) = %q lacks %s", tc.in, got, p)
 			}
+		}
+	}
+}
+
+func TestAPlainTextGatewayIsRefusedWhenTheAPIURLUsesTLS(t *testing.T) {
+	for _, tc := range []struct {
+		api, gateway string
+		refused      bool
+	}{
+		{"https://api.pipeops.io", "ws://gateway.pipeops.io/ws", true},
+		{"https://api.pipeops.io", "http://gateway.pipeops.io", true},
+		{"wss://api.pipeops.io", "ws://gateway.pipeops.io/ws", true},
+		{"https://api.pipeops.io", "wss://gateway.pipeops.io/ws", false},
+		{"https://api.pipeops.io", "https://gateway.pipeops.io", false},
+		{"http://127.0.0.1:8090", "ws://127.0.0.1:8090/ws", false},
+	} {
+		_, err := GatewayURL(tc.api, tc.gateway, "uuid-1")
+		if got := errors.Is(err, ErrDowngrade); got != tc.refused {
+			t.Errorf("GatewayURL(%q, %q) error = %v; want refused=%v", tc.api, tc.gateway, err, tc.refused)
+		}
+		if tc.refused && (!strings.Contains(err.Error(), "gateway_ws_url") || !strings.Contains(err.Error(), "pipeops.api_url")) {
+			t.Errorf("downgrade error %q does not name gateway_ws_url and pipeops.api_url", err)
 		}
 	}
 }

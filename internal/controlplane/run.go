@@ -146,7 +146,7 @@ func (c *Client) gateway(ctx context.Context, st state.State) outcome {
 	if uuid == "" {
 		uuid = st.ClusterID
 	}
-	u, err := GatewayURL(st.GatewayWSURL, uuid)
+	u, err := GatewayURL(c.cfg.PipeOps.APIURL, st.GatewayWSURL, uuid)
 	if err != nil {
 		c.clearGateway()
 		return outcome{err: err}
