@@ -109,6 +109,30 @@ func (t *txn) write(path string, b []byte, mode os.FileMode) (bool, error) {
 	return true, nil
 }
 
+// remove deletes path if it exists, keeping its content for a rollback; it
+// reports whether it removed anything.
+func (t *txn) remove(path string) (bool, error) {
+	st, err := os.Stat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	old, err := os.ReadFile(path)
+	if err != nil {
+		return false, err
+	}
+	if err := os.Remove(path); err != nil {
+		return false, err
+	}
+	t.undo = append(t.undo, func() error {
+		_, err := (&txn{}).write(path, old, st.Mode().Perm())
+		return err
+	})
+	return true, nil
+}
+
 func (t *txn) rollback() error {
 	var errs []error
 	for i := len(t.undo) - 1; i >= 0; i-- {

@@ -12,13 +12,16 @@
 #
 # Knobs (environment):
 #   PIPEOPS_TOKEN_FILE            file holding the install token (preferred)
-#   PIPEOPS_TOKEN                 the token itself (kept out of argv; unset after use)
-#                                 neither: keep /etc/pipeops/token, else prompt on /dev/tty
+#   PIPEOPS_TOKEN                 the token itself (kept out of argv and off the disk: it
+#                                 reaches pipeopsctl on stdin; unset after use)
+#                                 neither: keep the installed token, else prompt on /dev/tty
 #   PIPEOPS_API_URL               control plane URL          -> pipeopsctl install --api-url
 #   PIPEOPS_CLUSTER_NAME          cluster name               -> pipeopsctl install --cluster-name
 #   INSTALL_PIPEOPS_VERSION       release tag, e.g. v1.2.3 (default: latest)      alias PIPEOPS_VERSION
 #   PIPEOPS_INSTALL_BASE_URL      release base URL (default: GitHub releases)    alias PIPEOPS_DOWNLOAD_URL
-#                                 files come from BASE/latest/download/FILE or BASE/download/VERSION/FILE
+#                                 files come from BASE/latest/download/FILE or BASE/download/VERSION/FILE;
+#                                 https only (TLS 1.2+, redirects too), except http://127.0.0.1 or
+#                                 http://localhost for a local test server
 #   INSTALL_PIPEOPS_SKIP_DOWNLOAD true: use binaries from PIPEOPS_BINARY_DIR, or those already
 #                                 in the bin dir                                  alias PIPEOPS_SKIP_DOWNLOAD
 #   INSTALL_PIPEOPS_BIN_DIR       where the binaries go (default /usr/bin)
@@ -65,6 +68,18 @@ setup_env() {
 	if is_true "${INSTALL_PIPEOPS_DRY_RUN:-${PIPEOPS_DRY_RUN:-}}"; then DRY_RUN=1; fi
 	CONF_DIR=$ROOT/etc/pipeops
 	TOKEN_FILE=$CONF_DIR/token
+	ENC_TOKEN_FILE=$ROOT/etc/credstore.encrypted/pipeops-agent.token
+}
+
+# check_base_url allows only https downloads. A plain http base URL is
+# accepted on the loopback interface alone: a local test server, which no
+# one on the network can stand in for.
+check_base_url() {
+	case "$BASE_URL" in
+	https://*) LOCAL_HTTP=false ;;
+	http://127.0.0.1 | http://127.0.0.1[:/]* | http://localhost | http://localhost[:/]* | http://\[::1\]*) LOCAL_HTTP=true ;;
+	*) fatal "PIPEOPS_INSTALL_BASE_URL=$BASE_URL: downloads must use https (plain http is accepted only from 127.0.0.1 or localhost, for a local test server)" ;;
+	esac
 }
 
 need_root() {
@@ -122,10 +137,12 @@ sha256() {
 }
 
 # get_token decides where the token comes from: TOKEN_SRC is a file to pass
-# to pipeopsctl, or empty to keep the installed token.
+# to pipeopsctl, TOKEN is the token for pipeopsctl's stdin (never written to
+# disk by this script: pipeopsctl stores it, encrypted where systemd-creds
+# works), or both are empty to keep the installed token.
 get_token() {
 	TOKEN_SRC=
-	TOKEN_TMP=
+	TOKEN=
 	if [ -n "${PIPEOPS_TOKEN_FILE:-}" ]; then
 		[ -r "$PIPEOPS_TOKEN_FILE" ] || fatal "cannot read PIPEOPS_TOKEN_FILE=$PIPEOPS_TOKEN_FILE"
 		TOKEN_SRC=$PIPEOPS_TOKEN_FILE
@@ -133,6 +150,10 @@ get_token() {
 	fi
 	tok=${PIPEOPS_TOKEN:-}
 	unset PIPEOPS_TOKEN
+	if [ -z "$tok" ] && [ -s "$ENC_TOKEN_FILE" ]; then
+		info "keeping the installed token (encrypted credential $ENC_TOKEN_FILE)"
+		return 0
+	fi
 	if [ -z "$tok" ] && [ -s "$TOKEN_FILE" ]; then
 		info "keeping the token in $TOKEN_FILE"
 		return 0
@@ -148,23 +169,24 @@ get_token() {
 		fi
 	fi
 	[ -n "$tok" ] || [ "$DRY_RUN" = 1 ] || fatal "no token: set PIPEOPS_TOKEN_FILE=/path/to/token (or PIPEOPS_TOKEN), or run from a terminal to be prompted"
-	TOKEN_TMP=$CONF_DIR/.token.install
-	TOKEN_SRC=$TOKEN_TMP
-	if [ "$DRY_RUN" = 1 ]; then
-		printf '+ write the token to %s (mode 0600)\n' "$TOKEN_TMP"
-	else
-		mkdir -p "$CONF_DIR"
-		# Builtins only, with a 077 umask: the token never shows in ps.
-		(umask 077 && printf '%s\n' "$tok" >"$TOKEN_TMP") || fatal "cannot write $TOKEN_TMP"
-	fi
+	TOKEN=$tok
+	TOKEN_SRC=-
 	tok=
 }
 
 download() {
-	# $1 = URL, $2 = output file
+	# $1 = URL, $2 = output file. https and TLS 1.2+ only, redirects
+	# included, so a redirect cannot downgrade to http.
+	if [ "$LOCAL_HTTP" = true ]; then
+		case "$DOWNLOADER" in
+		curl) do_cmd curl --proto '=http,https' -fsSL --retry 3 -o "$2" "$1" ;;
+		wget) do_cmd wget -q -O "$2" "$1" ;;
+		esac
+		return
+	fi
 	case "$DOWNLOADER" in
-	curl) do_cmd curl -fsSL --retry 3 -o "$2" "$1" ;;
-	wget) do_cmd wget -q -O "$2" "$1" ;;
+	curl) do_cmd curl --proto '=https' --tlsv1.2 -fsSL --retry 3 -o "$2" "$1" ;;
+	wget) do_cmd wget --https-only -q -O "$2" "$1" ;;
 	esac
 }
 
@@ -256,6 +278,16 @@ hand_over() {
 	if [ "$BIN_CHANGED" = true ] || is_true "${PIPEOPS_FORCE_RESTART:-}"; then set -- "$@" --restart; fi
 	is_true "${PIPEOPS_SKIP_START:-}" && set -- "$@" --no-start
 	[ -n "$ROOT" ] && set -- "$@" --root "$ROOT"
+	if [ "$TOKEN_SRC" = - ]; then
+		if [ "$DRY_RUN" = 1 ]; then
+			printf '+ %s %s (the token on stdin)\n' "$BIN_DIR/pipeopsctl" "$*"
+			return 0
+		fi
+		# printf is a builtin: the token never shows in ps, and no file holds it.
+		printf '%s\n' "$TOKEN" | "$BIN_DIR/pipeopsctl" "$@"
+		TOKEN=
+		return 0
+	fi
 	# stdin is /dev/null: pipeopsctl must not read this script as a token.
 	do_cmd "$BIN_DIR/pipeopsctl" "$@" </dev/null
 }
@@ -271,7 +303,6 @@ finish() {
 }
 
 cleanup() {
-	[ -n "${TOKEN_TMP:-}" ] && rm -f "$TOKEN_TMP"
 	[ -n "${TMP_DIR:-}" ] && rm -rf "$TMP_DIR"
 	return 0
 }
@@ -279,11 +310,12 @@ cleanup() {
 main() {
 	set -eu
 	setup_env
+	check_base_url
 	need_root "$@"
 	detect_platform
 	detect_tools
 	TMP_DIR=$(mktemp -d)
-	TOKEN_TMP=
+	TOKEN=
 	trap cleanup EXIT
 	trap 'exit 130' INT TERM
 	get_token

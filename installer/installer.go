@@ -38,6 +38,8 @@ type Options struct {
 	BinDir string
 	// Token replaces the token when set; empty keeps the existing one.
 	Token config.Secret
+	// TokenStorage is auto (default), encrypted or plain (see TokenAuto).
+	TokenStorage TokenStorage
 	// APIURL and ClusterName go into agent.d/10-install.yaml when set.
 	APIURL      string
 	ClusterName string
@@ -146,20 +148,15 @@ func (in *Installer) Install(ctx context.Context) (*Result, error) {
 	res := &Result{PackageOwned: in.PackageOwned()}
 	tx := &txn{}
 
-	tokenPath := in.path(paths.TokenFile)
-	if tok := in.o.Token.Reveal(); tok != "" {
-		if err := checkToken(tok); err != nil {
-			return nil, err
+	changed, err := in.storeToken(ctx, tx, in.o.Token.Reveal())
+	if err != nil {
+		if rerr := tx.rollback(); rerr != nil {
+			err = errors.Join(err, rerr)
 		}
-		changed, err := tx.write(tokenPath, []byte(tok+"\n"), 0o600)
-		if err != nil {
-			return nil, fmt.Errorf("write token: %w", err)
-		}
-		if changed {
-			res.Changed = append(res.Changed, "token")
-		}
-	} else if b, err := os.ReadFile(tokenPath); err != nil || strings.TrimSpace(string(b)) == "" {
-		return nil, fmt.Errorf("no token at %s: pass one with --token-file FILE (or on stdin)", paths.TokenFile)
+		return nil, err
+	}
+	if changed {
+		res.Changed = append(res.Changed, "token")
 	}
 
 	dropIn := in.path(filepath.Join(paths.DropInDir, "10-install.yaml"))
@@ -200,6 +197,7 @@ func (in *Installer) validate() error {
 	}
 	cfg, _, err := config.Load(config.Options{
 		Path: main, DropInDir: in.path(paths.DropInDir), TokenFallback: in.path(paths.TokenFile),
+		EncryptedToken: in.path(paths.EncryptedTokenFile), Decrypt: DecryptToken(context.Background(), in.creds()),
 		Getenv: func(string) string { return "" }, Environ: func() []string { return nil },
 	})
 	if err == nil {

@@ -18,7 +18,7 @@ var ErrPackageOwned = errors.New("pipeops-agent was installed from a package")
 
 // Uninstall stops and disables the agent and removes the unit, its drop-in,
 // the binaries and the uninstall script. purge also removes the token,
-// configuration, state and cache. A missing piece is not an error, so it
+// configuration, state and cache (the token in either form). A missing piece is not an error, so it
 // can finish an earlier, interrupted removal.
 func (in *Installer) Uninstall(ctx context.Context, purge bool) ([]string, error) {
 	if in.PackageOwned() {
@@ -57,7 +57,7 @@ func (in *Installer) Uninstall(ctx context.Context, purge bool) ([]string, error
 		}
 	}
 	if purge {
-		for _, p := range []string{paths.ConfigDir, paths.DefaultState, paths.DefaultCache, paths.DefaultsFile} {
+		for _, p := range []string{paths.ConfigDir, paths.EncryptedTokenFile, paths.DefaultState, paths.DefaultCache, paths.DefaultsFile} {
 			if _, err := os.Lstat(in.path(p)); err != nil {
 				continue
 			}

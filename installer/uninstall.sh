@@ -28,6 +28,7 @@ fallback() {
 	run rm -f /usr/share/bash-completion/completions/pipeopsctl /usr/share/zsh/vendor-completions/_pipeopsctl \
 		/usr/share/zsh/site-functions/_pipeopsctl /usr/share/fish/vendor_completions.d/pipeopsctl.fish
 	run rm -rf /etc/pipeops /var/lib/pipeops /var/cache/pipeops /etc/default/pipeops-agent
+	run rm -f /etc/credstore.encrypted/pipeops-agent.token
 }
 
 main() {

@@ -35,8 +35,9 @@ func TestUnitHasTheDirectivesTheAgentRelyOn(t *testing.T) {
 	for _, line := range []string{
 		"Type=notify", "NotifyAccess=main", "ExecStart=/usr/bin/pipeops-agent run",
 		"WatchdogSec=60s", "Restart=always", "RestartPreventExitStatus=2", "Environment=GOTRACEBACK=crash",
-		"StateDirectory=pipeops", "RuntimeDirectory=pipeops", "LoadCredential=token:/etc/pipeops/token",
-		"ConditionPathExists=/etc/pipeops/token", "ProtectSystem=strict", "NoNewPrivileges=yes",
+		"StateDirectory=pipeops", "RuntimeDirectory=pipeops", "LoadCredentialEncrypted=token:pipeops-agent.token",
+		"ConditionPathExists=|/etc/pipeops/token", "ConditionPathExists=|/etc/credstore.encrypted/pipeops-agent.token",
+		"MemoryHigh=448M", "MemoryMax=512M", "TasksMax=512", "ProtectSystem=strict", "NoNewPrivileges=yes",
 		"CapabilityBoundingSet=", "WantedBy=multi-user.target",
 	} {
 		t.Run(line, func(t *testing.T) {

@@ -16,7 +16,9 @@ setup_file() {
 echo "$*" >>"$STUB_LOG/pipeopsctl.argv"
 [ "$1" = completion ] && { echo "# $2 completion for pipeopsctl"; exit 0; }
 while [ $# -gt 0 ]; do
-	if [ "$1" = --token-file ]; then
+	if [ "$1" = --token-file ] && [ "$2" = - ]; then
+		cat >>"$STUB_LOG/pipeopsctl.token"
+	elif [ "$1" = --token-file ]; then
 		cat "$2" >>"$STUB_LOG/pipeopsctl.token"
 		stat -c %a "$2" >>"$STUB_LOG/pipeopsctl.mode"
 	fi
@@ -80,19 +82,27 @@ setup() {
 	[[ "$output" == *"unsupported architecture riscv64"* ]]
 }
 
-@test "downloads, verifies the sha256, installs and hands the token over in a 0600 file, never in argv" {
+@test "downloads, verifies the sha256, installs and hands the token over on stdin, never in argv or a file" {
 	PIPEOPS_TOKEN=tok-secret-123 PIPEOPS_API_URL=https://cp.example.com PIPEOPS_CLUSTER_NAME=edge \
 		run dash "$INSTALL_SH"
 	[ "$status" -eq 0 ] || { echo "$output"; false; }
 	[[ "$output" == *"sha256 verified"* ]]
 	[ -x "$ROOT/usr/bin/pipeops-agent" ] && [ -x "$ROOT/usr/bin/pipeopsctl" ] && [ -x "$ROOT/usr/bin/pipeops-agent-helm" ]
 	argv=$(cat "$STUB_LOG/pipeopsctl.argv")
-	[[ "$argv" == "install --token-file $ROOT/etc/pipeops/.token.install --api-url https://cp.example.com --cluster-name edge --bin-dir $ROOT/usr/bin --restart --root $ROOT" ]]
+	[[ "$argv" == "install --token-file - --api-url https://cp.example.com --cluster-name edge --bin-dir $ROOT/usr/bin --restart --root $ROOT" ]]
 	[[ "$argv" != *tok-secret-123* ]]
 	[ "$(cat "$STUB_LOG/pipeopsctl.token")" = tok-secret-123 ]
-	[ "$(cat "$STUB_LOG/pipeopsctl.mode")" = 600 ]
-	# The temporary token file is gone once pipeopsctl has copied it.
-	[ ! -e "$ROOT/etc/pipeops/.token.install" ]
+	# The script itself wrote no file holding the token.
+	! grep -rqs tok-secret-123 "$ROOT/etc"
+}
+
+@test "a token file is handed over by name" {
+	printf 'tok-from-file\n' >"$BATS_TEST_TMPDIR/tok"
+	chmod 600 "$BATS_TEST_TMPDIR/tok"
+	PIPEOPS_TOKEN_FILE="$BATS_TEST_TMPDIR/tok" run dash "$INSTALL_SH"
+	[ "$status" -eq 0 ] || { echo "$output"; false; }
+	[[ "$(cat "$STUB_LOG/pipeopsctl.argv")" == "install --token-file $BATS_TEST_TMPDIR/tok "* ]]
+	[ "$(cat "$STUB_LOG/pipeopsctl.token")" = tok-from-file ]
 }
 
 @test "a second run with the same release does not ask for a restart" {
@@ -104,6 +114,35 @@ setup() {
 	[ "$status" -eq 0 ] || { echo "$output"; false; }
 	[[ "$output" == *"keeping the token"* ]]
 	[ "$(cat "$STUB_LOG/pipeopsctl.argv")" = "install --bin-dir $ROOT/usr/bin --root $ROOT" ]
+}
+
+@test "an installed encrypted credential counts as the token" {
+	mkdir -p "$ROOT/etc/credstore.encrypted" && echo encrypted-blob >"$ROOT/etc/credstore.encrypted/pipeops-agent.token"
+	run setsid dash "$INSTALL_SH" </dev/null
+	[ "$status" -eq 0 ] || { echo "$output"; false; }
+	[[ "$output" == *"keeping the installed token (encrypted credential"* ]]
+	[[ "$(cat "$STUB_LOG/pipeopsctl.argv")" != *--token-file* ]]
+}
+
+@test "downloads use https with TLS 1.2 or later, with curl and with wget" {
+	PIPEOPS_INSTALL_SOURCED=1 . "$INSTALL_SH"
+	PIPEOPS_INSTALL_BASE_URL=https://releases.example.com
+	setup_env
+	check_base_url
+	DRY_RUN=1
+	DOWNLOADER=curl run download https://releases.example.com/x /tmp/x
+	[ "$output" = "+ curl --proto =https --tlsv1.2 -fsSL --retry 3 -o /tmp/x https://releases.example.com/x" ]
+	DOWNLOADER=wget run download https://releases.example.com/x /tmp/x
+	[ "$output" = "+ wget --https-only -q -O /tmp/x https://releases.example.com/x" ]
+}
+
+@test "a plain http release URL is refused unless it is a local test server" {
+	for url in http://releases.example.com http://10.0.0.5:8080 ftp://releases.example.com http://127.0.0.1.example.com; do
+		PIPEOPS_INSTALL_BASE_URL=$url PIPEOPS_TOKEN=t run dash "$INSTALL_SH"
+		[ "$status" -eq 1 ] || { echo "$url: $output"; false; }
+		[[ "$output" == *"downloads must use https"* ]]
+	done
+	[ ! -e "$ROOT/usr/bin/pipeops-agent" ]
 }
 
 @test "a specific version downloads from download/VERSION" {
@@ -144,8 +183,8 @@ setup() {
 @test "the dry run prints the commands and changes nothing" {
 	INSTALL_PIPEOPS_DRY_RUN=1 PIPEOPS_TOKEN=tok-dry run dash "$INSTALL_SH"
 	[ "$status" -eq 0 ] || { echo "$output"; false; }
-	[[ "$output" == *"+ curl -fsSL --retry 3 -o "*"/checksums.txt http://127.0.0.1:$PORT/latest/download/checksums.txt"* ]]
-	[[ "$output" == *"+ $ROOT/usr/bin/pipeopsctl install --token-file $ROOT/etc/pipeops/.token.install"* ]]
+	[[ "$output" == *"+ curl --proto =http,https -fsSL --retry 3 -o "*"/checksums.txt http://127.0.0.1:$PORT/latest/download/checksums.txt"* ]]
+	[[ "$output" == *"+ $ROOT/usr/bin/pipeopsctl install --token-file -"*"(the token on stdin)"* ]]
 	[[ "$output" != *tok-dry* ]]
 	[ ! -e "$ROOT/usr/bin" ] && [ ! -e "$ROOT/etc/pipeops" ]
 }
@@ -187,6 +226,7 @@ setup() {
 	[ "$status" -eq 0 ] || { echo "$output"; false; }
 	[[ "$output" == *"+ rm -f $ROOT/usr/bin/pipeops-agent $ROOT/usr/bin/pipeopsctl $ROOT/usr/bin/pipeops-agent-helm"* ]]
 	[[ "$output" == *"+ rm -rf /etc/pipeops /var/lib/pipeops /var/cache/pipeops /etc/default/pipeops-agent"* ]]
+	[[ "$output" == *"+ rm -f /etc/credstore.encrypted/pipeops-agent.token"* ]]
 	[ -e "$ROOT/usr/bin/pipeops-uninstall.sh" ]
 }
 

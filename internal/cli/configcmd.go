@@ -8,13 +8,15 @@ import (
 	"github.com/urfave/cli/v2"
 	"sigs.k8s.io/yaml"
 
+	"github.com/pipeops/pipeops-vm-agent/installer"
 	"github.com/pipeops/pipeops-vm-agent/internal/config"
 )
 
 func newConfigCommand(e *env) *cli.Command {
 	pathFlag := &cli.StringFlag{Name: "config", Usage: "config file (default $PIPEOPS_CONFIG or /etc/pipeops/agent.yaml)"}
 	load := func(c *cli.Context) (*config.Config, []string, error) {
-		return config.Load(config.Options{Path: c.String("config"), Getenv: e.getenv})
+		return config.Load(config.Options{Path: c.String("config"), Getenv: e.getenv,
+			Decrypt: installer.DecryptToken(c.Context, nil)})
 	}
 	return &cli.Command{
 		Name:  "config",

@@ -17,6 +17,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/pipeops/pipeops-vm-agent/installer"
 	"github.com/pipeops/pipeops-vm-agent/internal/apitype"
 	"github.com/pipeops/pipeops-vm-agent/internal/config"
 	"github.com/pipeops/pipeops-vm-agent/internal/localclient"
@@ -129,7 +130,8 @@ func runDoctor(ctx context.Context, e *env, d doctorDeps) []check {
 // checkConfig loads and validates the configuration as the agent does, and
 // reports the token on its own line.
 func checkConfig(e *env, d doctorDeps) (*config.Config, []check) {
-	cfg, warnings, err := config.Load(config.Options{Path: d.configPath, Getenv: e.getenv})
+	cfg, warnings, err := config.Load(config.Options{Path: d.configPath, Getenv: e.getenv,
+		Decrypt: installer.DecryptToken(context.Background(), nil)})
 	if err != nil {
 		return config.Default(), []check{
 			{levelFail, "config", err.Error(), "fix the file, then check it with \"pipeopsctl config validate\""},
@@ -190,10 +192,12 @@ func checkToken(cfg *config.Config, missing bool) check {
 		}
 		return c
 	}
-	if _, err := os.Stat(paths.TokenFile); err == nil {
-		return check{levelWarn, "token", paths.TokenFile + " exists but this user cannot read it", "run doctor with sudo"}
+	for _, p := range []string{paths.EncryptedTokenFile, paths.TokenFile} {
+		if _, err := os.Stat(p); err == nil {
+			return check{levelWarn, "token", p + " exists but this user cannot read it", "run doctor with sudo"}
+		}
 	}
-	return check{levelFail, "token", "no token (not in " + paths.TokenFile + ", PIPEOPS_TOKEN or the config)",
+	return check{levelFail, "token", "no token (not in " + paths.EncryptedTokenFile + ", " + paths.TokenFile + ", PIPEOPS_TOKEN or the config)",
 		"sudo pipeopsctl install --token-file FILE"}
 }
 
@@ -280,7 +284,7 @@ func checkService(ctx context.Context, e *env) check {
 	case kv["ActiveState"] == "failed":
 		return check{levelFail, "service", state + ", result " + kv["Result"], "see why with \"pipeopsctl logs -n 50\", then sudo systemctl restart pipeops-agent"}
 	case kv["ActiveState"] != "active":
-		return check{levelFail, "service", state, "sudo systemctl start pipeops-agent (it stays inactive while " + paths.TokenFile + " is missing)"}
+		return check{levelFail, "service", state, "sudo systemctl start pipeops-agent (it stays inactive while it has no token: sudo pipeopsctl install --token-file FILE)"}
 	case kv["UnitFileState"] != "enabled":
 		return check{levelWarn, "service", state + ": it will not start at boot", "sudo systemctl enable pipeops-agent"}
 	case restarts > 0:

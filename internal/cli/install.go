@@ -31,11 +31,16 @@ func newInstallCommand(e *env) *cli.Command {
 		Usage: "install or update the systemd service, token and settings; restarts only when something changed",
 		Description: "The token is read from --token-file (\"-\" for stdin), else from stdin when it is not a terminal,\n" +
 			"else from a prompt on the terminal. It never goes on the command line. Without a new token,\n" +
-			"an existing " + paths.TokenFile + " is kept.",
+			"the installed one is kept.\n\n" +
+			"Where systemd-creds works (systemd 250+), the token is stored as an encrypted systemd credential\n" +
+			"in " + paths.EncryptedTokenFile + " (LoadCredentialEncrypted=), bound to this host's\n" +
+			"key (and its TPM2 chip, if any); elsewhere in " + paths.TokenFile + " (mode 0600).",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "token-file", Usage: "read the install token from `FILE` (\"-\" = stdin)"},
 			&cli.StringFlag{Name: "api-url", Usage: "control plane URL (written to agent.d/10-install.yaml)"},
 			&cli.StringFlag{Name: "cluster-name", Usage: "name this cluster registers with"},
+			&cli.StringFlag{Name: "token-storage", Value: string(installer.TokenAuto),
+				Usage: "`HOW` to keep the token: auto (encrypted where systemd-creds works), encrypted, or plain (" + paths.TokenFile + ", 0600)"},
 			binDirFlag,
 			&cli.BoolFlag{Name: "restart", Usage: "restart the agent even when nothing changed (new binaries)"},
 			&cli.BoolFlag{Name: "no-start", Usage: "enable the service but do not start it"},
@@ -46,12 +51,16 @@ func newInstallCommand(e *env) *cli.Command {
 			if err := needRoot(root); err != nil {
 				return err
 			}
-			tok, err := readToken(e, c.String("token-file"), filepath.Join(root, paths.TokenFile))
+			storage, err := installer.ParseTokenStorage(c.String("token-storage"))
+			if err != nil {
+				return withCode(ExitUsage, err)
+			}
+			tok, err := readToken(e, c.String("token-file"), filepath.Join(root, paths.TokenFile), filepath.Join(root, paths.EncryptedTokenFile))
 			if err != nil {
 				return err
 			}
 			in, err := installer.New(installer.Options{
-				Root: root, BinDir: c.String("bin-dir"), Token: tok, APIURL: c.String("api-url"),
+				Root: root, BinDir: c.String("bin-dir"), Token: tok, TokenStorage: storage, APIURL: c.String("api-url"),
 				ClusterName: c.String("cluster-name"), Restart: c.Bool("restart"), NoStart: c.Bool("no-start"), Out: e.stdout,
 			})
 			if err != nil {
@@ -90,7 +99,7 @@ func needRoot(root string) error {
 // readToken finds the token: --token-file (or "-" for stdin); else keep an
 // existing token file; else stdin when piped; else a prompt on the terminal
 // with echo off. It returns "" to keep the existing token.
-func readToken(e *env, file, existing string) (config.Secret, error) {
+func readToken(e *env, file, existing, encrypted string) (config.Secret, error) {
 	var (
 		b   []byte
 		src = "stdin"
@@ -107,6 +116,9 @@ func readToken(e *env, file, existing string) (config.Secret, error) {
 	default:
 		if old, err := os.ReadFile(existing); err == nil && strings.TrimSpace(string(old)) != "" {
 			return "", nil // keep it
+		}
+		if st, err := os.Stat(encrypted); err == nil && st.Size() > 0 {
+			return "", nil // keep the encrypted one
 		}
 		if f, ok := e.stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 			return promptToken(e, f)

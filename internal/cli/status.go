@@ -84,7 +84,7 @@ func serviceState(ctx context.Context, e *env) Service {
 		s.Hint = "see why with \"pipeopsctl logs -n 50\", fix it, then \"sudo systemctl restart pipeops-agent\""
 	default:
 		s.Summary = fmt.Sprintf("pipeops-agent service is installed but %s", s.ActiveState)
-		s.Hint = "start it with \"sudo systemctl start pipeops-agent\" (it stays inactive while /etc/pipeops/token is missing)"
+		s.Hint = "start it with \"sudo systemctl start pipeops-agent\" (it stays inactive while it has no token: run \"sudo pipeopsctl install --token-file FILE\")"
 	}
 	return s
 }

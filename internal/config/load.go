@@ -31,6 +31,12 @@ type Options struct {
 	// TokenFallback is the last place the token is looked for
 	// (default /etc/pipeops/token).
 	TokenFallback string
+	// Decrypt, when set, reads the encrypted systemd credential at
+	// EncryptedToken (default /etc/credstore.encrypted/pipeops-agent.token)
+	// before TokenFallback. The agent under systemd never needs it (systemd
+	// decrypts into $CREDENTIALS_DIRECTORY); pipeopsctl does.
+	Decrypt        func(path string) ([]byte, error)
+	EncryptedToken string
 }
 
 // Load reads every layer and returns the merged configuration plus warnings
@@ -56,6 +62,9 @@ func Load(o Options) (*Config, []string, error) {
 	}
 	if o.TokenFallback == "" {
 		o.TokenFallback = paths.TokenFile
+	}
+	if o.EncryptedToken == "" {
+		o.EncryptedToken = paths.EncryptedTokenFile
 	}
 
 	cfg := Default()
@@ -159,7 +168,8 @@ func yamlMessage(err error) string {
 
 // resolveToken picks the token: PIPEOPS_TOKEN, then pipeops.token (with
 // ${VAR} expansion, as in the brief's example), then PIPEOPS_TOKEN_FILE or
-// pipeops.token_file, then the systemd credential, then /etc/pipeops/token.
+// pipeops.token_file, then the systemd credential, then (with o.Decrypt) the
+// encrypted credential on disk, then /etc/pipeops/token.
 func resolveToken(cfg *Config, o Options) error {
 	if v := o.Getenv("PIPEOPS_TOKEN"); v != "" {
 		cfg.PipeOps.Token, cfg.TokenSource = Secret(strings.TrimSpace(v)), "environment PIPEOPS_TOKEN"
@@ -172,21 +182,33 @@ func resolveToken(cfg *Config, o Options) error {
 			return nil
 		}
 	}
-	type src struct{ path, label string }
+	type src struct {
+		path, label string
+		encrypted   bool
+	}
 	var cands []src
 	if f := o.Getenv("PIPEOPS_TOKEN_FILE"); f != "" {
-		cands = append(cands, src{f, "PIPEOPS_TOKEN_FILE " + f})
+		cands = append(cands, src{path: f, label: "PIPEOPS_TOKEN_FILE " + f})
 	}
 	if f := cfg.PipeOps.TokenFile; f != "" {
-		cands = append(cands, src{f, "pipeops.token_file " + f})
+		cands = append(cands, src{path: f, label: "pipeops.token_file " + f})
 	}
 	explicit := len(cands)
 	if d := o.Getenv("CREDENTIALS_DIRECTORY"); d != "" {
-		cands = append(cands, src{filepath.Join(d, "token"), "systemd credential token"})
+		cands = append(cands, src{path: filepath.Join(d, "token"), label: "systemd credential token"})
 	}
-	cands = append(cands, src{o.TokenFallback, o.TokenFallback})
+	if o.Decrypt != nil {
+		if _, err := os.Stat(o.EncryptedToken); err == nil {
+			cands = append(cands, src{o.EncryptedToken, "encrypted systemd credential " + o.EncryptedToken, true})
+		}
+	}
+	cands = append(cands, src{path: o.TokenFallback, label: o.TokenFallback})
 	for i, c := range cands {
-		b, err := os.ReadFile(c.path)
+		read := os.ReadFile
+		if c.encrypted {
+			read = o.Decrypt
+		}
+		b, err := read(c.path) // an encrypted credential this user cannot decrypt is skipped like an unreadable file
 		if err != nil {
 			if i < explicit { // a file the user named must be readable
 				return &FieldError{Field: "pipeops.token_file", Value: c.path, Err: fmt.Errorf("cannot read token file: %w", errors.Unwrap(err))}

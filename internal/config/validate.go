@@ -36,7 +36,7 @@ func (c *Config) Validate() error {
 		add("version", fmt.Sprint(c.Version), fmt.Errorf("must be 1"))
 	}
 	if c.PipeOps.Token == "" {
-		add("pipeops.token", "", fmt.Errorf("%w: put it in /etc/pipeops/token (run \"pipeopsctl install --token-file FILE\") or set PIPEOPS_TOKEN", ErrRequired))
+		add("pipeops.token", "", fmt.Errorf("%w: install it with \"sudo pipeopsctl install --token-file FILE\" (an encrypted systemd credential, or /etc/pipeops/token) or set PIPEOPS_TOKEN", ErrRequired))
 	}
 	if u, err := url.Parse(c.PipeOps.APIURL); err != nil || u.Host == "" {
 		add("pipeops.api_url", c.PipeOps.APIURL, fmt.Errorf("must be an absolute URL such as https://api.pipeops.io"))

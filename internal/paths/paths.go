@@ -11,12 +11,19 @@ import (
 
 // Canonical names and locations.
 const (
-	UnitName       = "pipeops-agent.service"
-	ServiceName    = "pipeops-agent"
-	ConfigDir      = "/etc/pipeops"
-	ConfigFile     = "/etc/pipeops/agent.yaml"
-	DropInDir      = "/etc/pipeops/agent.d"
-	TokenFile      = "/etc/pipeops/token"
+	UnitName    = "pipeops-agent.service"
+	ServiceName = "pipeops-agent"
+	ConfigDir   = "/etc/pipeops"
+	ConfigFile  = "/etc/pipeops/agent.yaml"
+	DropInDir   = "/etc/pipeops/agent.d"
+	TokenFile   = "/etc/pipeops/token"
+	// EncryptedTokenFile is the token as an encrypted systemd credential
+	// (systemd-creds, systemd 250+), found by the unit's
+	// LoadCredentialEncrypted=token:pipeops-agent.token in systemd's
+	// credential store. Where it exists, TokenFile does not.
+	EncryptedTokenFile = "/etc/credstore.encrypted/pipeops-agent.token"
+	// CredentialName is the credential's id: $CREDENTIALS_DIRECTORY/token.
+	CredentialName = "token"
 	DefaultsFile   = "/etc/default/pipeops-agent"
 	DefaultState   = "/var/lib/pipeops"
 	DefaultRuntime = "/run/pipeops"

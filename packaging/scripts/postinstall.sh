@@ -27,7 +27,7 @@ if [ -d /run/systemd/system ]; then
 	fi
 fi
 
-if [ "$upgrade" = false ] && [ ! -s /etc/pipeops/token ]; then
+if [ "$upgrade" = false ] && [ ! -s /etc/pipeops/token ] && [ ! -s /etc/credstore.encrypted/pipeops-agent.token ]; then
 	echo "pipeops-agent is installed. Connect it with:"
 	echo "  sudo pipeopsctl install --token-file FILE [--cluster-name NAME]"
 fi
