@@ -134,6 +134,10 @@ func run(configPath string, stderr io.Writer) int {
 		log.Warn(w)
 	}
 	applyMemoryLimit(cfg, log)
+	// Loud on purpose: each of these hands an attacker something (issue 13).
+	for _, w := range cfg.SecurityWarnings() {
+		log.Warn("INSECURE SETTING "+w.Field+": "+w.Message+"; "+w.Fix, logging.KeyField, w.Field)
+	}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

@@ -1,10 +1,9 @@
 package daemon
 
 import (
-	"net"
-
 	"github.com/pipeops/pipeops-vm-agent/internal/dashboard"
 	"github.com/pipeops/pipeops-vm-agent/internal/logging"
+	"github.com/pipeops/pipeops-vm-agent/internal/statusserver"
 )
 
 // dashPart holds what the dashboard wiring builds. Owned by wire_dashboard.go.
@@ -21,7 +20,7 @@ func (d *Daemon) wireDashboard() error {
 		Changed:         d.health.Changed,
 		EnableSSE:       d.cfg.Agent.EnableSSE,
 		EnableWebSocket: d.cfg.Agent.EnableWebSocket,
-		LoopbackOnly:    isLoopback(d.cfg.Agent.BindAddress),
+		LoopbackOnly:    statusserver.IsLoopback(d.cfg.Agent.BindAddress),
 		Log:             d.log.With(logging.KeyComponent, "dashboard"),
 		Registerer:      d.reg,
 	})
@@ -37,14 +36,4 @@ func (d *Daemon) SetLogBuffer(b *dashboard.LogBuffer) {
 	if d.dash != nil {
 		d.dash.SetLogs(b)
 	}
-}
-
-// isLoopback reports whether the status server listens on loopback only,
-// which is when the dashboard refuses DNS names in Host (DNS rebinding).
-func isLoopback(bind string) bool {
-	if bind == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(bind)
-	return ip != nil && ip.IsLoopback()
 }

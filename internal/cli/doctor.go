@@ -164,6 +164,9 @@ func checkConfig(e *env, d doctorDeps) (*config.Config, []check) {
 		out = append(out, check{levelOK, "config", "valid (" + src + ")", ""})
 	}
 	out = append(out, checkToken(cfg, tokenMissing))
+	for _, w := range cfg.SecurityWarnings() {
+		out = append(out, check{levelWarn, "security", w.Field + ": " + w.Message, w.Fix})
+	}
 	return cfg, out
 }
 

@@ -15,6 +15,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -249,6 +250,26 @@ func TestDoctorNamesEachProblemWithItsFix(t *testing.T) {
 				t.Errorf("no check failed:\n%s", out)
 			}
 		})
+	}
+}
+
+func TestDoctorWarnsAboutEveryInsecureSetting(t *testing.T) {
+	cp := newControlPlane(t, 0, 0)
+	out, checks := runDoctorCase(t, doctorCase{
+		cp:    cp,
+		cfg:   "version: 1\nagent:\n  bind_address: 0.0.0.0\npipeops:\n  api_url: URL\n  tls:\n    insecure_skip_verify: true\n",
+		env:   map[string]string{"PIPEOPS_TOKEN": "t"},
+		agent: healthyAgent(), unit: unitHealthy, freeBytes: 20 << 30,
+	})
+	golden(t, "doctor-insecure", out)
+	var warned []string
+	for _, c := range checks {
+		if c.Level == levelWarn && c.Name == "security" {
+			warned = append(warned, strings.SplitN(c.Detail, ":", 2)[0])
+		}
+	}
+	if want := []string{"pipeops.tls.insecure_skip_verify", "agent.bind_address"}; !slices.Equal(warned, want) {
+		t.Errorf("security warnings for %q; want %q\n%s", warned, want, out)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -275,4 +276,38 @@ func FuzzLoad(f *testing.F) {
 			t.Fatalf("a secret appears in %v", verr)
 		}
 	})
+}
+
+func TestSecurityWarningsNameEachWeakenedDefence(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		mod  func(c *Config)
+		want []string
+	}{
+		{"the defaults are quiet", func(*Config) {}, nil},
+		{"insecure_skip_verify", func(c *Config) { c.PipeOps.TLS.InsecureSkipVerify = true }, []string{"pipeops.tls.insecure_skip_verify"}},
+		{"pin-only trust", func(c *Config) {
+			c.PipeOps.TLS.InsecureSkipVerify, c.PipeOps.TLS.PinSHA256 = true, []string{strings.Repeat("ab", 32)}
+		}, []string{"pipeops.tls.insecure_skip_verify"}},
+		{"an http api_url", func(c *Config) { c.PipeOps.APIURL = "http://cp.example.com" }, []string{"pipeops.api_url"}},
+		{"a ws api_url", func(c *Config) { c.PipeOps.APIURL = "ws://cp.example.com" }, []string{"pipeops.api_url"}},
+		{"a wildcard bind", func(c *Config) { c.Agent.BindAddress = "0.0.0.0" }, []string{"agent.bind_address"}},
+		{"a LAN bind", func(c *Config) { c.Agent.BindAddress = "10.1.2.3" }, []string{"agent.bind_address"}},
+		{"localhost and ::1 are loopback", func(c *Config) { c.Agent.BindAddress = "::1" }, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := Default()
+			tc.mod(c)
+			var got []string
+			for _, w := range c.SecurityWarnings() {
+				got = append(got, w.Field)
+				if w.Message == "" || w.Fix == "" {
+					t.Errorf("warning %+v lacks a message or a fix", w)
+				}
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("SecurityWarnings() = %q; want %q", got, tc.want)
+			}
+		})
+	}
 }

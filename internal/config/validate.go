@@ -191,3 +191,38 @@ func (t TLS) Options() tlsconfig.Options {
 	return tlsconfig.Options{CAFile: t.CAFile, CertFile: t.CertFile, KeyFile: t.KeyFile, PinSHA256: t.PinSHA256,
 		InsecureSkipVerify: t.InsecureSkipVerify}
 }
+
+// SecurityWarning is a setting that weakens the agent's defences: logged at
+// Warn when the agent starts and reported as WARN by pipeopsctl doctor.
+type SecurityWarning struct {
+	Field   string // the key, e.g. pipeops.tls.insecure_skip_verify
+	Message string // what it exposes
+	Fix     string // what to do instead
+}
+
+// SecurityWarnings lists the settings that weaken the agent's defences.
+func (c *Config) SecurityWarnings() []SecurityWarning {
+	var w []SecurityWarning
+	t := c.PipeOps.TLS
+	switch {
+	case t.InsecureSkipVerify && len(t.PinSHA256) == 0:
+		w = append(w, SecurityWarning{"pipeops.tls.insecure_skip_verify",
+			"certificate checks are OFF: anyone on the network path can pose as PipeOps and receive the install token and the cluster's credentials",
+			"remove insecure_skip_verify; set pipeops.tls.ca_file (a private CA) or pipeops.tls.pin_sha256 instead"})
+	case t.InsecureSkipVerify:
+		w = append(w, SecurityWarning{"pipeops.tls.insecure_skip_verify",
+			"certificate chain checks are OFF: only pipeops.tls.pin_sha256 (the server's own key) protects the link",
+			"prefer pipeops.tls.ca_file with the pins, so a rotated key does not cut the agent off"})
+	}
+	if u, err := url.Parse(c.PipeOps.APIURL); err == nil && (u.Scheme == "http" || u.Scheme == "ws") {
+		w = append(w, SecurityWarning{"pipeops.api_url",
+			fmt.Sprintf("%s is plain text: the install token and every proxied request and response cross the network unencrypted", c.PipeOps.APIURL),
+			"use an https:// URL"})
+	}
+	if b := c.Agent.BindAddress; b != "localhost" && !net.ParseIP(b).IsLoopback() {
+		w = append(w, SecurityWarning{"agent.bind_address",
+			fmt.Sprintf("%s is not a loopback address: /health, /ready, /version, /metrics and the dashboard answer anyone who can reach port %d, without authentication", b, c.Agent.Port),
+			"bind to 127.0.0.1 and reach it through an SSH tunnel (ssh -L)"})
+	}
+	return w
+}

@@ -15,7 +15,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -26,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pipeops/pipeops-vm-agent/internal/apitype"
+	"github.com/pipeops/pipeops-vm-agent/internal/statusserver"
 )
 
 // Options configure New. Snapshot is required; zero values take defaults.
@@ -163,7 +163,7 @@ func (s *Server) Register(handle func(pattern string, h http.Handler)) {
 // guard applies the Host and Origin checks to every dashboard route.
 func (s *Server) guard(next http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if s.o.LoopbackOnly && !loopbackHost(r.Host) {
+		if s.o.LoopbackOnly && !statusserver.LoopbackHost(r.Host) {
 			http.Error(w, "dashboard: unexpected Host header "+r.Host+
 				"; open the dashboard as http://127.0.0.1:<port>/ or http://localhost:<port>/ (DNS-rebinding protection)", http.StatusForbidden)
 			return
@@ -188,21 +188,6 @@ func sameOrigin(r *http.Request) bool {
 		return false
 	}
 	return strings.EqualFold(u.Host, r.Host)
-}
-
-// loopbackHost accepts IP literals (an SSH tunnel or a direct loopback
-// address) and localhost names: never a DNS name that could be rebound.
-func loopbackHost(hostport string) bool {
-	host := hostport
-	if h, _, err := net.SplitHostPort(hostport); err == nil {
-		host = h
-	}
-	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
-	if net.ParseIP(host) != nil {
-		return true
-	}
-	host = strings.ToLower(strings.TrimSuffix(host, "."))
-	return host == "localhost" || strings.HasSuffix(host, ".localhost")
 }
 
 func (s *Server) servePage(w http.ResponseWriter, _ *http.Request) {

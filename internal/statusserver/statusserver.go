@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -36,18 +37,62 @@ type Server struct {
 	Gatherer prometheus.Gatherer
 	Log      *slog.Logger
 
+	// LoopbackOnly refuses requests whose Host is a DNS name other than
+	// localhost (DNS rebinding), as the dashboard does. New sets it when the
+	// server binds to a loopback address.
+	LoopbackOnly bool
+
 	mux *http.ServeMux
 	now func() time.Time
 }
 
 // New builds the server; it does no I/O.
 func New(bind string, port int, h *health.Tracker, link LinkState, g prometheus.Gatherer, log *slog.Logger) *Server {
-	s := &Server{Addr: net.JoinHostPort(bind, strconv.Itoa(port)), Health: h, Link: link, Gatherer: g, Log: log, mux: http.NewServeMux(), now: time.Now}
-	s.mux.HandleFunc("GET /health", s.health)
-	s.mux.HandleFunc("GET /ready", s.ready)
-	s.mux.HandleFunc("GET /version", s.version)
-	s.mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	s := &Server{Addr: net.JoinHostPort(bind, strconv.Itoa(port)), Health: h, Link: link, Gatherer: g, Log: log, mux: http.NewServeMux(), now: time.Now,
+		LoopbackOnly: IsLoopback(bind)}
+	s.mux.Handle("GET /health", s.guard(http.HandlerFunc(s.health)))
+	s.mux.Handle("GET /ready", s.guard(http.HandlerFunc(s.ready)))
+	s.mux.Handle("GET /version", s.guard(http.HandlerFunc(s.version)))
+	s.mux.Handle("GET /metrics", s.guard(promhttp.HandlerFor(g, promhttp.HandlerOpts{})))
 	return s
+}
+
+// guard applies the dashboard's Host check: on a loopback bind, a web page
+// that rebinds its own DNS name to 127.0.0.1 must not read /metrics (which
+// names clusters, routes and errors) or the other endpoints.
+func (s *Server) guard(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.LoopbackOnly && !LoopbackHost(r.Host) {
+			http.Error(w, "unexpected Host header "+r.Host+
+				"; ask for http://127.0.0.1:<port>/ or http://localhost:<port>/ (DNS-rebinding protection)", http.StatusForbidden)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// IsLoopback reports whether a bind address listens on loopback only.
+func IsLoopback(bind string) bool {
+	if bind == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(bind)
+	return ip != nil && ip.IsLoopback()
+}
+
+// LoopbackHost accepts IP literals (an SSH tunnel or a direct loopback
+// address) and localhost names: never a DNS name that could be rebound.
+func LoopbackHost(hostport string) bool {
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	if net.ParseIP(host) != nil {
+		return true
+	}
+	host = strings.ToLower(strings.TrimSuffix(host, "."))
+	return host == "localhost" || strings.HasSuffix(host, ".localhost")
 }
 
 // Handle adds a route (the dashboard).

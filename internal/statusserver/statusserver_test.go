@@ -22,7 +22,9 @@ func (l link) Link() (string, bool) { return l.state, l.reg }
 func get(t *testing.T, h http.Handler, path string) (int, map[string]any, string) {
 	t.Helper()
 	rec := httptest.NewRecorder()
-	h.ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+	req := httptest.NewRequest("GET", path, nil)
+	req.Host = "127.0.0.1:8080"
+	h.ServeHTTP(rec, req)
 	var m map[string]any
 	_ = json.Unmarshal(rec.Body.Bytes(), &m)
 	return rec.Code, m, rec.Body.String()
@@ -71,5 +73,24 @@ func TestVersionAndMetrics(t *testing.T) {
 	// There is no raw Kubernetes proxy on the local port (protocol.md §13.15).
 	if code, _, _ := get(t, s.Handler(), "/api/v1/namespaces"); code != 404 {
 		t.Fatalf("/api/v1/namespaces = %d; want 404", code)
+	}
+}
+
+func TestOnALoopbackBindOnlyLoopbackHostsAreAnswered(t *testing.T) {
+	for _, bind := range []string{"127.0.0.1", "0.0.0.0"} {
+		s := New(bind, 0, health.New(nil), nil, prometheus.NewRegistry(), nil)
+		for _, host := range []string{"127.0.0.1:8080", "localhost:8080", "[::1]:8080", "attacker.example:8080", "rebind.attacker.example"} {
+			for _, path := range []string{"/health", "/ready", "/version", "/metrics"} {
+				rec := httptest.NewRecorder()
+				req := httptest.NewRequest("GET", path, nil)
+				req.Host = host
+				s.Handler().ServeHTTP(rec, req)
+				refused := rec.Code == http.StatusForbidden
+				want := bind == "127.0.0.1" && strings.Contains(host, "attacker")
+				if refused != want {
+					t.Errorf("bind %s, Host %s, GET %s = %d; want refused=%v", bind, host, path, rec.Code, want)
+				}
+			}
+		}
 	}
 }
