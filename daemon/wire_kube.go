@@ -21,13 +21,21 @@ type kubePart struct {
 // own ServiceAccount and RBAC, its token, the API probe behind the
 // "kubernetes" health condition, and heartbeat telemetry.
 func (d *Daemon) wireKube() error {
-	opts := []kube.Option{kube.WithHealth(d.health), kube.WithHeartbeatInterval(d.cfg.Agent.HeartbeatInterval.Std())}
-	if d.cfg.Monitoring.Enabled {
-		ns := d.cfg.Monitoring.Namespace
+	opts := []kube.Option{kube.WithHealth(d.health), kube.WithHeartbeatInterval(d.cfg.Agent.HeartbeatInterval.Std()),
+		kube.WithProtectedNamespaces(d.cfg.Kubernetes.ProtectedNamespaces...)}
+	if mc := d.cfg.Monitoring; mc.Enabled {
+		ns := mc.Namespace
 		if ns == "" {
 			ns = kube.DefaultMonitoringNS
 		}
 		opts = append(opts, kube.WithMonitoringNamespace(ns))
+		// The stack's releases run privileged ServiceAccounts (operators,
+		// Traefik): a pod created next to them could borrow their rights.
+		for _, c := range mc.Components.Each() {
+			if c.Enabled && c.Namespace != "" {
+				opts = append(opts, kube.WithProtectedNamespaces(c.Namespace))
+			}
+		}
 	}
 	d.kubePart.mgr = kube.New(d.cfg.Kubernetes, os.Getenv, d.log.With(logging.KeyComponent, "kube"), d.reg, opts...)
 	d.addSubsystem("kubernetes", d.kubePart.mgr.Run)

@@ -113,6 +113,10 @@ type Kubernetes struct {
 	CACertData   string `json:"ca_cert_data,omitempty" yaml:"ca_cert_data"`
 	// TokenTTL is the lifetime requested for the minted ServiceAccount token.
 	TokenTTL Duration `json:"token_ttl" yaml:"token_ttl"`
+	// ProtectedNamespaces are namespaces where the control plane's
+	// ServiceAccount may only read, besides kube-system, kube-public,
+	// kube-node-lease, the agent's namespace and the monitoring stack's.
+	ProtectedNamespaces []string `json:"protected_namespaces,omitempty" yaml:"protected_namespaces"`
 }
 
 // Logging selects level and format.

@@ -110,6 +110,11 @@ func (c *Config) Validate() error {
 	if !reDNSLabel.MatchString(c.Kubernetes.Namespace) {
 		add("kubernetes.namespace", c.Kubernetes.Namespace, fmt.Errorf("must be a DNS label"))
 	}
+	for i, ns := range c.Kubernetes.ProtectedNamespaces {
+		if !reDNSLabel.MatchString(ns) {
+			add(fmt.Sprintf("kubernetes.protected_namespaces[%d]", i), ns, fmt.Errorf("must be a namespace name (a DNS label)"))
+		}
+	}
 	if !reDNSLabel.MatchString(c.Monitoring.Namespace) {
 		add("monitoring.namespace", c.Monitoring.Namespace, fmt.Errorf("must be a DNS label"))
 	}

@@ -28,6 +28,8 @@ func resourceVersions(t *testing.T, env *kubetest.Env, n kube.Names) map[string]
 	get("serviceaccount", sa, err)
 	cr, err := c.RbacV1().ClusterRoles().Get(ctx, n.ClusterRole, metav1.GetOptions{})
 	get("clusterrole", cr, err)
+	wr, err := c.RbacV1().ClusterRoles().Get(ctx, n.WorkloadRole(), metav1.GetOptions{})
+	get("workload clusterrole", wr, err)
 	crb, err := c.RbacV1().ClusterRoleBindings().Get(ctx, n.ClusterRole, metav1.GetOptions{})
 	get("clusterrolebinding", crb, err)
 	mns, err := c.CoreV1().Namespaces().Get(ctx, n.MonitoringNamespace, metav1.GetOptions{})
@@ -49,9 +51,9 @@ func TestBootstrapIsIdempotentAndRepairsDrift(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The namespace exists already (kubetest made it); the other six are new.
-	if changed != 6 {
-		t.Fatalf("first run changed %d objects, want 6", changed)
+	// The namespace exists already (kubetest made it); the other seven are new.
+	if changed != 7 {
+		t.Fatalf("first run changed %d objects, want 7", changed)
 	}
 	before := resourceVersions(t, env, n)
 	changed, err = kube.Bootstrap(ctx, env.Client, n)

@@ -43,6 +43,13 @@ func WithMonitoringNamespace(ns string) Option {
 	return func(m *Manager) { m.names.MonitoringNamespace = ns }
 }
 
+// WithProtectedNamespaces adds namespaces where the ServiceAccount may only
+// read (kubernetes.protected_namespaces, the monitoring components'
+// namespaces), besides ProtectedNamespaces' fixed set.
+func WithProtectedNamespaces(ns ...string) Option {
+	return func(m *Manager) { m.extraProtected = append(m.extraProtected, ns...) }
+}
+
 // WithNames places the agent's objects elsewhere (tests on a shared cluster).
 func WithNames(n Names) Option { return func(m *Manager) { m.names = n.withDefaults() } }
 
@@ -89,6 +96,8 @@ type Manager struct {
 	reconcile  time.Duration
 	metrics    *metrics
 
+	extraProtected []string
+
 	ready     chan struct{} // closed when credentials are first set
 	readyOnce sync.Once
 	probed    chan struct{} // closed after the first probe
@@ -110,6 +119,7 @@ type Manager struct {
 	tokenMode   string // TokenFromSecret until the token controller fails to fill the Secret
 	tel         *telemetry
 	heartbeat   time.Duration
+	binder      *binder
 }
 
 // New builds a Manager. It does no I/O and starts nothing. getenv is
@@ -244,6 +254,7 @@ func (m *Manager) step(ctx context.Context) bool {
 		m.reconciled = m.now()
 		m.mu.Unlock()
 	}
+	m.startBinder(ctx, cs)
 	if err := m.ensureCredentials(ctx); err != nil {
 		m.fail("ServiceAccount token: " + err.Error())
 		return false
@@ -351,7 +362,30 @@ func (m *Manager) ProxyConfig() *rest.Config {
 	if m.base == nil || m.cred.token == "" {
 		return nil
 	}
-	return withToken(m.base, m.cred.token)
+	c := withToken(m.base, m.cred.token)
+	if b := m.binder; b != nil {
+		c.WrapTransport = func(rt http.RoundTripper) http.RoundTripper {
+			return &namespaceCreateHook{next: rt, bind: b.bindNow, log: m.log}
+		}
+	}
+	return c
+}
+
+// ProtectedNamespaces are where the ServiceAccount may only read.
+func (m *Manager) ProtectedNamespaces() map[string]bool {
+	return ProtectedNamespaces(m.names, m.extraProtected...)
+}
+
+// startBinder starts granting the workload role namespace by namespace,
+// once, after the first good bootstrap (the ClusterRole it binds exists).
+func (m *Manager) startBinder(ctx context.Context, admin kubernetes.Interface) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.binder != nil {
+		return
+	}
+	m.binder = newBinder(admin, m.Clientset, m.names, m.ProtectedNamespaces(), m.log.With("part", "namespaces"))
+	go m.binder.run(ctx)
 }
 
 // Clientset is a clientset with the ServiceAccount identity, for informers

@@ -48,8 +48,8 @@ func testNames(t *testing.T, env *kubetest.Env, monitoring bool) kube.Names {
 	}
 	t.Cleanup(func() {
 		ctx := context.Background()
-		env.Client.RbacV1().ClusterRoleBindings().Delete(ctx, n.ClusterRole, metav1.DeleteOptions{})
-		env.Client.RbacV1().ClusterRoles().Delete(ctx, n.ClusterRole, metav1.DeleteOptions{})
+		// Also the workload RoleBindings a Manager made in every namespace.
+		_, _ = kube.RemoveIdentity(ctx, env.Client, n)
 		if n.MonitoringNamespace != "" {
 			env.Client.CoreV1().Namespaces().Delete(ctx, n.MonitoringNamespace, metav1.DeleteOptions{})
 		}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"reflect"
+	"slices"
 
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -33,36 +34,81 @@ var (
 	proxy = []string{"get", "create", "update", "patch", "delete"}
 )
 
-// ClusterRoleRules is what the ServiceAccount may do cluster-wide: what the
-// control plane does through the proxy (deploy and operate applications,
-// provision namespaces, logs, exec, port-forward, service proxy) and what
-// the agent itself reads (telemetry, ingress watching, Service resolution).
-// docs/kubernetes.md has the same table with the reason for each row; keep
-// them in step. Deliberately absent: RBAC objects, CRDs, admission webhooks
-// and nodes write access, which would make the token cluster-admin in all
-// but name.
+// ClusterRoleRules is what the ServiceAccount may do cluster-wide, in every
+// namespace including kube-system: read what the control plane shows and the
+// agent watches (telemetry, Ingresses, Service resolution), and create and
+// delete namespaces (the control plane provisions one per project; the
+// token check of protocol.md §14.3 is "create namespaces"). Nothing here
+// writes inside a namespace and nothing reads Secrets: ClusterRole rules
+// cannot exclude kube-system, so every namespaced write lives in
+// WorkloadRoleRules, granted namespace by namespace. docs/kubernetes.md has
+// the same tables with the reason for each row; keep them in step.
+// Deliberately absent everywhere: RBAC objects (escalate, bind), impersonate,
+// serviceaccounts/token, CRDs, admission webhooks, CSRs, node writes and
+// nodes/proxy, which would make the token cluster-admin in all but name.
 func ClusterRoleRules() []rbacv1.PolicyRule {
 	return []rbacv1.PolicyRule{
-		{APIGroups: []string{""}, Resources: []string{"namespaces"}, Verbs: []string{"get", "list", "watch", "create", "update", "patch", "delete"}},
-		{APIGroups: []string{""}, Resources: []string{"pods", "services", "configmaps", "secrets", "serviceaccounts",
-			"persistentvolumeclaims", "endpoints", "resourcequotas", "limitranges"}, Verbs: crud},
-		{APIGroups: []string{""}, Resources: []string{"pods/exec", "pods/portforward", "pods/attach"}, Verbs: []string{"get", "create"}},
-		{APIGroups: []string{""}, Resources: []string{"pods/log", "pods/status", "services/status", "events"}, Verbs: read},
-		{APIGroups: []string{""}, Resources: []string{"services/proxy"}, Verbs: proxy},
+		{APIGroups: []string{""}, Resources: []string{"namespaces"}, Verbs: []string{"get", "list", "watch", "create", "delete"}},
+		{APIGroups: []string{""}, Resources: []string{"pods", "pods/log", "pods/status", "services", "services/status", "endpoints",
+			"configmaps", "serviceaccounts", "persistentvolumeclaims", "resourcequotas", "limitranges", "events"}, Verbs: read},
 		{APIGroups: []string{""}, Resources: []string{"nodes", "persistentvolumes"}, Verbs: read},
+		{APIGroups: []string{"apps"}, Resources: []string{"deployments", "statefulsets", "daemonsets", "replicasets"}, Verbs: read},
+		{APIGroups: []string{"batch"}, Resources: []string{"jobs", "cronjobs"}, Verbs: read},
+		{APIGroups: []string{"autoscaling"}, Resources: []string{"horizontalpodautoscalers"}, Verbs: read},
+		{APIGroups: []string{"policy"}, Resources: []string{"poddisruptionbudgets"}, Verbs: read},
+		{APIGroups: []string{"networking.k8s.io"}, Resources: []string{"ingresses", "ingresses/status", "networkpolicies", "ingressclasses"}, Verbs: read},
+		{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: read},
+		{APIGroups: []string{"storage.k8s.io"}, Resources: []string{"storageclasses"}, Verbs: read},
+		{APIGroups: []string{"metrics.k8s.io"}, Resources: []string{"pods", "nodes"}, Verbs: []string{"get", "list"}},
+		{APIGroups: []string{"traefik.io", "traefik.containo.us"}, Resources: traefikResources, Verbs: read},
+	}
+}
+
+var traefikResources = []string{"ingressroutes", "ingressroutetcps", "ingressrouteudps", "middlewares", "middlewaretcps",
+	"serverstransports", "tlsoptions", "tlsstores", "traefikservices"}
+
+// WorkloadRoleRules is what the control plane does inside an application
+// namespace: deploy and operate workloads (including their Secrets and
+// ServiceAccounts), exec, attach, port-forward and the API server's service
+// proxy. It is a ClusterRole granted only through a RoleBinding in each
+// namespace that is not protected (ProtectedNamespaces): never in
+// kube-system, kube-public, kube-node-lease, the agent's own namespace or
+// the monitoring stack's, where creating a pod would let the token borrow a
+// privileged ServiceAccount. Endpoints stay read-only: hand-written
+// Endpoints would point the API server's service proxy at arbitrary hosts.
+func WorkloadRoleRules() []rbacv1.PolicyRule {
+	return []rbacv1.PolicyRule{
+		{APIGroups: []string{""}, Resources: []string{"pods", "services", "configmaps", "secrets", "serviceaccounts",
+			"persistentvolumeclaims", "resourcequotas", "limitranges"}, Verbs: crud},
+		{APIGroups: []string{""}, Resources: []string{"pods/exec", "pods/portforward", "pods/attach"}, Verbs: []string{"get", "create"}},
+		{APIGroups: []string{""}, Resources: []string{"services/proxy"}, Verbs: proxy},
 		{APIGroups: []string{"apps"}, Resources: []string{"deployments", "statefulsets", "daemonsets", "replicasets",
 			"deployments/scale", "statefulsets/scale", "replicasets/scale"}, Verbs: crud},
 		{APIGroups: []string{"batch"}, Resources: []string{"jobs", "cronjobs"}, Verbs: crud},
 		{APIGroups: []string{"autoscaling"}, Resources: []string{"horizontalpodautoscalers"}, Verbs: crud},
 		{APIGroups: []string{"policy"}, Resources: []string{"poddisruptionbudgets"}, Verbs: crud},
 		{APIGroups: []string{"networking.k8s.io"}, Resources: []string{"ingresses", "networkpolicies"}, Verbs: crud},
-		{APIGroups: []string{"networking.k8s.io"}, Resources: []string{"ingresses/status", "ingressclasses"}, Verbs: read},
-		{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: read},
-		{APIGroups: []string{"storage.k8s.io"}, Resources: []string{"storageclasses"}, Verbs: read},
-		{APIGroups: []string{"metrics.k8s.io"}, Resources: []string{"pods", "nodes"}, Verbs: []string{"get", "list"}},
-		{APIGroups: []string{"traefik.io", "traefik.containo.us"}, Resources: []string{"ingressroutes", "ingressroutetcps",
-			"ingressrouteudps", "middlewares", "middlewaretcps", "serverstransports", "tlsoptions", "tlsstores", "traefikservices"}, Verbs: crud},
+		{APIGroups: []string{"traefik.io", "traefik.containo.us"}, Resources: traefikResources, Verbs: crud},
 	}
+}
+
+// SystemNamespaces are never granted WorkloadRoleRules, whatever the
+// configuration says.
+var SystemNamespaces = []string{"kube-system", "kube-public", "kube-node-lease"}
+
+// ProtectedNamespaces are the namespaces where the ServiceAccount may only
+// read: SystemNamespaces, the agent's own namespace (its token Secret), the
+// monitoring namespace, and extra (kubernetes.protected_namespaces and the
+// monitoring components' namespaces).
+func ProtectedNamespaces(n Names, extra ...string) map[string]bool {
+	n = n.withDefaults()
+	out := map[string]bool{n.Namespace: true}
+	for _, ns := range append(append(slices.Clone(SystemNamespaces), n.MonitoringNamespace), extra...) {
+		if ns != "" {
+			out[ns] = true
+		}
+	}
+	return out
 }
 
 // MonitoringRoleRules is the separate, namespaced grant for the monitoring
@@ -88,12 +134,12 @@ func hasLabels(have, want map[string]string) bool {
 	return true
 }
 
-func withLabels(have map[string]string) map[string]string {
+func withLabels(have, want map[string]string) map[string]string {
 	out := maps.Clone(have)
 	if out == nil {
 		out = map[string]string{}
 	}
-	maps.Copy(out, managedLabels())
+	maps.Copy(out, want)
 	return out
 }
 
@@ -103,6 +149,21 @@ type Names struct {
 	Namespace           string // pipeops-system: ServiceAccount and token Secret
 	ClusterRole         string // pipeops-agent: ClusterRole and ClusterRoleBinding
 	MonitoringNamespace string // "" (no monitoring Role) or pipeops-monitoring
+}
+
+// WorkloadRole names the ClusterRole of WorkloadRoleRules and the
+// RoleBindings that grant it per namespace: <ClusterRole>-workloads.
+func (n Names) WorkloadRole() string { return n.withDefaults().ClusterRole + "-workloads" }
+
+// agentLabel marks every object granting this agent's ServiceAccount
+// something, with the agent's namespace as value, so RemoveIdentity finds
+// the RoleBindings in every namespace.
+const agentLabel = "pipeops.io/agent-namespace"
+
+func (n Names) labels() map[string]string {
+	l := managedLabels()
+	l[agentLabel] = n.withDefaults().Namespace
+	return l
 }
 
 func (n Names) withDefaults() Names {
@@ -136,24 +197,39 @@ func Bootstrap(ctx context.Context, cs kubernetes.Interface, n Names) (int, erro
 	if err := count(ensureServiceAccount(ctx, cs, ns)); err != nil {
 		return changed, err
 	}
-	if err := count(ensureClusterRole(ctx, cs, n.ClusterRole)); err != nil {
+	if err := count(ensureClusterRole(ctx, cs, n.ClusterRole, ClusterRoleRules(), n.labels())); err != nil {
 		return changed, err
 	}
-	if err := count(ensureClusterRoleBinding(ctx, cs, n.ClusterRole, ns)); err != nil {
+	if err := count(ensureClusterRole(ctx, cs, n.WorkloadRole(), WorkloadRoleRules(), n.labels())); err != nil {
+		return changed, err
+	}
+	if err := count(ensureClusterRoleBinding(ctx, cs, n.ClusterRole, ns, n.labels())); err != nil {
 		return changed, err
 	}
 	if monitoringNS != "" {
 		if err := count(ensureNamespace(ctx, cs, monitoringNS)); err != nil {
 			return changed, err
 		}
-		if err := count(ensureRole(ctx, cs, monitoringNS)); err != nil {
+		if err := count(ensureRole(ctx, cs, monitoringNS, n.labels())); err != nil {
 			return changed, err
 		}
-		if err := count(ensureRoleBinding(ctx, cs, monitoringNS, ns)); err != nil {
+		ref := rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: MonitoringRoleName}
+		if err := count(ensureRoleBinding(ctx, cs, monitoringNS, MonitoringRoleName, ref, ns, n.labels())); err != nil {
 			return changed, err
 		}
 	}
 	return changed, nil
+}
+
+// BindNamespace grants WorkloadRoleRules in ns through a RoleBinding named
+// n.WorkloadRole(), unless ns is protected; it reports whether it wrote.
+func BindNamespace(ctx context.Context, cs kubernetes.Interface, n Names, ns string, protected map[string]bool) (bool, error) {
+	n = n.withDefaults()
+	if protected[ns] {
+		return false, fmt.Errorf("namespace %s is protected: the control plane may only read there", ns)
+	}
+	ref := rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: n.WorkloadRole()}
+	return ensureRoleBinding(ctx, cs, ns, n.WorkloadRole(), ref, n.Namespace, n.labels())
 }
 
 func ensureNamespace(ctx context.Context, cs kubernetes.Interface, name string) (bool, error) {
@@ -187,19 +263,18 @@ func ensureServiceAccount(ctx context.Context, cs kubernetes.Interface, ns strin
 	if hasLabels(cur.Labels, managedLabels()) {
 		return false, nil
 	}
-	cur.Labels = withLabels(cur.Labels)
+	cur.Labels = withLabels(cur.Labels, managedLabels())
 	if _, err := api.Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
 		return false, fmt.Errorf("update serviceaccount %s/%s: %w", ns, ServiceAccountName, err)
 	}
 	return true, nil
 }
 
-func ensureClusterRole(ctx context.Context, cs kubernetes.Interface, name string) (bool, error) {
+func ensureClusterRole(ctx context.Context, cs kubernetes.Interface, name string, want []rbacv1.PolicyRule, labels map[string]string) (bool, error) {
 	api := cs.RbacV1().ClusterRoles()
-	want := ClusterRoleRules()
 	cur, err := api.Get(ctx, name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		_, err = api.Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: managedLabels()}, Rules: want}, metav1.CreateOptions{})
+		_, err = api.Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}, Rules: want}, metav1.CreateOptions{})
 		if err != nil {
 			return false, fmt.Errorf("create clusterrole %s: %w", name, err)
 		}
@@ -208,10 +283,10 @@ func ensureClusterRole(ctx context.Context, cs kubernetes.Interface, name string
 	if err != nil {
 		return false, fmt.Errorf("get clusterrole %s: %w", name, err)
 	}
-	if reflect.DeepEqual(cur.Rules, want) && hasLabels(cur.Labels, managedLabels()) {
+	if reflect.DeepEqual(cur.Rules, want) && hasLabels(cur.Labels, labels) {
 		return false, nil
 	}
-	cur.Rules, cur.Labels = want, withLabels(cur.Labels)
+	cur.Rules, cur.Labels = want, withLabels(cur.Labels, labels)
 	if _, err := api.Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
 		return false, fmt.Errorf("update clusterrole %s: %w", name, err)
 	}
@@ -222,10 +297,10 @@ func saSubject(ns string) []rbacv1.Subject {
 	return []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: ServiceAccountName, Namespace: ns}}
 }
 
-func ensureClusterRoleBinding(ctx context.Context, cs kubernetes.Interface, name, ns string) (bool, error) {
+func ensureClusterRoleBinding(ctx context.Context, cs kubernetes.Interface, name, ns string, labels map[string]string) (bool, error) {
 	api := cs.RbacV1().ClusterRoleBindings()
 	ref := rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: name}
-	want := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: managedLabels()}, RoleRef: ref, Subjects: saSubject(ns)}
+	want := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}, RoleRef: ref, Subjects: saSubject(ns)}
 	cur, err := api.Get(ctx, name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		if _, err := api.Create(ctx, want, metav1.CreateOptions{}); err != nil {
@@ -236,7 +311,7 @@ func ensureClusterRoleBinding(ctx context.Context, cs kubernetes.Interface, name
 	if err != nil {
 		return false, fmt.Errorf("get clusterrolebinding %s: %w", name, err)
 	}
-	if cur.RoleRef == ref && reflect.DeepEqual(cur.Subjects, want.Subjects) && hasLabels(cur.Labels, managedLabels()) {
+	if cur.RoleRef == ref && reflect.DeepEqual(cur.Subjects, want.Subjects) && hasLabels(cur.Labels, labels) {
 		return false, nil
 	}
 	if cur.RoleRef != ref { // roleRef is immutable: replace the binding
@@ -248,19 +323,19 @@ func ensureClusterRoleBinding(ctx context.Context, cs kubernetes.Interface, name
 		}
 		return true, nil
 	}
-	cur.Subjects, cur.Labels = want.Subjects, withLabels(cur.Labels)
+	cur.Subjects, cur.Labels = want.Subjects, withLabels(cur.Labels, labels)
 	if _, err := api.Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
 		return false, fmt.Errorf("update clusterrolebinding %s: %w", name, err)
 	}
 	return true, nil
 }
 
-func ensureRole(ctx context.Context, cs kubernetes.Interface, ns string) (bool, error) {
+func ensureRole(ctx context.Context, cs kubernetes.Interface, ns string, labels map[string]string) (bool, error) {
 	api := cs.RbacV1().Roles(ns)
 	want := MonitoringRoleRules()
 	cur, err := api.Get(ctx, MonitoringRoleName, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		_, err = api.Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: MonitoringRoleName, Labels: managedLabels()}, Rules: want}, metav1.CreateOptions{})
+		_, err = api.Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: MonitoringRoleName, Labels: labels}, Rules: want}, metav1.CreateOptions{})
 		if err != nil {
 			return false, fmt.Errorf("create role %s/%s: %w", ns, MonitoringRoleName, err)
 		}
@@ -269,46 +344,117 @@ func ensureRole(ctx context.Context, cs kubernetes.Interface, ns string) (bool, 
 	if err != nil {
 		return false, fmt.Errorf("get role %s/%s: %w", ns, MonitoringRoleName, err)
 	}
-	if reflect.DeepEqual(cur.Rules, want) && hasLabels(cur.Labels, managedLabels()) {
+	if reflect.DeepEqual(cur.Rules, want) && hasLabels(cur.Labels, labels) {
 		return false, nil
 	}
-	cur.Rules, cur.Labels = want, withLabels(cur.Labels)
+	cur.Rules, cur.Labels = want, withLabels(cur.Labels, labels)
 	if _, err := api.Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
 		return false, fmt.Errorf("update role %s/%s: %w", ns, MonitoringRoleName, err)
 	}
 	return true, nil
 }
 
-func ensureRoleBinding(ctx context.Context, cs kubernetes.Interface, ns, saNS string) (bool, error) {
+func ensureRoleBinding(ctx context.Context, cs kubernetes.Interface, ns, name string, ref rbacv1.RoleRef, saNS string, labels map[string]string) (bool, error) {
 	api := cs.RbacV1().RoleBindings(ns)
-	ref := rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: MonitoringRoleName}
-	want := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: MonitoringRoleName, Labels: managedLabels()}, RoleRef: ref, Subjects: saSubject(saNS)}
-	cur, err := api.Get(ctx, MonitoringRoleName, metav1.GetOptions{})
+	want := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}, RoleRef: ref, Subjects: saSubject(saNS)}
+	cur, err := api.Get(ctx, name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		if _, err := api.Create(ctx, want, metav1.CreateOptions{}); err != nil {
-			return false, fmt.Errorf("create rolebinding %s/%s: %w", ns, MonitoringRoleName, err)
+			if apierrors.IsAlreadyExists(err) { // a concurrent bind won the race
+				return false, nil
+			}
+			return false, fmt.Errorf("create rolebinding %s/%s: %w", ns, name, err)
 		}
 		return true, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("get rolebinding %s/%s: %w", ns, MonitoringRoleName, err)
+		return false, fmt.Errorf("get rolebinding %s/%s: %w", ns, name, err)
 	}
-	if cur.RoleRef == ref && reflect.DeepEqual(cur.Subjects, want.Subjects) && hasLabels(cur.Labels, managedLabels()) {
+	if cur.RoleRef == ref && reflect.DeepEqual(cur.Subjects, want.Subjects) && hasLabels(cur.Labels, labels) {
 		return false, nil
 	}
 	if cur.RoleRef != ref {
-		if err := api.Delete(ctx, MonitoringRoleName, metav1.DeleteOptions{}); err != nil {
-			return false, fmt.Errorf("replace rolebinding %s/%s: %w", ns, MonitoringRoleName, err)
+		if err := api.Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+			return false, fmt.Errorf("replace rolebinding %s/%s: %w", ns, name, err)
 		}
-		_, err := api.Create(ctx, want, metav1.CreateOptions{})
-		if err != nil {
-			return false, fmt.Errorf("create rolebinding %s/%s: %w", ns, MonitoringRoleName, err)
+		if _, err := api.Create(ctx, want, metav1.CreateOptions{}); err != nil {
+			return false, fmt.Errorf("create rolebinding %s/%s: %w", ns, name, err)
 		}
 		return true, nil
 	}
-	cur.Subjects, cur.Labels = want.Subjects, withLabels(cur.Labels)
+	cur.Subjects, cur.Labels = want.Subjects, withLabels(cur.Labels, labels)
 	if _, err := api.Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
-		return false, fmt.Errorf("update rolebinding %s/%s: %w", ns, MonitoringRoleName, err)
+		return false, fmt.Errorf("update rolebinding %s/%s: %w", ns, name, err)
 	}
 	return true, nil
+}
+
+// RemoveIdentity deletes what Bootstrap and BindNamespace made for the agent
+// named by n, with the admin identity: the RoleBindings in every namespace,
+// the monitoring Role, the ClusterRoleBinding, both ClusterRoles, the token
+// Secrets and the ServiceAccount. Deleting the ServiceAccount and its token
+// Secrets invalidates every token the control plane holds at once (the API
+// server answers 401). The namespace itself stays: the monitoring stack may
+// live there. It returns what it deleted ("kind namespace/name"); objects
+// already gone are not errors, so a second run finishes an interrupted one.
+func RemoveIdentity(ctx context.Context, cs kubernetes.Interface, n Names) ([]string, error) {
+	n = n.withDefaults()
+	var removed []string
+	del := func(what string, err error) error {
+		switch {
+		case err == nil:
+			removed = append(removed, what)
+		case !apierrors.IsNotFound(err):
+			return fmt.Errorf("delete %s: %w", what, err)
+		}
+		return nil
+	}
+	sel := metav1.ListOptions{LabelSelector: agentLabel + "=" + n.Namespace}
+	// Grants first, so the token can do nothing from here on.
+	rbs, err := cs.RbacV1().RoleBindings("").List(ctx, sel)
+	if err != nil {
+		return removed, fmt.Errorf("list the agent's rolebindings: %w", err)
+	}
+	items := rbs.Items
+	for _, ns := range []string{n.MonitoringNamespace, DefaultMonitoringNS} { // made before the agent label existed
+		if rb, err := cs.RbacV1().RoleBindings(ns).Get(ctx, MonitoringRoleName, metav1.GetOptions{}); ns != "" && err == nil &&
+			reflect.DeepEqual(rb.Subjects, saSubject(n.Namespace)) && !slices.ContainsFunc(items, func(x rbacv1.RoleBinding) bool { return x.UID == rb.UID }) {
+			items = append(items, *rb)
+		}
+	}
+	for _, rb := range items {
+		err := cs.RbacV1().RoleBindings(rb.Namespace).Delete(ctx, rb.Name, metav1.DeleteOptions{})
+		if err := del("rolebinding "+rb.Namespace+"/"+rb.Name, err); err != nil {
+			return removed, err
+		}
+		if rb.RoleRef.Kind == "Role" && rb.RoleRef.Name == MonitoringRoleName {
+			err := cs.RbacV1().Roles(rb.Namespace).Delete(ctx, MonitoringRoleName, metav1.DeleteOptions{})
+			if err := del("role "+rb.Namespace+"/"+MonitoringRoleName, err); err != nil {
+				return removed, err
+			}
+		}
+	}
+	if err := del("clusterrolebinding "+n.ClusterRole, cs.RbacV1().ClusterRoleBindings().Delete(ctx, n.ClusterRole, metav1.DeleteOptions{})); err != nil {
+		return removed, err
+	}
+	secrets, err := cs.CoreV1().Secrets(n.Namespace).List(ctx, metav1.ListOptions{LabelSelector: tokenLabel + "=" + ServiceAccountName})
+	if err != nil {
+		return removed, fmt.Errorf("list the token secrets: %w", err)
+	}
+	for _, sec := range secrets.Items {
+		err := cs.CoreV1().Secrets(n.Namespace).Delete(ctx, sec.Name, metav1.DeleteOptions{})
+		if err := del("secret "+n.Namespace+"/"+sec.Name, err); err != nil {
+			return removed, err
+		}
+	}
+	if err := del("serviceaccount "+n.Namespace+"/"+ServiceAccountName,
+		cs.CoreV1().ServiceAccounts(n.Namespace).Delete(ctx, ServiceAccountName, metav1.DeleteOptions{})); err != nil {
+		return removed, err
+	}
+	for _, cr := range []string{n.ClusterRole, n.WorkloadRole()} {
+		if err := del("clusterrole "+cr, cs.RbacV1().ClusterRoles().Delete(ctx, cr, metav1.DeleteOptions{})); err != nil {
+			return removed, err
+		}
+	}
+	return removed, nil
 }
