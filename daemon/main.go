@@ -38,6 +38,11 @@ type Flag struct {
 var Commands = []Command{
 	{Name: "run", Usage: "run the agent in the foreground (what the systemd unit calls)",
 		Flags: []Flag{{Name: "config", Arg: "FILE", Usage: "read the configuration from FILE (default $PIPEOPS_CONFIG, then /etc/pipeops/agent.yaml)"}}},
+	// remove-identity is run by "pipeopsctl uninstall --purge": pipeopsctl
+	// may not link client-go, this binary does and discovers the cluster
+	// as the agent did. It is no second daemon: it deletes and exits.
+	{Name: "remove-identity", Usage: "delete the agent's ServiceAccount, token and RBAC from the cluster (stop the agent first; pipeopsctl uninstall --purge runs it)",
+		Flags: []Flag{{Name: "config", Arg: "FILE", Usage: "read the configuration from FILE (default $PIPEOPS_CONFIG, then /etc/pipeops/agent.yaml)"}}},
 	{Name: "version", Usage: "print the version"},
 }
 
@@ -88,8 +93,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		return ExitConfig
 	}
 	switch args[1] {
-	case "run":
-		fs := flag.NewFlagSet("pipeops-agent run", flag.ContinueOnError)
+	case "run", "remove-identity":
+		fs := flag.NewFlagSet("pipeops-agent "+args[1], flag.ContinueOnError)
 		fs.SetOutput(stderr)
 		fs.Usage = func() { fmt.Fprint(stderr, usage) }
 		configPath := fs.String(Commands[0].Flags[0].Name, "", Commands[0].Flags[0].Usage)
@@ -100,8 +105,11 @@ func Main(args []string, stdout, stderr io.Writer) int {
 			return ExitConfig
 		}
 		if fs.NArg() > 0 {
-			fmt.Fprintf(stderr, "pipeops-agent run: unexpected argument %q\n\n%s", fs.Arg(0), usage)
+			fmt.Fprintf(stderr, "pipeops-agent %s: unexpected argument %q\n\n%s", args[1], fs.Arg(0), usage)
 			return ExitConfig
+		}
+		if args[1] == "remove-identity" {
+			return removeIdentity(*configPath, stdout, stderr)
 		}
 		return run(*configPath, stderr)
 	case "version", "--version":

@@ -72,6 +72,20 @@ func (in *Installer) Uninstall(ctx context.Context, purge bool) ([]string, error
 
 func rm(p string) bool { return os.Remove(p) == nil }
 
+// StopIfActive stops the agent when it runs (before pipeopsctl uninstall
+// --purge removes its cluster identity, which a running agent would re-create).
+func (in *Installer) StopIfActive(ctx context.Context) error {
+	out, _ := in.o.Systemctl(ctx, "is-active", systemd.UnitName)
+	if s := strings.TrimSpace(out); s != "active" && s != "activating" && s != "reloading" {
+		return nil
+	}
+	in.say("stopping %s", systemd.UnitName)
+	if err := in.svc.Stop(); err != nil {
+		return fmt.Errorf("stop %s: %w", systemd.UnitName, err)
+	}
+	return nil
+}
+
 // Start starts the unit (systemctl start waits for READY=1).
 func (in *Installer) Start() error { return in.control("start", in.svc.Start) }
 

@@ -1,7 +1,8 @@
 #!/bin/sh
 # pipeops-uninstall.sh: written next to the binaries by "pipeopsctl install"
 # (a script install only; packages are removed with apt or dnf). It removes
-# pipeops-agent completely: service, unit, binaries, completion scripts, /etc/pipeops,
+# pipeops-agent completely: service, unit, the agent's ServiceAccount, token
+# and RBAC in the cluster, binaries, completion scripts, /etc/pipeops,
 # /var/lib/pipeops and /var/cache/pipeops, then deletes itself.
 # PIPEOPS_DRY_RUN=1 prints what it would run.
 
@@ -18,6 +19,10 @@ fallback() {
 	unit=/etc/systemd/system/pipeops-agent.service
 	if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
 		run systemctl disable --now pipeops-agent.service 2>/dev/null || true
+	fi
+	# The agent's ServiceAccount, token and RBAC in the cluster (best effort).
+	if [ -x "$1/pipeops-agent" ]; then
+		run "$1/pipeops-agent" remove-identity || echo "pipeops-uninstall.sh: the agent's cluster identity may remain; see pipeops-agent remove-identity" >&2
 	fi
 	run rm -f "$unit"
 	run rm -rf "$unit.d"

@@ -36,7 +36,8 @@
 //     init() in the part's file: flags of the pipeops-devplane binary (cmd.go).
 //
 // Tests drive the server directly: Clusters/Cluster (what the admin API
-// shows), SetFaults (handshake status codes, no gateway URL), DropAll,
+// shows), ServiceToken (the k8s_service_token a cluster registered with),
+// SetFaults (handshake status codes, no gateway URL), DropAll,
 // CloseAll, SendGarbage, SendError, Forget.
 //
 // On a *Session (safe for concurrent use):

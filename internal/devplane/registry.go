@@ -12,6 +12,21 @@ import (
 // cluster is what the server remembers about one registered cluster.
 type cluster struct {
 	info ClusterInfo
+	// serviceToken is the last k8s_service_token: what a real control plane
+	// keeps to reach the cluster's API server (protocol.md §14.3). Never in
+	// ClusterInfo, so the admin API does not show it.
+	serviceToken string
+}
+
+// ServiceToken is the k8s_service_token of the cluster's last register
+// ("" when none): tests use it as the control plane would.
+func (s *Server) ServiceToken(clusterID string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c := s.clusters[clusterID]; c != nil {
+		return c.serviceToken
+	}
+	return ""
 }
 
 // ClusterInfo is one cluster as the admin API shows it.
@@ -67,6 +82,7 @@ func (s *Server) recordRegistration(id string, reg *protocol.Register, raw json.
 	c.info.K8sVersion, c.info.AgentVersion = reg.K8sVersion, reg.AgentVersion
 	c.info.Registrations++
 	c.info.LastRegister = b
+	c.serviceToken = reg.K8sServiceToken
 	c.info.RegisteredAt = time.Now()
 }
 

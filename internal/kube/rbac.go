@@ -458,3 +458,11 @@ func RemoveIdentity(ctx context.Context, cs kubernetes.Interface, n Names) ([]st
 	}
 	return removed, nil
 }
+
+// NamesFor places the objects of an agent configured with namespace (as the
+// Manager does) and, when monitoring is on, its monitoring namespace.
+func NamesFor(namespace, monitoringNS string) Names {
+	n := defaultNames(namespace)
+	n.MonitoringNamespace = monitoringNS
+	return n
+}
