@@ -4,17 +4,23 @@
 # Boots the cached Debian 12 tree with systemd-nspawn (systemd 252 as PID 1,
 # throwaway copy through -x, host network) and drives it with nsenter:
 #   1. the .deb: install (enabled, inactive without a token), pipeopsctl install
-#      → the service reaches READY and pipeopsctl status answers; man pipeopsctl
-#      and bash completion work from the installed files;
+#      → the token becomes an encrypted systemd credential (the file on disk
+#      does not contain it), the service reaches READY, registers with the
+#      reference control plane (pipeops-devplane on the host, which accepts
+#      only that token) using a real API server, and pipeopsctl status answers;
+#      man pipeopsctl and bash completion work from the installed files;
 #   2. upgrade to the newer snapshot: config, drop-ins and token are kept;
 #   3. the watchdog kills and restarts a hung agent (debug-wedge trigger);
 #   4. remove, then purge: nothing left;
 #   5. install.sh from a local HTTP server serving the snapshot, rerun
-#      (idempotent), then the generated uninstall script;
+#      (idempotent), then the generated uninstall script, which also deletes
+#      the agent's ServiceAccount and RBAC from the cluster;
 #   6. the rpm through Debian's rpm (--nodeps): install, upgrade (where the new
 #      %post runs BEFORE the old %preun: the agent must stay enabled and
 #      running), erase.
 # OLD_DIR and NEW_DIR hold goreleaser snapshot artifacts (scripts/host/release.sh).
+# The API server is $PIPEOPS_TEST_KUBECONFIG's (scripts/test.sh starts one),
+# else one this script starts with scripts/k8s/cluster.sh.
 set -euo pipefail
 ROOTFS=${1:?usage: nspawn.sh ROOTFS OLD_DIR NEW_DIR}
 OLD=$(cd "${2:?}" && pwd)
@@ -22,7 +28,8 @@ NEW=$(cd "${3:?}" && pwd)
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=$(mktemp -d /tmp/pipeops-nspawn.XXXXXX)
 ARCH=$(dpkg --print-architecture)
-NSPAWN_PID='' CT='' HTTP_PID=''
+NSPAWN_PID='' CT='' HTTP_PID='' DP_PID='' K8S_DIR=''
+ENC_TOKEN=/etc/credstore.encrypted/pipeops-agent.token
 t0=$SECONDS
 
 step() { printf '==> [nspawn %3ss] %s\n' "$((SECONDS - t0))" "$*"; }
@@ -47,6 +54,10 @@ cleanup() {
     kill "$NSPAWN_PID" 2>/dev/null
   fi
   [ -n "$HTTP_PID" ] && kill "$HTTP_PID" 2>/dev/null
+  [ -n "$DP_PID" ] && kill "$DP_PID" 2>/dev/null
+  [ -n "${KUBECTL:-}" ] && "$KUBECTL" --kubeconfig "$WORK/artifacts/admin.kubeconfig" delete namespace nspawn-agent nspawn-script nspawn-rpm \
+    --ignore-not-found --wait=false >/dev/null 2>&1
+  [ -n "$K8S_DIR" ] && "$REPO/scripts/k8s/cluster.sh" stop "$K8S_DIR" >/dev/null 2>&1
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -62,6 +73,42 @@ wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
 }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# control_plane starts a Kubernetes API server (or reuses the test run's) and
+# the reference control plane on the host's loopback, which the container
+# shares: the agent needs both to register.
+control_plane() {
+  BIN=$("$REPO/scripts/k8s/build.sh" 2>/dev/null | tail -n 1)
+  KUBECTL=$BIN/kubectl
+  if [ -n "${PIPEOPS_TEST_KUBECONFIG:-}" ]; then
+    cp "$PIPEOPS_TEST_KUBECONFIG" "$WORK/artifacts/admin.kubeconfig"
+  else
+    K8S_DIR=$WORK/k8s
+    "$REPO/scripts/k8s/cluster.sh" start "$K8S_DIR" >"$WORK/k8s.log" 2>&1 || { cat "$WORK/k8s.log" >&2; fail "cannot start a Kubernetes API server"; }
+    cp "$K8S_DIR/admin.kubeconfig" "$WORK/artifacts/admin.kubeconfig"
+  fi
+  (cd "$REPO" && go build -o "$WORK/pipeops-devplane" ./cmd/pipeops-devplane) || fail "cannot build pipeops-devplane"
+  DP_PORT=$(free_port)
+  "$WORK/pipeops-devplane" --listen "127.0.0.1:$DP_PORT" --token nspawn-token --token script-token --token rpm-token \
+    >"$WORK/devplane.log" 2>&1 &
+  DP_PID=$!
+  wait_for 20 "the reference control plane" curl -fsS -o /dev/null "http://127.0.0.1:$DP_PORT/admin/clusters"
+  DP_URL=http://127.0.0.1:$DP_PORT
+  step "control plane at $DP_URL, API server $(grep -m1 'server:' "$WORK/artifacts/admin.kubeconfig" | awk '{print $2}')"
+}
+
+# registered NAME succeeds once the control plane lists a registration of NAME.
+registered() {
+  curl -fsS "$DP_URL/admin/clusters" | python3 -c '
+import json, sys
+sys.exit(0 if any(c.get("name") == sys.argv[1] and c.get("registrations", 0) > 0 for c in json.load(sys.stdin)) else 1)' "$1"
+}
+
+# sa_exists succeeds while the agent's ServiceAccount is in the cluster.
+sa_exists() { "$KUBECTL" --kubeconfig "$WORK/artifacts/admin.kubeconfig" get serviceaccount -n "$1" pipeops-agent >/dev/null 2>&1; }
+
+# ct_token prints the installed token as the agent would get it.
+ct_token() { in_ct systemd-creds decrypt --name=token "$ENC_TOKEN" - 2>/dev/null; }
 
 boot() {
   mkdir -p "$WORK/artifacts"
@@ -81,10 +128,13 @@ boot() {
   step "booted $(in_ct systemctl --version | head -n1) as PID 1"
 }
 
-# agent_port writes a test drop-in so the agent's loopback status server does
-# not collide with anything on the shared host network.
+# test_dropin writes a test drop-in: a free port for the agent's loopback
+# status server (the host network is shared), the test cluster's kubeconfig,
+# and a namespace of its own (NAMESPACE, default nspawn-agent) for the
+# agent's ServiceAccount and RBAC.
 test_dropin() {
-  ct_sh "mkdir -p /etc/pipeops/agent.d && printf 'version: 1\nagent:\n  port: $(free_port)\n' > /etc/pipeops/agent.d/50-test.yaml"
+  ct_sh "mkdir -p /etc/pipeops/agent.d && cp /artifacts/admin.kubeconfig /etc/pipeops/test.kubeconfig &&
+    printf 'version: 1\nagent:\n  port: $(free_port)\nkubernetes:\n  kubeconfig: /etc/pipeops/test.kubeconfig\n  namespace: ${1:-nspawn-agent}\n' > /etc/pipeops/agent.d/50-test.yaml"
 }
 
 # cli_docs_check: "man pipeopsctl" and "man pipeops-agent" render from the
@@ -118,13 +168,19 @@ deb_tier() {
   in_ct test ! -e /etc/systemd/system/pipeops-agent.service || fail "a unit in /etc shadows the packaged one"
   cli_docs_check
 
-  step "pipeopsctl install (package-owned unit) → READY"
+  step "pipeopsctl install (package-owned unit) → encrypted credential, READY"
   test_dropin
-  ct_sh 'echo nspawn-token | pipeopsctl install --token-file - --api-url http://127.0.0.1:9 --cluster-name nspawn' ||
-    fail "pipeopsctl install failed"
+  ct_sh "echo nspawn-token | pipeopsctl install --token-file - --api-url $DP_URL --cluster-name nspawn" >"$WORK/install.txt" 2>&1 ||
+    { cat "$WORK/install.txt"; fail "pipeopsctl install failed"; }
   [ "$(show ActiveState)" = active ] || fail "agent not active after pipeopsctl install (Type=notify start returned)"
   in_ct test ! -e /etc/systemd/system/pipeops-agent.service || fail "pipeopsctl install wrote a unit over a package install"
-  [ "$(in_ct stat -c %a /etc/pipeops/token)" = 600 ] || fail "token file is not 0600"
+  in_ct test ! -e /etc/pipeops/token || fail "the plain token file exists beside the encrypted credential"
+  [ "$(in_ct stat -c %a "$ENC_TOKEN")" = 600 ] || fail "the encrypted credential is not 0600"
+  ! in_ct grep -q nspawn-token "$ENC_TOKEN" || fail "the credential on disk contains the token in clear text"
+  in_ct grep -q nspawn-token /proc/"$(show MainPID)"/environ && fail "the token is in the agent's environment"
+  step "the agent registers with the token systemd decrypted (LoadCredentialEncrypted=)"
+  wait_for 120 "a registration of cluster nspawn" registered nspawn
+  sa_exists nspawn-agent || fail "the agent's ServiceAccount is not in the cluster"
   step "StatusText: $(show StatusText)"
   in_ct pipeopsctl status >"$WORK/status.txt" || fail "pipeopsctl status failed: $(cat "$WORK/status.txt")"
   grep -q '^Agent:' "$WORK/status.txt" || fail "pipeopsctl status printed no agent line"
@@ -146,7 +202,7 @@ deb_tier() {
   in_ct grep -q 'edited by the admin' /etc/pipeops/agent.yaml || fail "upgrade replaced the edited agent.yaml"
   in_ct test -s /etc/pipeops/agent.d/60-admin.yaml || fail "upgrade lost agent.d/60-admin.yaml"
   in_ct grep -q nspawn /etc/pipeops/agent.d/10-install.yaml || fail "upgrade lost 10-install.yaml"
-  [ "$(in_ct cat /etc/pipeops/token)" = nspawn-token ] || fail "upgrade lost the token"
+  [ "$(ct_token)" = nspawn-token ] || fail "upgrade lost the token"
   [ "$(show ActiveState)" = active ] || fail "agent not active after the upgrade"
   [ "$(show MainPID)" != "$pid" ] || fail "the upgrade did not restart the agent"
   local want_version got_version
@@ -173,13 +229,19 @@ deb_tier() {
   in_ct rm -f /etc/systemd/system/pipeops-agent.service.d/50-test-watchdog.conf
   in_ct systemctl daemon-reload
 
+  step "pipeops-agent remove-identity (the package's way) deletes the ServiceAccount"
+  in_ct systemctl stop pipeops-agent.service
+  in_ct pipeops-agent remove-identity >"$WORK/remove-identity.txt" 2>&1 || { cat "$WORK/remove-identity.txt"; fail "remove-identity failed"; }
+  grep -q 'removed serviceaccount nspawn-agent/pipeops-agent' "$WORK/remove-identity.txt" || { cat "$WORK/remove-identity.txt"; fail "remove-identity removed no ServiceAccount"; }
+  ! sa_exists nspawn-agent || fail "the ServiceAccount is still in the cluster after remove-identity"
+
   step "dpkg -r keeps token and state; dpkg -P removes everything"
   in_ct dpkg -r pipeops-agent >/dev/null || fail "dpkg -r failed"
   [ "$(show LoadState)" = not-found ] || fail "the unit is still loaded after dpkg -r"
   in_ct test ! -e /usr/bin/pipeops-agent || fail "dpkg -r left the binary"
-  in_ct test -s /etc/pipeops/token || fail "dpkg -r removed the token"
+  in_ct test -s "$ENC_TOKEN" || fail "dpkg -r removed the token"
   in_ct dpkg -P pipeops-agent >/dev/null || fail "dpkg -P failed"
-  for p in /etc/pipeops /var/lib/pipeops /etc/default/pipeops-agent /usr/lib/systemd/system/pipeops-agent.service; do
+  for p in /etc/pipeops "$ENC_TOKEN" /var/lib/pipeops /etc/default/pipeops-agent /usr/lib/systemd/system/pipeops-agent.service; do
     in_ct test ! -e "$p" || fail "purge left $p"
   done
 }
@@ -194,15 +256,16 @@ script_tier() {
   python3 -u -m http.server --bind 127.0.0.1 --directory "$srv" "$port" >"$WORK/http.log" 2>&1 &
   HTTP_PID=$!
   wait_for 10 "the HTTP server" curl -fsS -o /dev/null "http://127.0.0.1:$port/install.sh"
-  test_dropin
+  test_dropin nspawn-script
   local url="http://127.0.0.1:$port"
-  ct_sh "curl -sfL $url/install.sh | PIPEOPS_TOKEN=script-token PIPEOPS_INSTALL_BASE_URL=$url PIPEOPS_API_URL=http://127.0.0.1:9 PIPEOPS_CLUSTER_NAME=scripted sh -" \
+  ct_sh "curl -sfL $url/install.sh | PIPEOPS_TOKEN=script-token PIPEOPS_INSTALL_BASE_URL=$url PIPEOPS_API_URL=$DP_URL PIPEOPS_CLUSTER_NAME=scripted sh -" \
     >"$WORK/install1.log" 2>&1 || { cat "$WORK/install1.log"; fail "install.sh failed"; }
   grep -q 'sha256 verified' "$WORK/install1.log" || fail "install.sh did not verify the checksum"
   [ "$(show ActiveState)" = active ] || fail "agent not active after install.sh"
   in_ct cat /etc/systemd/system/pipeops-agent.service | cmp -s - "$REPO/systemd/pipeops-agent.service" ||
     fail "kardianos/service did not write the unit byte for byte"
-  [ "$(in_ct cat /etc/pipeops/token)" = script-token ] || fail "install.sh did not install the token"
+  [ "$(ct_token)" = script-token ] || fail "install.sh did not install the token as an encrypted credential"
+  wait_for 120 "a registration of cluster scripted" registered scripted
   in_ct pipeopsctl status >/dev/null || fail "pipeopsctl status failed after install.sh"
   in_ct test -s /usr/share/bash-completion/completions/pipeopsctl || fail "install.sh did not install the bash completion"
 
@@ -214,10 +277,14 @@ script_tier() {
   grep -q 'nothing changed' "$WORK/install2.log" || { cat "$WORK/install2.log"; fail "second install.sh changed something"; }
   [ "$(show MainPID)" = "$pid" ] || fail "second install.sh restarted the agent"
 
-  step "pipeops-uninstall.sh removes everything"
-  in_ct /usr/bin/pipeops-uninstall.sh >/dev/null || fail "the uninstall script failed"
+  step "pipeops-uninstall.sh removes everything, the cluster identity included"
+  sa_exists nspawn-script || fail "the script install's ServiceAccount is not in the cluster"
+  in_ct /usr/bin/pipeops-uninstall.sh >"$WORK/uninstall.txt" 2>&1 || { cat "$WORK/uninstall.txt"; fail "the uninstall script failed"; }
+  grep -q 'removed serviceaccount nspawn-script/pipeops-agent' "$WORK/uninstall.txt" ||
+    { cat "$WORK/uninstall.txt"; fail "the uninstall did not say it removed the ServiceAccount"; }
+  ! sa_exists nspawn-script || fail "the ServiceAccount is still in the cluster after the uninstall"
   [ "$(show LoadState)" = not-found ] || fail "the unit is still loaded after uninstall"
-  for p in /usr/bin/pipeops-agent /usr/bin/pipeopsctl /usr/bin/pipeops-agent-helm /usr/bin/pipeops-uninstall.sh /etc/pipeops /var/lib/pipeops \
+  for p in /usr/bin/pipeops-agent /usr/bin/pipeopsctl /usr/bin/pipeops-agent-helm /usr/bin/pipeops-uninstall.sh /etc/pipeops "$ENC_TOKEN" /var/lib/pipeops \
     /etc/systemd/system/pipeops-agent.service /usr/share/bash-completion/completions/pipeopsctl; do
     in_ct test ! -e "$p" || fail "uninstall left $p"
   done
@@ -234,7 +301,7 @@ rpm_tier() {
   in_ct rpm -i --nodeps "/artifacts/old/$old_rpm" >/dev/null 2>&1 || fail "rpm -i failed"
   [ "$(in_ct systemctl is-enabled pipeops-agent.service)" = enabled ] || fail "the rpm did not enable the unit"
   [ "$(show ActiveState)" = inactive ] || fail "the rpm started the agent without a token"
-  test_dropin
+  test_dropin nspawn-rpm
   ct_sh 'echo rpm-token | pipeopsctl install --token-file -' >/dev/null || fail "pipeopsctl install failed on the rpm"
   [ "$(show ActiveState)" = active ] || fail "agent not active on the rpm install"
   pid=$(show MainPID)
@@ -246,7 +313,10 @@ rpm_tier() {
   [ "$(show ActiveState)" = active ] || fail "the agent is not running after rpm -U"
   [ "$(show MainPID)" != "$pid" ] || fail "rpm -U did not restart the agent"
   in_ct grep -q 'edited by the admin' /etc/pipeops/agent.yaml || fail "rpm -U replaced the edited agent.yaml"
-  [ "$(in_ct cat /etc/pipeops/token)" = rpm-token ] || fail "rpm -U lost the token"
+  [ "$(ct_token)" = rpm-token ] || fail "rpm -U lost the token"
+
+  in_ct systemctl stop pipeops-agent.service
+  in_ct pipeops-agent remove-identity >/dev/null 2>&1 || fail "remove-identity failed on the rpm install"
 
   step "rpm -e stops, disables and removes; edited config saved as .rpmsave"
   in_ct rpm -e --nodeps pipeops-agent >/dev/null 2>&1 || fail "rpm -e failed"
@@ -256,6 +326,7 @@ rpm_tier() {
 }
 
 boot
+control_plane
 deb_tier
 script_tier
 rpm_tier
