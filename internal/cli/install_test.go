@@ -103,6 +103,12 @@ func TestUninstallAndServiceCommandsDriveSystemctl(t *testing.T) {
 		t.Fatal("install failed")
 	}
 	calls()
+	// The agent binary of the install: --purge runs "pipeops-agent remove-identity".
+	agentArgv := filepath.Join(t.TempDir(), "argv")
+	fake := "#!/bin/sh\necho \"$*\" > " + agentArgv + "\necho removed serviceaccount pipeops-system/pipeops-agent\n"
+	if err := os.WriteFile(filepath.Join(root, paths.AgentBinary), []byte(fake), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		args []string
 		want []string
@@ -110,7 +116,9 @@ func TestUninstallAndServiceCommandsDriveSystemctl(t *testing.T) {
 		{[]string{"stop"}, []string{"stop_pipeops-agent.service"}},
 		{[]string{"start"}, []string{"start_pipeops-agent.service"}},
 		{[]string{"restart"}, []string{"restart_pipeops-agent.service"}},
-		{[]string{"uninstall", "--purge"}, []string{"is-active_pipeops-agent.service", "stop_pipeops-agent.service", "disable_pipeops-agent.service", "daemon-reload"}},
+		// Stopped first (a running agent would mint a new token), then remove-identity, then the rest.
+		{[]string{"uninstall", "--purge"}, []string{"is-active_pipeops-agent.service", "stop_pipeops-agent.service",
+			"is-active_pipeops-agent.service", "disable_pipeops-agent.service", "daemon-reload"}},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			e, out, errb := testEnv(t, nil, "", nil)
@@ -124,5 +132,8 @@ func TestUninstallAndServiceCommandsDriveSystemctl(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(root, paths.ConfigDir)); err == nil {
 		t.Error("uninstall --purge left /etc/pipeops behind")
+	}
+	if b, err := os.ReadFile(agentArgv); err != nil || strings.TrimSpace(string(b)) != "remove-identity --config "+filepath.Join(root, paths.ConfigFile) {
+		t.Errorf("pipeops-agent ran with %q (%v); want remove-identity with the install's config", b, err)
 	}
 }

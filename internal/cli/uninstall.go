@@ -74,7 +74,8 @@ func removeIdentity(c *cli.Context, e *env, in *installer.Installer) {
 	cmd.Stdout, cmd.Stderr = e.stdout, e.stderr
 	if err := cmd.Run(); err != nil {
 		fmt.Fprintf(e.stderr, "warning: the agent's ServiceAccount, token and RBAC may still be in the cluster (%v); "+
-			"when the cluster is reachable, delete them with: sudo %s remove-identity (before this uninstall) or "+
-			"kubectl delete serviceaccount -n pipeops-system pipeops-agent; kubectl delete clusterrolebinding,clusterrole pipeops-agent\n", err, paths.AgentBinary)
+			"with the cluster reachable, delete the ServiceAccount pipeops-agent in the agent's namespace (kubernetes.namespace, "+
+			"default pipeops-system), its pipeops-agent-token-* Secrets, the ClusterRoleBinding and ClusterRoles pipeops-agent*, "+
+			"and the RoleBindings labelled pipeops.io/agent-namespace (docs/kubernetes.md, \"Revoking the identity\")\n", err)
 	}
 }

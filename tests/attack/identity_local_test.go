@@ -45,3 +45,21 @@ func TestADNSRebindingPageCannotReadTheAgentsLocalEndpoints(t *testing.T) {
 		}
 	}
 }
+
+// Settings that hand an attacker something are not silent: the agent says
+// so loudly (at Warn, in the journal) as it starts.
+func TestAnAgentRunningWithInsecureSettingsSaysSoAtStart(t *testing.T) {
+	env := kubetest.Cluster(t)
+	_, url := identPlainPlane(t) // a plain-text api_url
+	a := identStartAgent(t, env, url, "  tls:\n    insecure_skip_verify: true\n", "")
+	for _, field := range []string{"pipeops.tls.insecure_skip_verify", "pipeops.api_url"} {
+		testbin.Eventually(t, 30*time.Second, "a start-up warning about "+field, func() bool {
+			for _, line := range strings.Split(a.out.String(), "\n") {
+				if strings.Contains(line, `"level":"WARN"`) && strings.Contains(line, "INSECURE SETTING "+field) {
+					return true
+				}
+			}
+			return false
+		}, a.logs)
+	}
+}
