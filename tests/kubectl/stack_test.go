@@ -62,9 +62,12 @@ type stack struct {
 }
 
 // startStack runs the devplane and the agent. The agent keeps its
-// ServiceAccount and RBAC in the test's namespace (its ClusterRole is
-// pipeops-agent-<namespace>), so it never shares them with agents that
-// other test packages run against the same cluster.
+// ServiceAccount and RBAC in a namespace of its own, <test namespace>-agent
+// (its ClusterRole is pipeops-agent-<that namespace>), so it never shares
+// them with agents that other test packages run against the same cluster.
+// The test's pods live in the test's namespace: the agent's own namespace
+// is protected, and the control plane may exec into pods only where the
+// agent granted its workload role (docs/kubernetes.md).
 func startStack(t *testing.T) *stack {
 	t.Helper()
 	env, node := kubetest.RequireNode(t)
@@ -72,16 +75,16 @@ func startStack(t *testing.T) *stack {
 	port := testbin.FreePort(t)
 	s.planeURL = fmt.Sprintf("http://127.0.0.1:%d", port)
 	testbin.Start(t, testbin.Build(t, "pipeops-devplane"), nil, "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--token", token)
+	names := kube.NamesFor(env.Namespace+"-agent", "")
 	f := testbin.WriteAgentConfig(t, s.dir, testbin.AgentConfig{Name: "e2e-kubectl", APIURL: s.planeURL,
-		Kubeconfig: env.Kubeconfig, Kubernetes: "  namespace: " + env.Namespace + "\n"})
+		Kubeconfig: env.Kubeconfig, Kubernetes: "  namespace: " + names.Namespace + "\n"})
 	s.agentPort, s.socket = f.Port, f.Socket
 	s.agent = testbin.Start(t, testbin.Build(t, "pipeops-agent"), testbin.AgentEnv(token), "run", "--config", f.Config)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		name := kube.ClusterRoleName + "-" + env.Namespace
-		_ = env.Client.RbacV1().ClusterRoleBindings().Delete(ctx, name, metav1.DeleteOptions{})
-		_ = env.Client.RbacV1().ClusterRoles().Delete(ctx, name, metav1.DeleteOptions{})
+		_, _ = kube.RemoveIdentity(ctx, env.Client, names)
+		_ = env.Client.CoreV1().Namespaces().Delete(ctx, names.Namespace, metav1.DeleteOptions{})
 	})
 	testbin.Eventually(t, 90*time.Second, "the agent registered and ready", func() bool {
 		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/ready", s.agentPort))
@@ -93,7 +96,11 @@ func startStack(t *testing.T) *stack {
 			return false
 		}
 		s.clusterID = s.connectedCluster()
-		return s.clusterID != ""
+		if s.clusterID == "" {
+			return false
+		}
+		_, err = env.Client.RbacV1().RoleBindings(env.Namespace).Get(context.Background(), names.WorkloadRole(), metav1.GetOptions{})
+		return err == nil // the workload role granted in the test's namespace
 	}, s.agent.String)
 	for _, d := range doors {
 		p := filepath.Join(s.dir, "kubeconfig-"+strings.NewReplacer(" ", "", ",", "-").Replace(d.name))
