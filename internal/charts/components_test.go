@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/dynamic"
 
 	"github.com/pipeops/pipeops-vm-agent/internal/apitype"
@@ -38,6 +39,20 @@ func crdAnnotations(t *testing.T, d dynamic.Interface, name string) (map[string]
 		t.Fatalf("CRD %s: %v", name, err)
 	}
 	return u.GetAnnotations(), u.GetResourceVersion()
+}
+
+// waitCRDGone waits until no CRD of this name exists. CRDs are cluster-wide
+// and their deletion is asynchronous (instances are removed first), so a
+// test that creates one another test's uninstall deleted waits it out.
+func waitCRDGone(t *testing.T, d dynamic.Interface, name string) {
+	t.Helper()
+	err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		_, err := d.Resource(crdGVR).Get(ctx, name, metav1.GetOptions{})
+		return apierrors.IsNotFound(err), nil
+	})
+	if err != nil {
+		t.Fatalf("CRD %s still exists after a minute: %v", name, err)
+	}
 }
 
 // setCRDVersion rewrites a CRD's version stamp as another operator would
@@ -247,11 +262,15 @@ func TestAForeignCertManagerIsSkippedAndGetsTheIssuersOnTheDefaultIngressClass(t
 		}}
 	}
 	for _, c := range []*unstructured.Unstructured{crd("ClusterIssuer", "clusterissuers", "Cluster"), crd("Certificate", "certificates", "Namespaced")} {
+		name := c.GetName()
+		waitCRDGone(t, d, name) // another test's uninstall may still be deleting it
 		if _, err := d.Resource(crdGVR).Create(ctx, c, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		name := c.GetName()
-		t.Cleanup(func() { _ = d.Resource(crdGVR).Delete(context.Background(), name, metav1.DeleteOptions{}) })
+		t.Cleanup(func() {
+			_ = d.Resource(crdGVR).Delete(context.Background(), name, metav1.DeleteOptions{})
+			waitCRDGone(t, d, name)
+		})
 	}
 	labels := map[string]string{"app.kubernetes.io/name": "cert-manager"}
 	one := int32(1)
