@@ -180,6 +180,7 @@ func (s *Server) readLoop(ctx context.Context, sess *Session, gatewayURL string)
 			s.log.Warn("malformed message from agent", "err", err)
 			continue
 		}
+		s.wire.record(env.Type, data)
 		s.dispatch(ctx, sess, env, gatewayURL)
 	}
 }

@@ -7,7 +7,7 @@
 //
 //	GET  /api/v1/clusters/agent/ws   controller WebSocket: register → register_success (§4.1, §8.3)
 //	GET  /ws?cluster_uuid=…          gateway WebSocket: heartbeats and proxy traffic (§2)
-//	     /admin/...                  admin JSON API (clusters, faults); see admin.go
+//	     /admin/...                  admin JSON API (clusters, faults, wire check); see registry.go, wirespec.go
 //	     (front door, tunnel, routes) added by the part files below
 //
 // # API for the other parts (front door, gateway tunnel, routes)
@@ -106,6 +106,7 @@ type Server struct {
 	gatewayHooks []func(*Session)
 	typeHandlers map[string]func(*Session, *protocol.Envelope)
 	faults       Faults
+	wire         wireLog
 }
 
 // New builds a Server; it starts nothing.
@@ -127,6 +128,7 @@ func New(cfg Config) *Server {
 	s.mux.HandleFunc("GET "+ControllerPath, s.serveController)
 	s.mux.HandleFunc("GET "+GatewayPath, s.serveGateway)
 	s.registerAdmin(s.mux)
+	s.registerWire(s.mux)
 	s.registerFrontDoor(s.mux)
 	s.registerGatewayTunnel(s.mux)
 	s.registerRoutes(s.mux)

@@ -219,6 +219,8 @@ func (s *Server) Cluster(id string) (ClusterInfo, bool) {
 //	DELETE /admin/clusters/{id}            forget it ("cluster not found" next)
 //	POST   /admin/clusters/{id}/garbage    send a non-JSON text frame
 //	POST   /admin/clusters/{id}/error      send `error` with body {"error":"…"}
+//	POST   /admin/clusters/{id}/send       send any envelope: body {"type","request_id","payload"}
+//	GET    /admin/wire                     agent messages seen by type, and spec violations (wirespec.go)
 //	GET    /admin/faults, PUT /admin/faults  handshake faults (Faults)
 //	POST   /admin/drop                     drop every session without a close frame
 //
@@ -255,6 +257,31 @@ func (s *Server) registerAdmin(mux *http.ServeMux) {
 			return
 		}
 		if err := s.SendError(r.Context(), r.PathValue("id"), body.Error); err != nil {
+			writeJSON(w, http.StatusConflict, map[string]string{"error": err.Error()})
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("POST /admin/clusters/{id}/send", func(w http.ResponseWriter, r *http.Request) {
+		var env struct {
+			Type      string          `json:"type"`
+			RequestID string          `json:"request_id"`
+			Payload   json.RawMessage `json:"payload"`
+		}
+		if err := json.NewDecoder(r.Body).Decode(&env); err != nil || env.Type == "" {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": `body must be {"type":"…","request_id":"…","payload":{…}}`})
+			return
+		}
+		sess := s.Session(r.PathValue("id"))
+		if sess == nil {
+			writeJSON(w, http.StatusConflict, map[string]string{"error": "cluster has no live session"})
+			return
+		}
+		payload := env.Payload
+		if len(payload) == 0 {
+			payload = json.RawMessage("{}")
+		}
+		if err := sess.Send(r.Context(), env.Type, env.RequestID, payload); err != nil {
 			writeJSON(w, http.StatusConflict, map[string]string{"error": err.Error()})
 			return
 		}

@@ -344,8 +344,6 @@ type WebSocketData struct {
 type WebSocketClose struct {
 	StreamID  string `json:"stream_id,omitempty"`
 	RequestID string `json:"request_id,omitempty"`
-	// Reason is an optional human-readable cause (ignored by the reference).
-	Reason string `json:"reason,omitempty"`
 }
 
 // BackpressurePayload is the payload of `backpressure` (§4.5).
