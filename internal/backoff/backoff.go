@@ -31,6 +31,15 @@ func New(base, max time.Duration) *Backoff {
 func (b *Backoff) Next() time.Duration {
 	d := b.Nominal(b.attempt)
 	b.attempt++
+	return b.jitter(d)
+}
+
+// AtCap returns a jittered delay at the cap, without advancing the
+// sequence: for retries that must wait the longest (a rejected token) yet
+// must not fire in lockstep across a fleet.
+func (b *Backoff) AtCap() time.Duration { return b.jitter(b.Nominal(1 << 10)) }
+
+func (b *Backoff) jitter(d time.Duration) time.Duration {
 	if b.Jitter > 0 && b.Rand != nil {
 		f := 1 - b.Jitter + 2*b.Jitter*b.Rand()
 		d = time.Duration(float64(d) * f)

@@ -35,3 +35,17 @@ func TestResetStartsAgainFromBase(t *testing.T) {
 		t.Fatalf("Attempt() = %d; want 1", b.Attempt())
 	}
 }
+
+func TestAtCapIsJitteredAroundTheCapAndLeavesTheSequenceAlone(t *testing.T) {
+	b := New(time.Second, 15*time.Second)
+	for _, r := range []float64{0, 0.5, 0.999999} {
+		b.Rand = func() float64 { return r }
+		want := time.Duration(float64(15*time.Second) * (0.75 + 0.5*r))
+		if got := b.AtCap(); got != want {
+			t.Fatalf("rand=%v: AtCap() = %v; want %v", r, got, want)
+		}
+	}
+	if b.Attempt() != 0 {
+		t.Fatalf("AtCap advanced the sequence to attempt %d", b.Attempt())
+	}
+}

@@ -71,6 +71,9 @@ type Options struct {
 	PingInterval    time.Duration // 10 s
 	ReadTimeout     time.Duration // 60 s
 	RegisterTimeout time.Duration // 30 s
+	// Jitter is the source of the backoff's jitter, in [0, 1) (tests);
+	// nil is math/rand.
+	Jitter func() float64
 }
 
 // DefaultK3sTokenPath is the k3s server's node token (§4.2).
@@ -93,6 +96,7 @@ type Client struct {
 	locality Locality // where this VM is (locality.go)
 
 	pingEvery, readTimeout, registerTimeout time.Duration
+	jitter                                  func() float64
 
 	hmu          sync.RWMutex
 	handlers     map[string]Handler
@@ -127,8 +131,8 @@ func New(o Options) (*Client, error) {
 		dialer: d, metrics: newMetrics(o.Metrics), limiter: logging.NewLimiter(5*time.Minute, nil),
 		k3sPath: o.K3sTokenPath, locality: o.Locality, handlers: map[string]Handler{},
 		pingEvery: orDefault(o.PingInterval, 10*time.Second), readTimeout: orDefault(o.ReadTimeout, 60*time.Second),
-		registerTimeout: orDefault(o.RegisterTimeout, 30*time.Second),
-		link:            apitype.LinkStatus{State: apitype.LinkConnecting},
+		registerTimeout: orDefault(o.RegisterTimeout, 30*time.Second), jitter: o.Jitter,
+		link: apitype.LinkStatus{State: apitype.LinkConnecting},
 	}
 	if c.k3sPath == "" {
 		c.k3sPath = DefaultK3sTokenPath

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/pipeops/pipeops-vm-agent/internal/apitype"
+	"github.com/pipeops/pipeops-vm-agent/internal/config"
 	"github.com/pipeops/pipeops-vm-agent/internal/devplane"
 	"github.com/pipeops/pipeops-vm-agent/internal/health"
 	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
@@ -318,4 +319,30 @@ func TestRegisterInProgressExtendsTheWaitAndAnErrorFailsItAtOnce(t *testing.T) {
 		b.c.FillStatus(context.Background(), &st)
 		return contains(st.Link.LastError, "workspace suspended")
 	})
+}
+
+func TestRetriesAfterARejectedTokenAreJitteredLikeEveryOtherRetry(t *testing.T) {
+	// With the jitter source pinned at its two ends, the wait after a 403
+	// spans ±25 % of the cap: agents whose token was revoked together do
+	// not retry in lockstep.
+	for _, r := range []float64{0, 0.999} {
+		p := startPlane(t)
+		p.srv.SetFaults(devplane.Faults{ControllerStatus: 403})
+		cfg := testConfig(p.url())
+		cfg.PipeOps.Reconnect.MaxInterval = config.D(2 * time.Second)
+		a := newAgent(t, cfg, nil, &fakeCluster{version: "v1.36.3"}, func(o *Options) { o.Jitter = func() float64 { return r } })
+		a.start(t)
+		var link apitype.LinkStatus
+		testbin.Eventually(t, 5*time.Second, "a rejected attempt", func() bool {
+			var st apitype.StatusResponse
+			a.c.FillStatus(context.Background(), &st)
+			link = st.Link
+			return !link.NextRetry.IsZero() && contains(link.LastError, "403")
+		})
+		want := time.Duration(float64(2*time.Second) * (0.75 + 0.5*r))
+		if got := link.NextRetry.Sub(link.LastErrorAt); got != want {
+			t.Errorf("jitter %v: retry after a 403 in %v; want %v", r, got, want)
+		}
+		a.stop()
+	}
 }

@@ -33,6 +33,9 @@ type outcome struct {
 // connection with 1000 and returns nil. It never gives up.
 func (c *Client) Run(ctx context.Context) error {
 	bo := backoff.New(c.cfg.PipeOps.Reconnect.Interval.Std(), c.cfg.PipeOps.Reconnect.MaxInterval.Std())
+	if c.jitter != nil {
+		bo.Rand = c.jitter
+	}
 	hb := c.cfg.Agent.HeartbeatInterval.Std()
 	immediate := false // the last retry skipped the backoff
 	for {
@@ -61,8 +64,10 @@ func (c *Client) Run(ctx context.Context) error {
 		immediate = false
 		delay := bo.Next()
 		if errors.As(o.err, &ae) && ae.Mode == ModeController {
-			// The install token is rejected: retry at the cap (§8.6).
-			delay = bo.Nominal(1 << 10)
+			// The install token is rejected: retry at the cap (§8.6),
+			// jittered, so a fleet whose token was revoked does not retry
+			// in lockstep.
+			delay = bo.AtCap()
 		}
 		c.metrics.reconnects.Inc()
 		c.noteFailure(o.err, delay)
