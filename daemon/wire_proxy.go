@@ -47,6 +47,8 @@ func (d *Daemon) wireProxy() error {
 		DefaultTimeout:   time.Duration(d.cfg.Proxy.DefaultTimeout),
 		ClusterDomain:    d.cfg.Kubernetes.ClusterDomain,
 		Registerer:       d.reg,
+		KubeUnreachable:  d.kubePart.mgr.Unreachable,
+		KubeFailed:       d.kubePart.mgr.Nudge,
 	})
 	if err != nil {
 		return fmt.Errorf("proxy: %w", err)

@@ -74,6 +74,9 @@ type Options struct {
 	// Jitter is the source of the backoff's jitter, in [0, 1) (tests);
 	// nil is math/rand.
 	Jitter func() float64
+	// GatewayFallback is how long the cached gateway may fail in a row
+	// before the link asks the controller for the current one; zero is 2 min.
+	GatewayFallback time.Duration
 }
 
 // DefaultK3sTokenPath is the k3s server's node token (§4.2).
@@ -97,6 +100,11 @@ type Client struct {
 
 	pingEvery, readTimeout, registerTimeout time.Duration
 	jitter                                  func() float64
+	gatewayFallback                         time.Duration
+
+	// Owned by the Run goroutine.
+	gwFailSince time.Time       // first of the cached gateway's consecutive failures
+	credsWait   <-chan struct{} // the CredentialsChanged waiter, until it fires
 
 	hmu          sync.RWMutex
 	handlers     map[string]Handler
@@ -132,7 +140,8 @@ func New(o Options) (*Client, error) {
 		k3sPath: o.K3sTokenPath, locality: o.Locality, handlers: map[string]Handler{},
 		pingEvery: orDefault(o.PingInterval, 10*time.Second), readTimeout: orDefault(o.ReadTimeout, 60*time.Second),
 		registerTimeout: orDefault(o.RegisterTimeout, 30*time.Second), jitter: o.Jitter,
-		link: apitype.LinkStatus{State: apitype.LinkConnecting},
+		gatewayFallback: orDefault(o.GatewayFallback, 2*time.Minute),
+		link:            apitype.LinkStatus{State: apitype.LinkConnecting},
 	}
 	if c.k3sPath == "" {
 		c.k3sPath = DefaultK3sTokenPath

@@ -48,9 +48,16 @@ func (c *Client) buildHeartbeat(ctx context.Context, cn *conn) protocol.Heartbea
 	if tel.K8sVersion != "" {
 		k8s = tel.K8sVersion
 	}
+	hbStatus := heartbeatStatus(status)
+	if k, ok := c.health.Get(health.Kubernetes); ok && !k.OK && hbStatus == protocol.StatusHealthy {
+		// The cluster behind the link is unreachable: the agent is not
+		// healthy, it is reconnecting to its API server. Spec fields only
+		// (§4.2); the reason is in /ready, status and the dashboard.
+		hbStatus = protocol.StatusReconnecting
+	}
 	hb := protocol.Heartbeat{
 		ClusterID: st.ClusterID, AgentID: c.agentID,
-		Status: heartbeatStatus(status), TunnelStatus: "disconnected",
+		Status: hbStatus, TunnelStatus: "disconnected",
 		Metadata: protocol.HeartbeatMetadata{
 			AgentVersion: version.Version, K8sVersion: k8s, K8sNodes: tel.Nodes, K8sPods: tel.Pods,
 			CPUUsage: tel.CPUUsage, MemoryUsage: tel.MemoryUsage,

@@ -111,6 +111,16 @@ func (c *Client) attempt(ctx context.Context) outcome {
 	}
 	fp := fingerprint(token, ca)
 	if st.ClusterID != "" && st.GatewayWSURL != "" && st.CredentialsFingerprint == fp {
+		if !c.gwFailSince.IsZero() && time.Since(c.gwFailSince) >= c.gatewayFallback {
+			// No dead end (§8.4 addition, docs/protocol-additions.md): the
+			// cached gateway kept failing, so ask the controller once, with
+			// a resume registration keeping cluster_id, for the current
+			// gateway; then keep retrying whatever it answers.
+			c.log.Warn("the cached gateway keeps failing; asking the controller for the current gateway (resume registration)",
+				"failing_for", time.Since(c.gwFailSince).Round(time.Second).String())
+			c.gwFailSince = time.Now()
+			return c.controller(ctx, st, token, ca)
+		}
 		return c.gateway(ctx, st)
 	}
 	return c.controller(ctx, st, token, ca)
@@ -167,6 +177,9 @@ func (c *Client) gateway(ctx context.Context, st state.State) outcome {
 		return outcome{err: err}
 	}
 	if err != nil {
+		if c.gwFailSince.IsZero() && ctx.Err() == nil {
+			c.gwFailSince = time.Now()
+		}
 		return outcome{err: err}
 	}
 	return c.serve(ctx, cn)
@@ -213,6 +226,9 @@ func (c *Client) serve(ctx context.Context, cn *conn) outcome {
 	if err := c.sendHeartbeat(ctx, cn); err != nil {
 		return end(err)
 	}
+	if cn.mode == ModeGateway {
+		c.gwFailSince = time.Time{} // the gateway works
+	}
 	c.limiter.Reset()
 	c.hmu.RLock()
 	hooks := append([]ConnectHook(nil), c.hooks...)
@@ -226,13 +242,11 @@ func (c *Client) serve(ctx context.Context, cn *conn) outcome {
 	// (matters when agent.heartbeat_interval is set above that).
 	fresh := time.NewTicker(15 * time.Second)
 	defer fresh.Stop()
-	var credsChanged <-chan struct{}
-	if w, ok := c.cluster.(CredentialsWatcher); ok {
-		credsChanged = w.CredentialsChanged()
-	}
+	credsChanged := c.credentialsChanged()
 	for {
 		select {
 		case <-credsChanged:
+			c.credsWait = nil // fired: the next connection asks for a new one
 			// The next attempt sees a new fingerprint and registers with cluster_id.
 			c.log.Info("Kubernetes credentials changed; registering again")
 			cn.close(websocket.CloseNormalClosure, "credentials changed")
@@ -258,6 +272,18 @@ func (c *Client) serve(ctx context.Context, cn *conn) outcome {
 			}
 		}
 	}
+}
+
+// credentialsChanged is the channel that closes at the next credentials
+// change. One waiter serves every connection until it fires; asking for a
+// new one per connection would leave one waiter behind per reconnect.
+func (c *Client) credentialsChanged() <-chan struct{} {
+	if c.credsWait == nil {
+		if w, ok := c.cluster.(CredentialsWatcher); ok {
+			c.credsWait = w.CredentialsChanged()
+		}
+	}
+	return c.credsWait
 }
 
 func (c *Client) runHook(cn *conn, h ConnectHook) {
@@ -299,14 +325,35 @@ func (c *Client) version(ctx context.Context) (string, error) {
 		if err == nil {
 			err = errors.New("empty version")
 		}
+		if st := c.st.Get(); st.ClusterID != "" && st.K8sVersion != "" && ctx.Err() == nil {
+			// A resume registration (the cluster is known) with the API
+			// server down: send the version last seen, which is real, not
+			// a guess (§13.24); the control plane must not lose sight of
+			// the cluster during a Kubernetes outage.
+			c.log.Warn("the Kubernetes API does not answer; registering with the version last seen", "k8s_version", st.K8sVersion, logging.KeyErr, err)
+			c.learnVersion(st.K8sVersion)
+			return st.K8sVersion, nil
+		}
 		err = fmt.Errorf("waiting for the Kubernetes API version before registering: %w", err)
 		c.notReady(err.Error())
 		return "", err
 	}
+	c.learnVersion(v)
+	return v, nil
+}
+
+// learnVersion keeps the API server's version for heartbeats and persists
+// it when it changed.
+func (c *Client) learnVersion(v string) {
 	c.mu.Lock()
 	c.k8sVersion = v
 	c.mu.Unlock()
-	return v, nil
+	if c.st.Get().K8sVersion == v {
+		return
+	}
+	if err := c.st.Update(func(s *state.State) error { s.K8sVersion = v; return nil }); err != nil {
+		c.log.Error("could not persist state", logging.KeyErr, err)
+	}
 }
 
 // bestEffortVersion learns the Kubernetes version for heartbeats on a
@@ -321,8 +368,10 @@ func (c *Client) bestEffortVersion(ctx context.Context) {
 	vctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	if v, err := c.cluster.Version(vctx); err == nil && v != "" {
+		c.learnVersion(v)
+	} else if sv := c.st.Get().K8sVersion; sv != "" {
 		c.mu.Lock()
-		c.k8sVersion = v
+		c.k8sVersion = sv // the last seen, until the API server answers
 		c.mu.Unlock()
 	}
 }

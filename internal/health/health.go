@@ -86,6 +86,17 @@ func (t *Tracker) Snapshot() []Condition {
 	return out
 }
 
+// Get returns one condition and whether it exists.
+func (t *Tracker) Get(name string) (Condition, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	c, ok := t.conds[name]
+	if !ok {
+		return Condition{}, false
+	}
+	return *c, true
+}
+
 // Ready reports whether every required condition is OK, and the reasons
 // ("name: reason") of those that are not.
 func (t *Tracker) Ready() (bool, []string) {

@@ -69,6 +69,22 @@ func (m *Manager) ensureCredentials(ctx context.Context) error {
 		return err
 	}
 	configured := m.cfg.ServiceToken.Reveal()
+	m.mu.Lock()
+	provisional := m.provisional
+	m.mu.Unlock()
+	if provisional {
+		want := ca
+		if want == "" {
+			if want, err = caData(admin, nil); err != nil {
+				return err
+			}
+		}
+		kept, err := m.checkSaved(ctx, cur, configured, want)
+		if err != nil || kept {
+			return err
+		}
+		cur = creds{} // rejected: nothing of it is reused
+	}
 	if configured != "" {
 		if cur.source == TokenFromConfig && cur.verified {
 			return nil
@@ -172,6 +188,7 @@ func (m *Manager) mint(ctx context.Context, cs kubernetes.Interface, cur creds) 
 		for {
 			name, tok, caPEM, err := secretToken(ctx, cs, ns)
 			if err == nil {
+				m.rememberMode(TokenFromSecret)
 				if cur.source == TokenFromSecret && tok == cur.token {
 					return cur, caPEM, nil
 				}
@@ -189,9 +206,7 @@ func (m *Manager) mint(ctx context.Context, cs kubernetes.Interface, cur creds) 
 		}
 		m.log.Warn("no token controller filled the ServiceAccount token Secret; using TokenRequest tokens renewed before 80% of their lifetime",
 			"secret", ns+"/"+TokenSecretName+"-*", "wait", m.tokenWait.String(), "ttl", m.tokenTTL().String())
-		m.mu.Lock()
-		m.tokenMode = TokenFromRequest
-		m.mu.Unlock()
+		m.rememberMode(TokenFromRequest)
 	}
 	if cur.source == TokenFromRequest && m.now().Before(cur.renewAt()) {
 		return cur, nil, nil
@@ -219,11 +234,15 @@ func (m *Manager) setCreds(c creds) {
 	changed := c.token != m.cred.token || c.caData != m.cred.caData
 	first := m.cred.token == ""
 	m.cred = c
+	m.clientsetReadyLocked()
 	var waiters []chan struct{}
 	if changed {
 		waiters, m.credWaiters = m.credWaiters, nil
 	}
 	m.mu.Unlock()
+	if !changed {
+		m.save() // e.g. the saved token was verified: nothing to tell waiters
+	}
 	if c.expires.IsZero() {
 		m.metrics.tokenExpiry.Set(0)
 	} else {
@@ -236,6 +255,7 @@ func (m *Manager) setCreds(c creds) {
 		close(ch)
 	}
 	m.readyOnce.Do(func() { close(m.ready) })
+	m.save()
 	if !first {
 		m.log.Info("kubernetes credentials changed; the control-plane link registers again", "source", c.source, logging.KeyState, "rotated")
 	}
@@ -264,4 +284,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		reg.MustRegister(m.up, m.probeFailures, m.tokenExpiry, m.reconciled)
 	}
 	return m
+}
+
+// rememberMode records the token controller's outcome for later starts.
+func (m *Manager) rememberMode(mode string) {
+	m.mu.Lock()
+	m.tokenMode = mode
+	m.mu.Unlock()
+	m.save()
 }

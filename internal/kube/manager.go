@@ -98,8 +98,10 @@ type Manager struct {
 
 	extraProtected []string
 
-	ready     chan struct{} // closed when credentials are first set
+	ready     chan struct{} // closed when credentials are first set (saved or minted)
 	readyOnce sync.Once
+	csReady   chan struct{} // closed once the ServiceAccount clientset can be used
+	csOnce    sync.Once
 	probed    chan struct{} // closed after the first probe
 	probeOnce sync.Once
 
@@ -120,6 +122,13 @@ type Manager struct {
 	tel         *telemetry
 	heartbeat   time.Duration
 	binder      *binder
+	probeErr    string // why the last probe failed
+
+	store       CredentialStore
+	savedServer string // API server of the saved credentials
+	lastSaved   Saved
+	provisional bool // m.cred came from the store and has not been checked yet
+	nudge       chan struct{}
 }
 
 // New builds a Manager. It does no I/O and starts nothing. getenv is
@@ -129,13 +138,14 @@ func New(cfg config.Kubernetes, getenv func(string) string, log *slog.Logger, re
 		cfg: cfg, getenv: getenv, log: log, wellKnown: WellKnownKubeconfigs, now: time.Now,
 		names:      defaultNames(cfg.Namespace),
 		probeEvery: 10 * time.Second, retryEvery: 2 * time.Second, tokenWait: 20 * time.Second,
-		reconcile: 10 * time.Minute, ready: make(chan struct{}), probed: make(chan struct{}),
-		tokenMode: TokenFromSecret,
+		reconcile: 10 * time.Minute, ready: make(chan struct{}), csReady: make(chan struct{}), probed: make(chan struct{}),
+		tokenMode: TokenFromSecret, nudge: make(chan struct{}, 1),
 	}
 	for _, o := range opts {
 		o(m)
 	}
 	m.metrics = newMetrics(reg)
+	m.loadSaved()
 	return m
 }
 
@@ -160,6 +170,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		admin, src, err := Discover(Candidates(m.cfg, m.getenv, m.wellKnown))
 		if err == nil {
 			m.setAdmin(admin, src)
+			m.forgetOtherCluster(admin.Host)
 			m.log.Info("using kubeconfig", logging.KeyPath, src.Path, "source", src.Source, logging.KeyURL, admin.Host)
 			break
 		}
@@ -174,8 +185,14 @@ func (m *Manager) Run(ctx context.Context) error {
 		if !ok {
 			wait = m.retryEvery
 		}
-		if !sleep(ctx, wait) {
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
 			return nil
+		case <-m.nudge:
+			t.Stop()
+		case <-t.C:
 		}
 	}
 }
@@ -207,6 +224,15 @@ func (m *Manager) setAdmin(admin *rest.Config, src Candidate) {
 	m.source, m.admin, m.base = src, admin, base
 	if err == nil && err2 == nil {
 		m.adminCS, m.saCS = cs, saCS
+	}
+	m.clientsetReadyLocked()
+}
+
+// clientsetReadyLocked opens WaitClientset once there is both a clientset
+// (the kubeconfig was found) and a token (saved or minted).
+func (m *Manager) clientsetReadyLocked() {
+	if m.saCS != nil && m.cred.token != "" {
+		m.csOnce.Do(func() { close(m.csReady) })
 	}
 }
 
@@ -312,16 +338,16 @@ type notReadyError struct{ checks string }
 func (e *notReadyError) Error() string { return "/readyz failed: " + e.checks }
 
 func (m *Manager) unreachable(err error) {
+	reason := "API server unreachable: " + err.Error()
+	if nr := (*notReadyError)(nil); errors.As(err, &nr) {
+		reason = "API server not ready: " + err.Error()
+	}
 	m.mu.Lock()
-	m.reachable, m.checkedAt = false, m.now()
+	m.reachable, m.checkedAt, m.probeErr = false, m.now(), reason
 	m.mu.Unlock()
 	m.metrics.up.Set(0)
 	m.metrics.probeFailures.Inc()
-	if nr := (*notReadyError)(nil); errors.As(err, &nr) {
-		m.fail("API server not ready: " + err.Error())
-		return
-	}
-	m.fail("API server unreachable: " + err.Error())
+	m.fail(reason)
 }
 
 // fail records a failure reason for health, status and the log (on change only).
@@ -394,7 +420,7 @@ func (m *Manager) startBinder(ctx context.Context, admin kubernetes.Interface) {
 func (m *Manager) Clientset() kubernetes.Interface {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.cred.token == "" {
+	if m.cred.token == "" || m.saCS == nil {
 		return nil
 	}
 	return m.saCS
@@ -403,7 +429,7 @@ func (m *Manager) Clientset() kubernetes.Interface {
 // WaitClientset blocks until Clientset is available or ctx ends.
 func (m *Manager) WaitClientset(ctx context.Context) (kubernetes.Interface, error) {
 	select {
-	case <-m.ready:
+	case <-m.csReady:
 		return m.Clientset(), nil
 	case <-ctx.Done():
 		return nil, fmt.Errorf("waiting for the Kubernetes ServiceAccount: %w", ctx.Err())

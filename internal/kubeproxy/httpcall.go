@@ -186,6 +186,11 @@ func (p *Proxy) serveHTTP(ctx context.Context, c controlplane.Conn, id string, r
 		}
 	}
 	t, err := p.route(ctx, req, path)
+	if err == nil && t.kube || errors.Is(err, ErrBootstrapping) {
+		if down := p.kubeDown(); down != nil {
+			err = down // answered at once: the API server is known to be unreachable
+		}
+	}
 	if err != nil {
 		out.fail(err)
 		return
@@ -218,6 +223,9 @@ func (p *Proxy) serveHTTP(ctx context.Context, c controlplane.Conn, id string, r
 	}
 	resp, err := t.client.Do(hreq)
 	if err != nil {
+		if t.kube && ctx.Err() == nil {
+			p.kubeFailed()
+		}
 		out.fail(explainTransport(err, t))
 		return
 	}

@@ -81,6 +81,13 @@ type Options struct {
 	Registerer prometheus.Registerer
 	// Now is the clock; nil is time.Now.
 	Now func() time.Time
+	// KubeUnreachable says why the API server cannot be reached now (nil
+	// while it answers). Calls bound for it are then answered at once with
+	// that reason instead of each waiting on a dead connection. Optional.
+	KubeUnreachable func() error
+	// KubeFailed is told when a call could not reach the API server, so
+	// the prober looks again at once. Optional.
+	KubeFailed func()
 }
 
 // Proxy is the proxy handler. Construct with New.
@@ -270,3 +277,17 @@ func (p *Proxy) cancel(c controlplane.Conn, id string) {
 
 // InFlight is the number of requests and relays running now.
 func (p *Proxy) InFlight() int { return len(p.slots) }
+
+// kubeDown is the API server's known unreachability, or nil.
+func (p *Proxy) kubeDown() error {
+	if p.o.KubeUnreachable == nil {
+		return nil
+	}
+	return p.o.KubeUnreachable()
+}
+
+func (p *Proxy) kubeFailed() {
+	if p.o.KubeFailed != nil {
+		p.o.KubeFailed()
+	}
+}

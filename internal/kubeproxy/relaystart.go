@@ -111,6 +111,9 @@ func (p *Proxy) startKubeRelay(c controlplane.Conn, s relaySpec, answer func()) 
 // dialKube connects to the API server (§6.8): the cluster CA, and the
 // control plane's Authorization or else the ServiceAccount token (§6.3 rule 5).
 func (p *Proxy) dialKube(ctx context.Context, s relaySpec) (*websocket.Conn, error) {
+	if down := p.kubeDown(); down != nil {
+		return nil, down
+	}
 	kc, err := p.clients.kube(p.o.RESTConfig())
 	if err != nil {
 		return nil, err

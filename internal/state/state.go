@@ -34,17 +34,33 @@ type State struct {
 	ClusterID    string `json:"cluster_id,omitempty"`
 	ClusterUUID  string `json:"cluster_uuid,omitempty"`
 	GatewayWSURL string `json:"gateway_ws_url,omitempty"`
-	// ClusterToken is the Kubernetes token last sent as k8s_service_token
-	// (or the token the control plane returned), protocol.md §10.
+	// ClusterToken is the agent's current Kubernetes token, the one sent as
+	// k8s_service_token (protocol.md §10). A restart reuses it while the API
+	// server still accepts it.
 	ClusterToken string `json:"cluster_token,omitempty"`
-	// ClusterCAData is the base64 PEM of the cluster CA last sent.
+	// ClusterCAData is the base64 PEM of the cluster CA sent with it.
 	ClusterCAData string `json:"cluster_cert_data,omitempty"`
 	// CredentialsFingerprint identifies the token and CA last registered with,
 	// so a restart can resume without re-registering (protocol.md §8.3).
 	CredentialsFingerprint string `json:"credentials_fingerprint,omitempty"`
-	// TokenExpiresAt is when the minted ServiceAccount token expires (zero for
-	// non-expiring tokens).
+	// TokenSource says where ClusterToken came from ("secret",
+	// "token-request" or "configured"), TokenSecret names its Secret, and
+	// TokenIssuedAt/TokenExpiresAt bound a TokenRequest token's life (zero
+	// for non-expiring tokens).
+	TokenSource    string    `json:"token_source,omitempty"`
+	TokenSecret    string    `json:"token_secret,omitempty"`
+	TokenIssuedAt  time.Time `json:"token_issued_at,omitzero"`
 	TokenExpiresAt time.Time `json:"token_expires_at,omitzero"`
+	// KubeServer is the API server the token belongs to.
+	KubeServer string `json:"kube_server,omitempty"`
+	// TokenMode remembers whether KubeServer's cluster has a token
+	// controller ("secret") or not ("token-request"), so a restart does not
+	// wait for one again. Empty: not known yet.
+	TokenMode string `json:"token_mode,omitempty"`
+	// K8sVersion is the API server version last seen; a resume registration
+	// may send it while the API server is unreachable (it is the real one,
+	// not a guess, protocol.md §13.24).
+	K8sVersion string `json:"k8s_version,omitempty"`
 	// Secrets holds generated credentials, e.g. "grafana_admin_password".
 	// Generated once and never regenerated (protocol.md §13.12).
 	Secrets      map[string]string `json:"secrets,omitempty"`
