@@ -2,8 +2,10 @@ package controlplane
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -344,5 +346,49 @@ func TestRetriesAfterARejectedTokenAreJitteredLikeEveryOtherRetry(t *testing.T) 
 			t.Errorf("jitter %v: retry after a 403 in %v; want %v", r, got, want)
 		}
 		a.stop()
+	}
+}
+
+func TestACachedGatewayThatKeepsFailingLeadsToOneResumeRegistrationForTheCurrentGateway(t *testing.T) {
+	for _, tc := range []struct{ name, gateway string }{
+		{"connection refused", fmt.Sprintf("ws://127.0.0.1:%d/ws", testbin.FreePort(t))},
+		{"HTTP 404", "/nope"}, // on the plane's own address
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := startPlane(t)
+			st, _ := state.Open("", nil)
+			cl := &fakeCluster{version: "v1.36.3", token: "sa-token"}
+			fast := func(o *Options) { o.GatewayFallback = 500 * time.Millisecond }
+			a := newAgent(t, testConfig(p.url()), st, cl, fast)
+			a.start(t)
+			testbin.Eventually(t, 5*time.Second, "first heartbeat", heartbeating(p, devplane.KindGateway, 1))
+			a.stop()
+			first, _ := onlyCluster(p)
+			gw := tc.gateway
+			if strings.HasPrefix(gw, "/") {
+				gw = "ws://" + p.addr + gw
+			}
+			// The gateway moved: the cached URL fails, though not with 401/403.
+			st.Update(func(s *state.State) error { s.GatewayWSURL = gw; return nil })
+
+			b := newAgent(t, testConfig(p.url()), st, cl, fast)
+			b.start(t)
+			testbin.Eventually(t, 10*time.Second, "a resume registration and heartbeats on the current gateway", func() bool {
+				c, _ := onlyCluster(p)
+				return c.Registrations == 2 && c.Connected && c.Mode == devplane.KindGateway && c.Heartbeats > first.Heartbeats
+			})
+			c, _ := onlyCluster(p)
+			var reg map[string]any
+			_ = jsonUnmarshal(c.LastRegister, &reg)
+			if reg["cluster_id"] != first.ID || reg["metadata"].(map[string]any)["registration_mode"] != "resume" {
+				t.Fatalf("register payload = %v; want cluster_id %s and registration_mode resume", reg, first.ID)
+			}
+			if got := st.Get().GatewayWSURL; got == gw {
+				t.Fatalf("the dead gateway %s is still cached", got)
+			}
+			if !contains(b.logs.String(), "cached gateway keeps failing") {
+				t.Fatal("the log does not say why the agent asked the controller")
+			}
+		})
 	}
 }

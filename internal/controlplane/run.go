@@ -112,7 +112,7 @@ func (c *Client) attempt(ctx context.Context) outcome {
 	fp := fingerprint(token, ca)
 	if st.ClusterID != "" && st.GatewayWSURL != "" && st.CredentialsFingerprint == fp {
 		if !c.gwFailSince.IsZero() && time.Since(c.gwFailSince) >= c.gatewayFallback {
-			// No dead end (§8.4 addition, docs/protocol-additions.md): the
+			// No dead end (an addition to §8.4, docs/link.md): the
 			// cached gateway kept failing, so ask the controller once, with
 			// a resume registration keeping cluster_id, for the current
 			// gateway; then keep retrying whatever it answers.
