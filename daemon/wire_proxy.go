@@ -55,6 +55,7 @@ func (d *Daemon) wireProxy() error {
 	}
 	d.proxyPart.proxy = p
 	d.cpPart.cp.Register(p)
+	d.cpPart.cp.OnShutdown(p.Drain) // in-flight calls answer before the link closes (§8.7)
 	d.fillers = append(d.fillers, func(_ context.Context, st *apitype.StatusResponse) { st.Proxy = p.Status() })
 	// The resolver needs the ServiceAccount clientset, which exists only
 	// after the Kubernetes part bootstrapped; until then Service calls use

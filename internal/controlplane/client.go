@@ -77,6 +77,8 @@ type Options struct {
 	// GatewayFallback is how long the cached gateway may fail in a row
 	// before the link asks the controller for the current one; zero is 2 min.
 	GatewayFallback time.Duration
+	// DrainTimeout bounds the shutdown drain (OnShutdown); zero is 10 s.
+	DrainTimeout time.Duration
 }
 
 // DefaultK3sTokenPath is the k3s server's node token (§4.2).
@@ -103,13 +105,16 @@ type Client struct {
 	gatewayFallback                         time.Duration
 
 	// Owned by the Run goroutine.
-	gwFailSince time.Time       // first of the cached gateway's consecutive failures
-	credsWait   <-chan struct{} // the CredentialsChanged waiter, until it fires
+	gwFailSince  time.Time       // first of the cached gateway's consecutive failures
+	credsWait    <-chan struct{} // the CredentialsChanged waiter, until it fires
+	drained      bool
+	drainTimeout time.Duration
 
 	hmu          sync.RWMutex
 	handlers     map[string]Handler
 	hooks        []ConnectHook
 	contributors []func(ctx context.Context, hb *protocol.Heartbeat)
+	drainers     []func(ctx context.Context)
 
 	gen atomic.Uint64
 
@@ -140,8 +145,8 @@ func New(o Options) (*Client, error) {
 		k3sPath: o.K3sTokenPath, locality: o.Locality, handlers: map[string]Handler{},
 		pingEvery: orDefault(o.PingInterval, 10*time.Second), readTimeout: orDefault(o.ReadTimeout, 60*time.Second),
 		registerTimeout: orDefault(o.RegisterTimeout, 30*time.Second), jitter: o.Jitter,
-		gatewayFallback: orDefault(o.GatewayFallback, 2*time.Minute),
-		link:            apitype.LinkStatus{State: apitype.LinkConnecting},
+		gatewayFallback: orDefault(o.GatewayFallback, 2*time.Minute), drainTimeout: orDefault(o.DrainTimeout, 10*time.Second),
+		link: apitype.LinkStatus{State: apitype.LinkConnecting},
 	}
 	if c.k3sPath == "" {
 		c.k3sPath = DefaultK3sTokenPath
@@ -173,6 +178,16 @@ func (c *Client) OnConnect(h ConnectHook) {
 	c.hmu.Lock()
 	defer c.hmu.Unlock()
 	c.hooks = append(c.hooks, h)
+}
+
+// OnShutdown adds a drainer run when Run's context ends, while the
+// connection is still open: it should let in-flight work answer and end
+// it by the time its context (the drain timeout, 10 s) ends. Drainers run
+// concurrently, once; the connection then closes with 1000 (§8.7).
+func (c *Client) OnShutdown(fn func(ctx context.Context)) {
+	c.hmu.Lock()
+	defer c.hmu.Unlock()
+	c.drainers = append(c.drainers, fn)
 }
 
 // AddHeartbeatContributor adds a function that fills its part of every

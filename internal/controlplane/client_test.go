@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -390,5 +391,55 @@ func TestACachedGatewayThatKeepsFailingLeadsToOneResumeRegistrationForTheCurrent
 				t.Fatal("the log does not say why the agent asked the controller")
 			}
 		})
+	}
+}
+
+func TestReconnectsLeaveNoCredentialsWaiterBehind(t *testing.T) {
+	p := startPlane(t)
+	cl := &fakeCluster{version: "v1.36.3", token: "sa-token"}
+	a := newAgent(t, testConfig(p.url()), nil, cl, nil)
+	a.start(t)
+	testbin.Eventually(t, 5*time.Second, "first heartbeat", heartbeating(p, devplane.KindGateway, 1))
+	for i := 0; i < 20; i++ {
+		before, _ := onlyCluster(p)
+		p.srv.DropAll()
+		testbin.Eventually(t, 5*time.Second, "reconnected", heartbeating(p, devplane.KindGateway, before.Heartbeats+1))
+	}
+	if n := cl.outstanding(); n != 1 {
+		t.Fatalf("after 20 reconnects the link holds %d CredentialsChanged waiters; want 1", n)
+	}
+}
+
+func TestAConnectionsGoroutinesAreJoinedBeforeTheNextConnection(t *testing.T) {
+	// A hook of the first gateway connection stays busy for a second
+	// after its connection ended (longer than the 50-400 ms reconnect
+	// backoff here). The next connection must start only after it
+	// returned: every goroutine of a generation (reader, writer, pinger,
+	// hooks, senders) is joined before the next one exists.
+	p := startPlane(t)
+	a := newAgent(t, testConfig(p.url()), nil, &fakeCluster{version: "v1.36.3"}, nil)
+	var slowHookDone, early atomic.Bool
+	slowGen := atomic.Uint64{}
+	a.c.OnConnect(func(ctx context.Context, c Conn) {
+		slowGen.CompareAndSwap(0, c.Generation())
+		<-ctx.Done()
+		if c.Generation() == slowGen.Load() {
+			<-time.After(time.Second) // a slow hook, not a wait in the test
+			slowHookDone.Store(true)
+		}
+	})
+	var sessions atomic.Int32
+	p.srv.OnGatewaySession(func(*devplane.Session) {
+		if sessions.Add(1) > 1 && !slowHookDone.Load() {
+			early.Store(true)
+		}
+	})
+	a.start(t)
+	testbin.Eventually(t, 5*time.Second, "heartbeating on the gateway", heartbeating(p, devplane.KindGateway, 1))
+	first, _ := onlyCluster(p)
+	p.srv.DropAll()
+	testbin.Eventually(t, 10*time.Second, "reconnected", heartbeating(p, devplane.KindGateway, first.Heartbeats+1))
+	if early.Load() {
+		t.Fatal("a new connection started while a goroutine of the previous one still ran")
 	}
 }

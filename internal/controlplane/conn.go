@@ -70,6 +70,13 @@ type conn struct {
 
 	reregister chan string // "error: not registered / cluster not found" (§8.6)
 	binActive  atomic.Bool
+
+	// owned joins every goroutine of this generation: reader, writer,
+	// pinger, connect hooks and the small senders the reader starts. A
+	// goroutine is added only by the Run goroutine before close, or by one
+	// of them while it still counts, so the count never grows from zero
+	// during Wait.
+	owned sync.WaitGroup
 }
 
 func newConn(parent context.Context, c *Client, gen uint64, mode, url string, ws *websocket.Conn) *conn {
@@ -95,9 +102,28 @@ func (cn *conn) start(readLimit int64, readTimeout, pingEvery time.Duration) {
 		}
 		return nil
 	})
-	go cn.writeLoop()
-	go cn.readLoop(extend)
-	go cn.pingLoop(pingEvery)
+	cn.goOwned(cn.writeLoop)
+	cn.goOwned(func() { cn.readLoop(extend) })
+	cn.goOwned(func() { cn.pingLoop(pingEvery) })
+}
+
+// goOwned runs fn in a goroutine that close waits for.
+func (cn *conn) goOwned(fn func()) {
+	cn.owned.Add(1)
+	go func() {
+		defer cn.owned.Done()
+		fn()
+	}()
+}
+
+// sendLater sends one reply off the reader goroutine (the writer may be
+// busy), owned by this connection.
+func (cn *conn) sendLater(typ, requestID string, payload any) {
+	cn.goOwned(func() {
+		ctx, cancel := context.WithTimeout(cn.ctx, writeTimeout)
+		defer cancel()
+		_ = cn.Send(ctx, typ, requestID, payload)
+	})
 }
 
 func (cn *conn) Generation() uint64        { return cn.gen }
@@ -353,9 +379,10 @@ func (cn *conn) fail(err error) {
 }
 
 // close ends the connection with a close frame (1000 by default, 5 s
-// deadline), then closes the socket and cancels everything of this
-// generation.
+// deadline), then closes the socket, cancels everything of this
+// generation and waits for its goroutines. Only the Run goroutine calls it.
 func (cn *conn) close(code int, text string) {
+	defer cn.owned.Wait()
 	cn.errMu.Lock()
 	if cn.err == nil {
 		cn.err = fmt.Errorf("closed by the agent: %s", text)

@@ -1,7 +1,6 @@
 package controlplane
 
 import (
-	"context"
 	"fmt"
 	"slices"
 	"strings"
@@ -58,11 +57,7 @@ func (c *Client) dispatch(cn *conn, env *protocol.Envelope) {
 		c.log.Debug("control plane acknowledged", "type", env.Type)
 		return
 	case protocol.TypePing:
-		go func() {
-			ctx, cancel := context.WithTimeout(cn.ctx, writeTimeout)
-			defer cancel()
-			_ = cn.Send(ctx, protocol.TypePong, env.RequestID, map[string]string{"timestamp": time.Now().UTC().Format(time.RFC3339)})
-		}()
+		cn.sendLater(protocol.TypePong, env.RequestID, map[string]string{"timestamp": time.Now().UTC().Format(time.RFC3339)})
 		return
 	}
 	if h != nil {
@@ -72,11 +67,7 @@ func (c *Client) dispatch(cn *conn, env *protocol.Envelope) {
 	switch env.Type {
 	case protocol.TypeTCPTunnelStart:
 		// Legacy L4 (§5.3) without a handler: refuse cleanly.
-		go func() {
-			ctx, cancel := context.WithTimeout(cn.ctx, writeTimeout)
-			defer cancel()
-			_ = cn.Send(ctx, protocol.TypeTCPTunnelClose, env.RequestID, map[string]string{"reason": "unsupported"})
-		}()
+		cn.sendLater(protocol.TypeTCPTunnelClose, env.RequestID, map[string]string{"reason": "unsupported"})
 		return
 	case protocol.TypeTCPTunnelData, protocol.TypeTCPTunnelClose, protocol.TypeUDPTunnelData:
 		return
@@ -95,11 +86,7 @@ func (c *Client) dispatch(cn *conn, env *protocol.Envelope) {
 		if env.RequestID != "" {
 			payload["original_request_id"] = env.RequestID
 		}
-		go func() {
-			ctx, cancel := context.WithTimeout(cn.ctx, writeTimeout)
-			defer cancel()
-			_ = cn.Send(ctx, protocol.TypeProtocolFallback, "", payload)
-		}()
+		cn.sendLater(protocol.TypeProtocolFallback, "", payload)
 	}
 }
 

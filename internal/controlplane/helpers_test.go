@@ -30,6 +30,7 @@ type fakeCluster struct {
 	verErr  error
 	token   string
 	changed chan struct{}
+	waiters int
 }
 
 func (f *fakeCluster) CredentialsChanged() <-chan struct{} {
@@ -38,7 +39,15 @@ func (f *fakeCluster) CredentialsChanged() <-chan struct{} {
 	if f.changed == nil {
 		f.changed = make(chan struct{})
 	}
+	f.waiters++ // like kube.Manager, each call is one more waiter until the next change
 	return f.changed
+}
+
+// outstanding is how many CredentialsChanged waiters the link holds.
+func (f *fakeCluster) outstanding() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.waiters
 }
 
 // rotate replaces the token and signals the change.
@@ -49,6 +58,7 @@ func (f *fakeCluster) rotate(token string) {
 	if f.changed != nil {
 		close(f.changed)
 	}
+	f.waiters = 0
 	f.changed = make(chan struct{})
 }
 

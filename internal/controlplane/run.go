@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"sync"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -41,6 +42,7 @@ func (c *Client) Run(ctx context.Context) error {
 	for {
 		o := c.attempt(ctx)
 		if ctx.Err() != nil {
+			c.drain() // no-op after a connected shutdown; joins what a lost connection left
 			c.updateLink(func(l *apitype.LinkStatus) { l.State = apitype.LinkDisconnected; l.NextRetry = time.Time{} })
 			c.notReady("agent is shutting down")
 			return nil
@@ -234,7 +236,7 @@ func (c *Client) serve(ctx context.Context, cn *conn) outcome {
 	hooks := append([]ConnectHook(nil), c.hooks...)
 	c.hmu.RUnlock()
 	for _, h := range hooks {
-		go c.runHook(cn, h)
+		cn.goOwned(func() { c.runHook(cn, h) })
 	}
 	t := time.NewTicker(c.cfg.Agent.HeartbeatInterval.Std())
 	defer t.Stop()
@@ -252,6 +254,9 @@ func (c *Client) serve(ctx context.Context, cn *conn) outcome {
 			cn.close(websocket.CloseNormalClosure, "credentials changed")
 			return outcome{next: true, up: time.Since(start)}
 		case <-ctx.Done():
+			// §8.7: in-flight work finishes (bounded) while the connection
+			// can still carry its answers; then close with 1000.
+			c.drain()
 			cn.close(websocket.CloseNormalClosure, "agent shutting down")
 			return outcome{up: time.Since(start)}
 		case <-cn.Done():
@@ -272,6 +277,29 @@ func (c *Client) serve(ctx context.Context, cn *conn) outcome {
 			}
 		}
 	}
+}
+
+// drain runs the shutdown drainers (OnShutdown) once, together, within
+// the drain timeout.
+func (c *Client) drain() {
+	c.hmu.RLock()
+	fns := append([]func(context.Context){}, c.drainers...)
+	c.hmu.RUnlock()
+	if len(fns) == 0 || c.drained {
+		return
+	}
+	c.drained = true
+	ctx, cancel := context.WithTimeout(context.Background(), c.drainTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, fn := range fns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			fn(ctx)
+		}()
+	}
+	wg.Wait()
 }
 
 // credentialsChanged is the channel that closes at the next credentials

@@ -163,6 +163,9 @@ var specPayloads = map[string]func() any{
 	"gateway_hello_ack": func() any {
 		return new(struct {
 			UseYamux bool `json:"use_yamux"`
+			// Negotiated: sent only when the gateway's hello offered it
+			// (docs/tunnel.md, UDP framing).
+			UDPFraming string `json:"udp_framing"`
 		})
 	},
 	"pong": func() any {

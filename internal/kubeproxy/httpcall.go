@@ -56,7 +56,7 @@ func (p *Proxy) startRequest(c controlplane.Conn, env *protocol.Envelope) {
 		return
 	}
 	ctx, cancel := context.WithCancelCause(c.Context())
-	cl := &call{cancel: cancel}
+	cl := &call{cancel: cancel, longLived: isLongLived(&req)}
 	var body io.Reader
 	var binary <-chan []byte
 	var stopBinary func()

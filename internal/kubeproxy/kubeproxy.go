@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -103,6 +104,9 @@ type Proxy struct {
 	calls  map[callKey]*call
 	relays map[callKey]*relay
 	apps   map[callKey]*relay
+
+	owned    owned       // every goroutine the proxy starts
+	draining atomic.Bool // Drain began: new work is refused
 }
 
 // callKey scopes a request or stream id to one connection generation, so a
@@ -114,8 +118,9 @@ type callKey struct {
 
 // call is one in-flight proxy_request.
 type call struct {
-	cancel context.CancelCauseFunc
-	body   *bodyPipe // streamed request body; nil otherwise
+	cancel    context.CancelCauseFunc
+	body      *bodyPipe // streamed request body; nil otherwise
+	longLived bool      // a watch, follow=true or event stream: never drained, ended at once
 }
 
 var _ controlplane.Handler = (*Proxy)(nil)
@@ -126,6 +131,8 @@ var (
 	errCancelled = errors.New("cancelled by the control plane")
 	errDeadline  = errors.New("request deadline exceeded")
 	errShutdown  = errors.New("relay closed")
+	// errStopping ends what a shutdown does not wait for, with a message.
+	errStopping = errors.New("the agent is shutting down; retry once it is back")
 )
 
 // New builds a Proxy; it starts nothing.
@@ -223,9 +230,12 @@ func (p *Proxy) Handle(c controlplane.Conn, env *protocol.Envelope) {
 	}
 }
 
-// goSafe runs fn in a goroutine that cannot crash the agent.
+// goSafe runs fn in a goroutine that cannot crash the agent and that
+// Drain joins.
 func (p *Proxy) goSafe(what string, fn func()) {
+	p.owned.add()
 	go func() {
+		defer p.owned.done()
 		defer func() {
 			if r := recover(); r != nil {
 				p.log.Error("proxy goroutine panicked", "what", what, logging.KeyErr, fmt.Sprint(r), "stack", string(debug.Stack()))
@@ -238,6 +248,9 @@ func (p *Proxy) goSafe(what string, fn func()) {
 // acquire takes an in-flight slot without waiting: excess work is refused,
 // never queued without bound.
 func (p *Proxy) acquire() bool {
+	if p.draining.Load() {
+		return false // the caller answers with busyMessage: shutting down
+	}
 	select {
 	case p.slots <- struct{}{}:
 		p.m.inFlight(1)
@@ -253,6 +266,9 @@ func (p *Proxy) release() {
 }
 
 func (p *Proxy) busyMessage() string {
+	if p.draining.Load() {
+		return errStopping.Error()
+	}
 	return fmt.Sprintf("agent is at its limit of %d concurrent proxied requests and relays; retry shortly, or raise proxy.max_in_flight", cap(p.slots))
 }
 
@@ -290,4 +306,83 @@ func (p *Proxy) kubeFailed() {
 	if p.o.KubeFailed != nil {
 		p.o.KubeFailed()
 	}
+}
+
+// Drain is the proxy's part of shutdown (protocol.md §8.7), run while the
+// control-plane connection is still open: it refuses new work, ends
+// long-lived calls and relays at once (watches, follow=true logs, exec,
+// port-forward and WebSockets never finish by themselves) with a message,
+// lets plain requests finish until ctx ends, then cancels the rest and
+// returns once every goroutine the proxy started has ended. Calling it
+// again only waits.
+func (p *Proxy) Drain(ctx context.Context) {
+	p.draining.Store(true)
+	p.mu.Lock()
+	var stop []func(error)
+	for _, cl := range p.calls {
+		if cl.longLived {
+			stop = append(stop, cl.cancel)
+		}
+	}
+	for _, r := range p.relays {
+		stop = append(stop, r.stop)
+	}
+	for _, r := range p.apps {
+		stop = append(stop, r.stop)
+	}
+	p.mu.Unlock()
+	for _, s := range stop {
+		s(errStopping)
+	}
+	select {
+	case <-p.owned.idle():
+		return
+	case <-ctx.Done():
+	}
+	p.mu.Lock()
+	n := len(p.calls)
+	for _, cl := range p.calls {
+		cl.cancel(errStopping)
+	}
+	p.mu.Unlock()
+	p.log.Warn("proxied requests still running at the end of the shutdown drain; cancelled them", logging.KeyCount, n)
+	<-p.owned.idle() // cancelled calls end promptly: their backend calls share the context
+}
+
+// owned counts running goroutines; idle is closed while there are none.
+// Unlike a WaitGroup, it may grow again while someone waits.
+type owned struct {
+	mu   sync.Mutex
+	n    int
+	none chan struct{}
+}
+
+func (o *owned) add() {
+	o.mu.Lock()
+	if o.n == 0 {
+		o.none = make(chan struct{})
+	}
+	o.n++
+	o.mu.Unlock()
+}
+
+func (o *owned) done() {
+	o.mu.Lock()
+	o.n--
+	if o.n == 0 {
+		close(o.none)
+	}
+	o.mu.Unlock()
+}
+
+// idle returns a channel closed when no owned goroutine runs.
+func (o *owned) idle() <-chan struct{} {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.n == 0 {
+		ch := make(chan struct{})
+		close(ch)
+		return ch
+	}
+	return o.none
 }

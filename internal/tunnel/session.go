@@ -46,14 +46,18 @@ func (m *Manager) Handle(c controlplane.Conn, env *protocol.Envelope) {
 		return
 	}
 	m.mu.Lock()
-	stopped := m.stopped
-	m.mu.Unlock()
-	if stopped {
+	if m.stopped {
+		m.mu.Unlock()
 		return
 	}
+	m.sessions.Add(1) // under the lock Run takes before it waits, like streams
+	m.mu.Unlock()
 	ws := NewWSConn(c)
 	c.StartBinaryChannel(ws.Sink)
-	go m.runSession(c, ws, hello)
+	go func() {
+		defer m.sessions.Done()
+		m.runSession(c, ws, hello)
+	}()
 }
 
 // yamuxConfig applies §7.1: the hello's values where given, our defaults

@@ -107,6 +107,7 @@ type Manager struct {
 	cur      *session
 	stopped  bool
 	streams  sync.WaitGroup
+	sessions sync.WaitGroup // runSession goroutines
 }
 
 // New builds a Manager. dialer may be nil (Services are then refused). It
@@ -192,6 +193,9 @@ func (m *Manager) Run(ctx context.Context) error {
 	m.stopped = true
 	cur := m.cur
 	m.mu.Unlock()
+	// Session goroutines end with their connection, which the link closes
+	// at shutdown; Run returns only after them (every goroutine has an owner).
+	defer m.sessions.Wait()
 	if cur == nil {
 		return nil
 	}
