@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -100,19 +99,27 @@ func New(cfg *config.Config, log *slog.Logger) (*Daemon, error) {
 	if d.agentID, err = d.resolveAgentID(); err != nil {
 		return nil, err
 	}
+	if stall := stallHook(filepath.Dir(socket0(cfg))); stall != nil {
+		d.health.SetStall(stall) // test builds only (-tags pipeops_testhooks)
+	}
 	d.health.Require(health.ControlPlane, "connecting to "+cfg.PipeOps.APIURL)
 	d.health.Require(health.Kubernetes, "connecting to the Kubernetes API")
 
-	socket := cfg.Agent.Socket
-	if socket == "" {
-		socket = paths.Socket()
-	}
+	socket := socket0(cfg)
 	d.status = statusserver.New(cfg.Agent.BindAddress, cfg.Agent.Port, d.health, d, d.reg, log.With(logging.KeyComponent, "http"))
 	d.api = localapi.New(socket, d, log.With(logging.KeyComponent, "localapi"))
 	if err := d.wire(); err != nil {
 		return nil, err
 	}
 	return d, nil
+}
+
+// socket0 is the local API socket's path.
+func socket0(cfg *config.Config) string {
+	if cfg.Agent.Socket != "" {
+		return cfg.Agent.Socket
+	}
+	return paths.Socket()
 }
 
 // resolveAgentID applies protocol.md §8.1: configured, else persisted, else
@@ -214,33 +221,30 @@ func (d *Daemon) Run(ctx context.Context) error {
 	return err
 }
 
-// livenessWindow is how long a main loop may go without beating before the
-// watchdog withholds pings: half of WatchdogSec (30 s for the unit's 60 s),
-// so systemd aborts a wedged agent within one WatchdogSec, but never under
-// 3 s, since the loops beat once a second.
+// livenessWindow is how long a watched loop may stay busy with one step
+// before the watchdog withholds pings: half of WatchdogSec (30 s for the
+// unit's 60 s), so systemd aborts a wedged agent within one WatchdogSec,
+// but never under 1 s.
 func livenessWindow(pingInterval time.Duration) time.Duration {
-	return max(pingInterval, 3*time.Second)
+	return max(pingInterval, time.Second)
 }
 
-// supervise keeps STATUS= in step with health and beats for the daemon's own
-// loop. The hidden debug trigger (a file named debug-wedge in the runtime
-// directory) stops the beat, which simulates a hung agent for the watchdog test.
+// supervise keeps STATUS= in step with health. It is itself a watched
+// loop ("daemon"), like every long-running loop of the agent.
 func (d *Daemon) supervise(ctx context.Context) error {
-	wedge := filepath.Join(filepath.Dir(d.api.Socket), "debug-wedge")
+	lp := d.health.Loop("daemon")
+	defer lp.Done()
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	last := ""
 	changed := d.health.Changed()
 	for {
-		if _, err := os.Stat(wedge); err == nil {
-			// Simulated hang: stop beating (and stop doing anything useful).
-		} else {
-			d.health.Beat("daemon")
-		}
+		lp.Busy()
 		if s := d.health.Summary(); s != last {
 			d.notify.Status(s)
 			last = s
 		}
+		lp.Idle()
 		select {
 		case <-ctx.Done():
 			return nil

@@ -32,12 +32,6 @@ import (
 // pinger, hooks, per-message senders, the proxy's per-request goroutines.
 func TestFiftyReconnectsUnderLoadLeaveNoGoroutineBehind(t *testing.T) {
 	env := kubetest.Cluster(t)
-	t.Cleanup(func() { // the agent names its ClusterRole after its (non-default) namespace
-		ctx := context.Background()
-		name := kube.ClusterRoleName + "-" + env.Namespace
-		env.Client.RbacV1().ClusterRoleBindings().Delete(ctx, name, metav1.DeleteOptions{})
-		env.Client.RbacV1().ClusterRoles().Delete(ctx, name, metav1.DeleteOptions{})
-	})
 	// Goroutines of the test's own servers and clients are not the agent's.
 	opts := []goleak.Option{goleak.IgnoreCurrent(),
 		// Idle keep-alive connections belong to their http.Transport (client-go
@@ -49,27 +43,7 @@ func TestFiftyReconnectsUnderLoadLeaveNoGoroutineBehind(t *testing.T) {
 	plane := devplane.New(devplane.Config{Tokens: []string{"leak-token"}})
 	srv := httptest.NewServer(plane.Handler())
 	defer srv.Close()
-
-	dir := testbin.ShortTempDir(t)
-	cfg := config.Default()
-	cfg.Agent.Port = testbin.FreePort(t)
-	cfg.Agent.StateDir = filepath.Join(dir, "state")
-	cfg.Agent.Socket = filepath.Join(dir, "a.sock")
-	cfg.Agent.HeartbeatInterval = config.D(200 * time.Millisecond)
-	cfg.PipeOps.APIURL = srv.URL
-	cfg.PipeOps.Token = "leak-token"
-	cfg.PipeOps.Reconnect.Interval = config.D(20 * time.Millisecond)
-	cfg.PipeOps.Reconnect.MaxInterval = config.D(100 * time.Millisecond)
-	cfg.Kubernetes.Kubeconfig = env.Kubeconfig
-	cfg.Kubernetes.Namespace = env.Namespace
-	cfg.Monitoring.CacheDir = filepath.Join(dir, "cache")
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	d, err := New(cfg, logging.Discard())
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := newInProcessAgent(t, env, srv.URL, "leak-token", nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx) }()
@@ -151,4 +125,41 @@ func agentGoroutines() []string {
 		}
 	}
 	return out
+}
+
+// newInProcessAgent builds the whole agent against apiURL and env's
+// cluster, in its own namespace (its ClusterRole and binding are deleted
+// when the test ends), with fast heartbeats and reconnects.
+func newInProcessAgent(t *testing.T, env *kubetest.Env, apiURL, token string, edit func(*config.Config)) *Daemon {
+	t.Helper()
+	t.Cleanup(func() {
+		ctx := context.Background()
+		name := kube.ClusterRoleName + "-" + env.Namespace
+		env.Client.RbacV1().ClusterRoleBindings().Delete(ctx, name, metav1.DeleteOptions{})
+		env.Client.RbacV1().ClusterRoles().Delete(ctx, name, metav1.DeleteOptions{})
+	})
+	dir := testbin.ShortTempDir(t)
+	cfg := config.Default()
+	cfg.Agent.Port = testbin.FreePort(t)
+	cfg.Agent.StateDir = filepath.Join(dir, "state")
+	cfg.Agent.Socket = filepath.Join(dir, "a.sock")
+	cfg.Agent.HeartbeatInterval = config.D(200 * time.Millisecond)
+	cfg.PipeOps.APIURL = apiURL
+	cfg.PipeOps.Token = config.Secret(token)
+	cfg.PipeOps.Reconnect.Interval = config.D(20 * time.Millisecond)
+	cfg.PipeOps.Reconnect.MaxInterval = config.D(100 * time.Millisecond)
+	cfg.Kubernetes.Kubeconfig = env.Kubeconfig
+	cfg.Kubernetes.Namespace = env.Namespace
+	cfg.Monitoring.CacheDir = filepath.Join(dir, "cache")
+	if edit != nil {
+		edit(cfg)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(cfg, logging.Discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
 }

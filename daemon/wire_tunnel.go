@@ -39,6 +39,7 @@ func (d *Daemon) wireTunnel() error {
 		MemoryBudget:      tc.MemoryBudget,
 		InactivityTimeout: tc.InactivityTimeout.Std(),
 		Forwards:          fwd,
+		Health:            d.health,
 	}, dialer, d.reg, d.log.With(logging.KeyComponent, "tunnel"))
 	d.tunnelPart.tunnel = m
 	d.cpPart.cp.Register(m)

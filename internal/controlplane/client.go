@@ -109,6 +109,7 @@ type Client struct {
 	credsWait    <-chan struct{} // the CredentialsChanged waiter, until it fires
 	drained      bool
 	drainTimeout time.Duration
+	lp           *health.Loop // the link supervisor's watch
 
 	hmu          sync.RWMutex
 	handlers     map[string]Handler

@@ -11,6 +11,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/pipeops/pipeops-vm-agent/internal/health"
 	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
 	"github.com/pipeops/pipeops-vm-agent/internal/wsconn"
 )
@@ -70,6 +71,9 @@ type conn struct {
 
 	reregister chan string // "error: not registered / cluster not found" (§8.6)
 	binActive  atomic.Bool
+	// dispatchLoop watches the handlers run on the reader goroutine
+	// (the proxy's dispatch among them); set by the reader only.
+	dispatchLoop *health.Loop
 
 	// owned joins every goroutine of this generation: reader, writer,
 	// pinger, connect hooks and the small senders the reader starts. A
@@ -170,6 +174,8 @@ func (cn *conn) write(ctx context.Context, kind int, data []byte) error {
 // fills), with the latest deadline of the batch's frames; a close frame is
 // flushed at once. A frame's done reports its write into that layer.
 func (cn *conn) writeLoop() {
+	lp := cn.client.health.Loop("link-writer")
+	defer lp.Done()
 	var flushBy time.Time // zero: nothing pending
 	for {
 		var f outFrame
@@ -177,8 +183,10 @@ func (cn *conn) writeLoop() {
 		case <-cn.ctx.Done():
 			return
 		case f = <-cn.out:
+			lp.Busy()
 		default:
 			if !flushBy.IsZero() {
+				lp.Busy()
 				err := cn.bc.Flush(flushBy)
 				flushBy = time.Time{}
 				if err != nil {
@@ -186,10 +194,12 @@ func (cn *conn) writeLoop() {
 					return
 				}
 			}
+			lp.Idle()
 			select {
 			case <-cn.ctx.Done():
 				return
 			case f = <-cn.out:
+				lp.Busy()
 			}
 		}
 		if cn.bc != nil {
@@ -254,12 +264,18 @@ func (cn *conn) pingLoop(every time.Duration) {
 }
 
 func (cn *conn) readLoop(extend func()) {
+	lp := cn.client.health.Loop("link-reader")
+	defer lp.Done()
+	cn.dispatchLoop = cn.client.health.Loop("dispatch")
+	defer cn.dispatchLoop.Done()
 	for {
+		lp.Idle()
 		kind, data, err := wsconn.ReadMessage(cn.ws)
 		if err != nil {
 			cn.fail(fmt.Errorf("read from control plane: %w", err))
 			return
 		}
+		lp.Busy()
 		extend()
 		cn.client.metrics.bytes.WithLabelValues("in").Add(float64(len(data)))
 		if kind == websocket.BinaryMessage {

@@ -30,6 +30,8 @@ func (c *Client) handleText(cn *conn, data []byte) {
 		}
 		return
 	}
+	cn.dispatchLoop.Busy()
+	defer cn.dispatchLoop.Idle()
 	defer func() {
 		if r := recover(); r != nil {
 			c.metrics.panics.Inc()

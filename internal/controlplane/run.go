@@ -39,8 +39,15 @@ func (c *Client) Run(ctx context.Context) error {
 	}
 	hb := c.cfg.Agent.HeartbeatInterval.Std()
 	immediate := false // the last retry skipped the backoff
+	// The link supervisor is a watched loop: dialing, registering and
+	// waiting are idle (each under its own timeout); deciding what to do
+	// next and each wake-up of a live connection are its steps.
+	c.lp = c.health.Loop("link")
+	defer c.lp.Done()
 	for {
+		c.lp.Idle()
 		o := c.attempt(ctx)
+		c.lp.Busy()
 		if ctx.Err() != nil {
 			c.drain() // no-op after a connected shutdown; joins what a lost connection left
 			c.updateLink(func(l *apitype.LinkStatus) { l.State = apitype.LinkDisconnected; l.NextRetry = time.Time{} })
@@ -73,6 +80,7 @@ func (c *Client) Run(ctx context.Context) error {
 		}
 		c.metrics.reconnects.Inc()
 		c.noteFailure(o.err, delay)
+		c.lp.Idle()
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():
@@ -246,25 +254,31 @@ func (c *Client) serve(ctx context.Context, cn *conn) outcome {
 	defer fresh.Stop()
 	credsChanged := c.credentialsChanged()
 	for {
+		c.lp.Idle()
 		select {
 		case <-credsChanged:
+			c.lp.Busy()
 			c.credsWait = nil // fired: the next connection asks for a new one
 			// The next attempt sees a new fingerprint and registers with cluster_id.
 			c.log.Info("Kubernetes credentials changed; registering again")
 			cn.close(websocket.CloseNormalClosure, "credentials changed")
 			return outcome{next: true, up: time.Since(start)}
 		case <-ctx.Done():
+			c.lp.Busy()
 			// §8.7: in-flight work finishes (bounded) while the connection
 			// can still carry its answers; then close with 1000.
 			c.drain()
 			cn.close(websocket.CloseNormalClosure, "agent shutting down")
 			return outcome{up: time.Since(start)}
 		case <-cn.Done():
+			c.lp.Busy()
 			return end(cn.Err())
 		case reason := <-cn.reregister:
+			c.lp.Busy()
 			cn.signalReregister(reason) // end reads it back
 			return end(nil)
 		case <-fresh.C:
+			c.lp.Busy()
 			c.mu.Lock()
 			last := c.link.LastHeartbeat
 			c.mu.Unlock()
@@ -272,6 +286,7 @@ func (c *Client) serve(ctx context.Context, cn *conn) outcome {
 				c.notReady(fmt.Sprintf("connected, but the last heartbeat was %s ago", time.Since(last).Round(time.Second)))
 			}
 		case <-t.C:
+			c.lp.Busy()
 			if err := c.sendHeartbeat(ctx, cn); err != nil {
 				return end(err)
 			}

@@ -1,7 +1,7 @@
 // Package health tracks named conditions reported by the agent's subsystems
 // and the liveness of its main loops. The daemon turns a snapshot into
 // /ready, STATUS= and `pipeopsctl status`; the watchdog pings systemd only
-// while every registered loop has beaten recently. Standard library only.
+// while no watched loop is stuck in one step. Standard library only.
 package health
 
 import (
@@ -33,8 +33,15 @@ type Tracker struct {
 
 	mu      sync.Mutex
 	conds   map[string]*Condition
-	beats   map[string]time.Time
+	loops   map[uint64]*loopState
+	nextID  uint64
+	stall   func(loop string)
 	waiters []chan struct{}
+}
+
+type loopState struct {
+	name      string
+	busySince time.Time // zero while idle
 }
 
 // New returns an empty tracker. now may be nil (time.Now).
@@ -42,7 +49,7 @@ func New(now func() time.Time) *Tracker {
 	if now == nil {
 		now = time.Now
 	}
-	return &Tracker{now: now, conds: map[string]*Condition{}, beats: map[string]time.Time{}}
+	return &Tracker{now: now, conds: map[string]*Condition{}, loops: map[uint64]*loopState{}}
 }
 
 // Require registers a condition that gates readiness, initially not OK.
@@ -125,34 +132,105 @@ func (t *Tracker) notifyLocked() {
 	t.waiters = nil
 }
 
-// Beat stamps a main loop as alive. A loop that has beaten once is then
-// expected to keep beating; see Stale.
-func (t *Tracker) Beat(loop string) {
+// Loop is one watched long-running loop: the daemon's supervisor, the
+// control-plane link and its reader, writer and dispatcher, the route
+// syncer, the tunnel's accept loop, the monitoring loop. Between Busy and
+// Idle the loop does work that must finish within the liveness window
+// (half of WatchdogSec); while idle it waits for input, a timer, or the
+// network under its own timeout, which is not a hang. A nil *Loop does
+// nothing, so a loop can be watched optionally.
+type Loop struct {
+	t  *Tracker
+	id uint64
+}
+
+// Loop starts watching a loop, idle. Call Done when the loop ends.
+func (t *Tracker) Loop(name string) *Loop {
+	if t == nil {
+		return nil
+	}
 	t.mu.Lock()
-	t.beats[loop] = t.now()
+	defer t.mu.Unlock()
+	t.nextID++
+	t.loops[t.nextID] = &loopState{name: name}
+	return &Loop{t: t, id: t.nextID}
+}
+
+// Busy marks the start of one step of work.
+func (l *Loop) Busy() {
+	if l == nil {
+		return
+	}
+	l.t.mu.Lock()
+	st := l.t.loops[l.id]
+	if st != nil && st.busySince.IsZero() {
+		st.busySince = l.t.now()
+	}
+	stall := l.t.stall
+	l.t.mu.Unlock()
+	if stall != nil && st != nil {
+		stall(st.name) // test builds only: may block, as a hung loop would
+	}
+}
+
+// Idle marks the end of a step: the loop waits for its next input.
+func (l *Loop) Idle() {
+	if l == nil {
+		return
+	}
+	l.t.mu.Lock()
+	if st := l.t.loops[l.id]; st != nil {
+		st.busySince = time.Time{}
+	}
+	l.t.mu.Unlock()
+}
+
+// Done stops watching a loop that ended on purpose.
+func (l *Loop) Done() {
+	if l == nil {
+		return
+	}
+	l.t.mu.Lock()
+	delete(l.t.loops, l.id)
+	l.t.mu.Unlock()
+}
+
+// SetStall installs a function every Busy calls with the loop's name. It
+// is the test seam that wedges a loop on purpose; production builds never
+// install one.
+func (t *Tracker) SetStall(fn func(loop string)) {
+	t.mu.Lock()
+	t.stall = fn
 	t.mu.Unlock()
 }
 
-// Forget stops expecting beats from a loop that ended on purpose.
-func (t *Tracker) Forget(loop string) {
-	t.mu.Lock()
-	delete(t.beats, loop)
-	t.mu.Unlock()
-}
-
-// Stale returns the loops whose last beat is older than maxAge, sorted.
+// Stale returns the loops that have been busy with one step for longer
+// than maxAge, sorted and without duplicates: the watchdog withholds its
+// pings while any is.
 func (t *Tracker) Stale(maxAge time.Duration) []string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	now := t.now()
 	var stale []string
-	for name, at := range t.beats {
-		if now.Sub(at) > maxAge {
-			stale = append(stale, name)
+	for _, st := range t.loops {
+		if !st.busySince.IsZero() && now.Sub(st.busySince) > maxAge {
+			stale = append(stale, st.name)
 		}
 	}
 	slices.Sort(stale)
-	return stale
+	return slices.Compact(stale)
+}
+
+// Loops lists the names of the watched loops, sorted, without duplicates.
+func (t *Tracker) Loops() []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var out []string
+	for _, st := range t.loops {
+		out = append(out, st.name)
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
 }
 
 // Summary is the one-line state for systemd's STATUS=: the first failing

@@ -44,18 +44,38 @@ func TestChangedFiresOnlyOnRealChanges(t *testing.T) {
 	}
 }
 
-func TestStaleNamesLoopsThatStoppedBeating(t *testing.T) {
+func TestStaleNamesLoopsStuckInOneStepNotLoopsThatWait(t *testing.T) {
 	now := time.Unix(1000, 0)
 	tr := New(func() time.Time { return now })
-	tr.Beat("a")
-	tr.Beat("b")
+	a, b, idle := tr.Loop("a"), tr.Loop("b"), tr.Loop("idle")
+	a.Busy()
+	b.Busy()
 	now = now.Add(10 * time.Second)
-	tr.Beat("b")
+	b.Idle() // b finished its step; idle waits forever, which is not a hang
+	b.Busy()
 	if got := tr.Stale(5 * time.Second); len(got) != 1 || got[0] != "a" {
 		t.Fatalf("Stale() = %v; want [a]", got)
 	}
-	tr.Forget("a")
+	a.Done()
+	idle.Idle()
 	if got := tr.Stale(5 * time.Second); len(got) != 0 {
-		t.Fatalf("Stale() after Forget = %v; want none", got)
+		t.Fatalf("Stale() after Done = %v; want none", got)
+	}
+	var nilLoop *Loop
+	nilLoop.Busy() // optional watching: a nil loop does nothing
+	if got := tr.Loops(); len(got) != 2 || got[0] != "b" || got[1] != "idle" {
+		t.Fatalf("Loops() = %v; want [b idle]", got)
+	}
+}
+
+func TestTheStallHookRunsInBusyWithTheLoopsName(t *testing.T) {
+	tr := New(nil)
+	var got []string
+	tr.SetStall(func(loop string) { got = append(got, loop) })
+	l := tr.Loop("link-reader")
+	l.Busy()
+	l.Idle()
+	if len(got) != 1 || got[0] != "link-reader" {
+		t.Fatalf("stall hook saw %v; want [link-reader]", got)
 	}
 }

@@ -232,8 +232,14 @@ func (m *Manager) Run(ctx context.Context) error {
 	}
 	bo := backoff.New(m.opts.RetryBase, m.opts.RetryMax)
 	lim := logging.NewLimiter(5*time.Minute, m.opts.Now)
+	// A watched loop: a round waits on the Helm worker under its own
+	// timeouts (idle); the bookkeeping between rounds is its step.
+	lp := m.opts.Health.Loop("monitoring")
+	defer lp.Done()
 	for {
+		lp.Idle()
 		err := m.RunRound(ctx)
+		lp.Busy()
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -258,6 +264,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		m.mu.Lock()
 		m.nextRetry = m.opts.Now().Add(delay)
 		m.mu.Unlock()
+		lp.Idle()
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():

@@ -14,7 +14,9 @@ import (
 
 // processNext handles one queue key; false once the queue shuts down.
 func (s *Syncer) processNext(ctx context.Context) bool {
+	s.lp.Idle()
 	key, quit := s.q.Get()
+	s.lp.Busy()
 	if quit || ctx.Err() != nil {
 		if !quit {
 			s.q.Done(key)
@@ -36,6 +38,14 @@ func (s *Syncer) processNext(ctx context.Context) bool {
 		s.syncIngress(ctx, key)
 	}
 	return true
+}
+
+// rest runs one REST call (with its retries and 30 s timeouts) as a wait
+// of the watched loop, not a step: a slow control plane is not a hung agent.
+func (s *Syncer) rest(call func() error) error {
+	s.lp.Idle()
+	defer s.lp.Busy()
+	return call()
 }
 
 // pendingFull reports whether a full sync was asked for and not yet done.
@@ -88,7 +98,7 @@ func (s *Syncer) fullSync(ctx context.Context) {
 		return
 	}
 	body := syncBody(clusterID, ctrl, rt, desired)
-	err := s.client.Sync(ctx, body)
+	err := s.rest(func() error { return s.client.Sync(ctx, body) })
 	s.record(OpSync, err)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -230,7 +240,7 @@ func (s *Syncer) syncHost(ctx context.Context, key, host string, mine map[string
 		}
 	}
 	if removed || len(want) == 0 {
-		err := s.client.Unregister(ctx, host)
+		err := s.rest(func() error { return s.client.Unregister(ctx, host) })
 		s.record(OpUnregister, err)
 		if err != nil {
 			return err
@@ -244,7 +254,7 @@ func (s *Syncer) syncHost(ctx context.Context, key, host string, mine map[string
 		if old, ok := cur[id]; ok && old.fp == r.fp {
 			continue
 		}
-		err := s.client.Register(ctx, s.registerBody(r))
+		err := s.rest(func() error { return s.client.Register(ctx, s.registerBody(r)) })
 		s.record(OpRegister, err)
 		if err != nil {
 			return err

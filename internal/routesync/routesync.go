@@ -98,6 +98,7 @@ type Syncer struct {
 
 	// Worker-only state (one worker goroutine).
 	doneGen  uint64
+	lp       *health.Loop // the worker is a watched loop ("routes")
 	bo       *backoff.Backoff
 	cache    *caches
 	reg      map[string]map[string]route // what the control plane has: host → route id → route
@@ -188,6 +189,8 @@ func (s *Syncer) Run(ctx context.Context) error {
 		s.q.ShutDown()
 	}()
 	go s.refresh(ctx)
+	s.lp = s.opt.Health.Loop("routes") // nil Health: not watched
+	defer s.lp.Done()
 	for s.processNext(ctx) {
 	}
 	return nil

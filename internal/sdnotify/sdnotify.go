@@ -43,8 +43,8 @@ func oneLine(s string) string {
 	return s
 }
 
-// Watchdog pings systemd at half of WatchdogSec, but only while alive()
-// reports that every main loop is fresh. A pinger that checks nothing keeps
+// Watchdog pings systemd at half of WatchdogSec, but only while Alive
+// reports no watched loop stuck in one step. A pinger that checks nothing keeps
 // a deadlocked daemon alive; when pings stop, systemd aborts the process and
 // the goroutine dump lands in the journal.
 type Watchdog struct {
@@ -84,7 +84,7 @@ func (w *Watchdog) Run(ctx context.Context) error {
 		} else if !wasStuck {
 			wasStuck = true
 			if w.Log != nil {
-				w.Log.Error("main loops stopped reporting; withholding watchdog pings so systemd restarts the agent",
+				w.Log.Error("a watched loop is stuck in one step; withholding watchdog pings so systemd restarts the agent",
 					"stuck", strings.Join(stuck, ","))
 			}
 		}

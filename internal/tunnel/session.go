@@ -124,8 +124,12 @@ func (m *Manager) runSession(c controlplane.Conn, ws *WSConn, hello protocol.Gat
 		}
 		_ = ys.Close()
 	}()
+	lp := m.cfg.Health.Loop("tunnel-accept") // nil Health: not watched
+	defer lp.Done()
 	for {
+		lp.Idle()
 		st, err := ys.AcceptStream()
+		lp.Busy()
 		if err != nil {
 			break
 		}

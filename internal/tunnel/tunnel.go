@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pipeops/pipeops-vm-agent/internal/apitype"
+	"github.com/pipeops/pipeops-vm-agent/internal/health"
 )
 
 // Defaults (protocol.md §7.1, issue 6).
@@ -48,6 +49,8 @@ type Config struct {
 	InactivityTimeout time.Duration // a stream with no traffic either way for this long is closed
 	HeaderTimeout     time.Duration // a stream must deliver its header within this
 	Forwards          map[string]string
+	// Health watches the accept loop for the watchdog; nil: not watched.
+	Health *health.Tracker
 }
 
 func (c Config) withDefaults() Config {

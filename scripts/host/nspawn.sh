@@ -10,7 +10,8 @@
 #      only that token) using a real API server, and pipeopsctl status answers;
 #      man pipeopsctl and bash completion work from the installed files;
 #   2. upgrade to the newer snapshot: config, drop-ins and token are kept;
-#   3. the watchdog kills and restarts a hung agent (debug-wedge trigger);
+#   3. the watchdog kills and restarts an agent whose daemon loop, then whose
+#      link loop, hangs (a test build's stall hook; see watchdog_loops);
 #   4. remove, then purge: nothing left;
 #   5. install.sh from a local HTTP server serving the snapshot, rerun
 #      (idempotent), then the generated uninstall script, which also deletes
@@ -156,6 +157,41 @@ SH
   step "man pipeopsctl and bash completion work (pipeopsctl st<TAB>: $(cat "$WORK/complete.txt"))"
 }
 
+# watchdog_loops: the real systemd restarts an agent whose watched loop
+# hangs. The stall hook that wedges a loop is a test seam production builds
+# lack, so a drop-in runs a test build (-tags pipeops_testhooks) for this
+# step only; the wedge is the loop's name in /run/pipeops/wedge.
+watchdog_loops() {
+  step "build pipeops-agent with its test seams (-tags pipeops_testhooks)"
+  (cd "$REPO" && CGO_ENABLED=0 go build -trimpath -tags pipeops_testhooks \
+    -o "$WORK/artifacts/pipeops-agent-testhooks" ./cmd/pipeops-agent) || fail "go build -tags pipeops_testhooks failed"
+  local dropin=/etc/systemd/system/pipeops-agent.service.d/50-test-watchdog.conf
+  ct_sh "mkdir -p ${dropin%/*} &&
+    printf '[Service]\nWatchdogSec=5s\nExecStart=\nExecStart=/artifacts/pipeops-agent-testhooks run\n' > $dropin &&
+    systemctl daemon-reload && systemctl restart pipeops-agent.service"
+  local loop pid restarts timeouts
+  for loop in daemon link; do
+    step "the watchdog restarts an agent whose $loop loop hangs"
+    wait_for 60 "the agent to be active" sh -c "[ \"\$(nsenter -t $CT -a -- systemctl is-active pipeops-agent.service)\" = active ]"
+    pid=$(show MainPID)
+    restarts=$(show NRestarts)
+    timeouts=$(in_ct journalctl -u pipeops-agent.service --no-pager | grep -c 'Watchdog timeout' || true)
+    in_ct sh -c "echo $loop > /run/pipeops/wedge"
+    # The loop wedges at its next step, stays busy past half of
+    # WatchdogSec (2.5 s), then the pings stop and WatchdogSec=5s fires.
+    wait_for 90 "a watchdog restart" sh -c "[ \"\$(nsenter -t $CT -a -- systemctl show pipeops-agent.service -p NRestarts --value)\" -gt $restarts ]"
+    in_ct rm -f /run/pipeops/wedge
+    [ "$(in_ct journalctl -u pipeops-agent.service --no-pager | grep -c 'Watchdog timeout' || true)" -gt "$timeouts" ] ||
+      fail "no new watchdog timeout in the journal after wedging the $loop loop"
+    in_ct journalctl -u pipeops-agent.service --no-pager | grep -q "stuck.*$loop" ||
+      fail "the agent did not log that its $loop loop was stuck"
+    wait_for 60 "the agent to be active again" sh -c "[ \"\$(nsenter -t $CT -a -- systemctl is-active pipeops-agent.service)\" = active ]"
+    [ "$(show MainPID)" != "$pid" ] || fail "the watchdog did not replace the process"
+  done
+  in_ct rm -f "$dropin"
+  ct_sh 'systemctl daemon-reload && systemctl restart pipeops-agent.service'
+}
+
 deb_tier() {
   local old_deb new_deb
   old_deb=$(cd "$WORK/artifacts/old" && ls pipeops-agent_*_"$ARCH".deb)
@@ -212,22 +248,7 @@ deb_tier() {
   got_version=$(in_ct pipeops-agent-helm version)
   [[ "$got_version" == *"$want_version"* ]] || fail "the Helm worker reports $got_version, not $want_version"
 
-  step "the watchdog restarts a hung agent"
-  ct_sh 'mkdir -p /etc/systemd/system/pipeops-agent.service.d &&
-    printf "[Service]\nWatchdogSec=5s\n" > /etc/systemd/system/pipeops-agent.service.d/50-test-watchdog.conf &&
-    systemctl daemon-reload && systemctl restart pipeops-agent.service'
-  pid=$(show MainPID)
-  local restarts
-  restarts=$(show NRestarts)
-  in_ct touch /run/pipeops/debug-wedge
-  # The daemon's liveness window is 30 s, then pings stop and WatchdogSec=5s fires.
-  wait_for 90 "a watchdog restart" sh -c "[ \"\$(nsenter -t $CT -a -- systemctl show pipeops-agent.service -p NRestarts --value)\" -gt $restarts ]"
-  in_ct journalctl -u pipeops-agent.service --no-pager >"$WORK/journal.txt"
-  grep -q 'Watchdog timeout' "$WORK/journal.txt" || fail "no watchdog timeout in the journal"
-  wait_for 60 "the agent to be active again" sh -c "[ \"\$(nsenter -t $CT -a -- systemctl is-active pipeops-agent.service)\" = active ]"
-  [ "$(show MainPID)" != "$pid" ] || fail "the watchdog did not replace the process"
-  in_ct rm -f /etc/systemd/system/pipeops-agent.service.d/50-test-watchdog.conf
-  in_ct systemctl daemon-reload
+  watchdog_loops
 
   step "pipeops-agent remove-identity (the package's way) deletes the ServiceAccount"
   in_ct systemctl stop pipeops-agent.service

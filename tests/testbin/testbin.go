@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -24,9 +25,21 @@ var (
 // returns the path. It fails the test with the compiler output on error.
 func Build(t testing.TB, name string) string {
 	t.Helper()
+	return BuildTags(t, name, "")
+}
+
+// BuildTags is Build with Go build tags (comma-separated), e.g.
+// "pipeops_testhooks" for the agent's test seams, which production builds
+// do not have.
+func BuildTags(t testing.TB, name, tags string) string {
+	t.Helper()
 	mu.Lock()
 	defer mu.Unlock()
-	if p, ok := built[name]; ok {
+	key := name
+	if tags != "" {
+		key = name + "-" + strings.ReplaceAll(tags, ",", "-")
+	}
+	if p, ok := built[key]; ok {
 		return p
 	}
 	if dir == "" {
@@ -36,17 +49,17 @@ func Build(t testing.TB, name string) string {
 		}
 		dir = d
 	}
-	out := filepath.Join(dir, name)
+	out := filepath.Join(dir, key)
 	root := moduleRoot()
 	ld := "-X github.com/pipeops/pipeops-vm-agent/internal/version.Version=" + TestVersion +
 		" -X github.com/pipeops/pipeops-vm-agent/internal/version.Commit=e2ecommit" +
 		" -X github.com/pipeops/pipeops-vm-agent/internal/version.Date=2026-01-01T00:00:00Z"
-	cmd := exec.Command("go", "build", "-ldflags", ld, "-o", out, "./cmd/"+name)
+	cmd := exec.Command("go", "build", "-tags", tags, "-ldflags", ld, "-o", out, "./cmd/"+name)
 	cmd.Dir = root
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("build %s: %v\n%s", name, err, b)
 	}
-	built[name] = out
+	built[key] = out
 	return out
 }
 
