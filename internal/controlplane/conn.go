@@ -71,6 +71,7 @@ type conn struct {
 
 	reregister chan string // "error: not registered / cluster not found" (§8.6)
 	binActive  atomic.Bool
+	lastRecv   atomic.Int64 // unix nanoseconds of the last pong or message
 	// dispatchLoop watches the handlers run on the reader goroutine
 	// (the proxy's dispatch among them); set by the reader only.
 	dispatchLoop *health.Loop
@@ -95,7 +96,10 @@ func newConn(parent context.Context, c *Client, gen uint64, mode, url string, ws
 // start launches the reader, writer and pinger.
 func (cn *conn) start(readLimit int64, readTimeout, pingEvery time.Duration) {
 	cn.ws.SetReadLimit(readLimit)
-	extend := func() { _ = cn.ws.SetReadDeadline(time.Now().Add(readTimeout)) }
+	extend := func() {
+		cn.lastRecv.Store(time.Now().UnixNano())
+		_ = cn.ws.SetReadDeadline(time.Now().Add(readTimeout))
+	}
 	extend()
 	cn.ws.SetPongHandler(func(string) error { extend(); return nil })
 	// CP pings get a pong through the single writer; they do not extend the deadline (§2).
@@ -245,13 +249,30 @@ func (cn *conn) writeLoop() {
 	}
 }
 
+// silentPings is how many ping intervals may pass with neither a pong nor
+// a message before the connection counts as silently dead (a blackhole that
+// keeps the socket open): 25 s at the 10 s interval, well inside the 60 s
+// read deadline. The control plane MUST answer pings (§2), so a healthy
+// idle link hears a pong every interval.
+const silentPings = 2.5
+
 func (cn *conn) pingLoop(every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
+	silence := time.Duration(silentPings * float64(every))
+	check := time.NewTimer(silence)
+	defer check.Stop()
 	for {
 		select {
 		case <-cn.ctx.Done():
 			return
+		case <-check.C:
+			quiet := time.Since(time.Unix(0, cn.lastRecv.Load()))
+			if quiet >= silence {
+				cn.fail(fmt.Errorf("no pong or message from the control plane for %s: the connection is silently dead", quiet.Round(time.Second)))
+				return
+			}
+			check.Reset(silence - quiet)
 		case <-t.C:
 			// A failed ping write fails the connection in the writer.
 			select {
