@@ -107,6 +107,13 @@ func Open(dir string, log *slog.Logger) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create state directory: %w", err)
 	}
+	// A crash between CreateTemp and Rename leaves a temp file behind; the
+	// state file itself is whole (old or new). Remove the leftovers.
+	if tmps, _ := filepath.Glob(filepath.Join(dir, "."+FileName+".tmp-*")); len(tmps) > 0 {
+		for _, t := range tmps {
+			_ = os.Remove(t)
+		}
+	}
 	b, err := os.ReadFile(s.Path())
 	if errors.Is(err, os.ErrNotExist) {
 		return s, nil

@@ -116,6 +116,9 @@ func TestCrashMidWriteLeavesOldOrNewFile(t *testing.T) {
 	if got := s2.Get().ClusterID; got != "old" {
 		t.Fatalf("after a crash mid-write ClusterID = %q; want the old value", got)
 	}
+	if _, err := os.Stat(filepath.Join(dir, ".state.json.tmp-crash")); !os.IsNotExist(err) {
+		t.Fatalf("the crashed write's temp file is still there after Open (%v)", err)
+	}
 	// A failed update (fn error) leaves memory and disk unchanged.
 	_ = s2.Update(func(st *State) error { st.ClusterID = "new"; return fmt.Errorf("abort") })
 	if got := s2.Get().ClusterID; got != "old" {
