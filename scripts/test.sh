@@ -3,7 +3,8 @@
 #   1. install the host tools the tests need (apt, Go module proxy; cached)
 #   2. build the Kubernetes test binaries (cached under ~/.cache/pipeops-test)
 #   3. start one real test cluster for the whole run and export its kubeconfig
-#   4. go test -race ./... ; under CI=true any skipped test fails the run
+#   4. go test -race ./... ; under CI=true any skipped test fails the run;
+#      then the fault bench's short mode (scripts/bench faults -short)
 #   5. the host tier (packages, installer and unit under a real systemd)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +37,11 @@ rc=$?
 set -e
 go run ./scripts/testreport < "$ARTIFACTS/go-test.json" || rc=1
 [ "$rc" -eq 0 ] || { echo "go test failed" >&2; exit "$rc"; }
+
+log "fault bench, short mode: counts asserted (hangs, panics, restarts, corrupt state, leaks), timings printed"
+# About a minute. It stops and restarts the test cluster's API server (F3),
+# so it runs after go test, never beside it.
+go run ./scripts/bench faults -short ${CLUSTER_DIR:+-cluster "$CLUSTER_DIR"} | tee "$ARTIFACTS/faults-short.txt"
 
 log "fuzzing the decoders and validators briefly (corpus in testdata/fuzz)"
 # Counts, not durations: a -fuzztime duration races Go's fuzz coordinator

@@ -135,11 +135,18 @@ func benchControl(args []string) error {
 type ctlDevplane struct {
 	bin, public string
 	port        int
+	token       string   // "" is ctlToken
+	extra       []string // more flags
 	cmd         *exec.Cmd
 }
 
 func (d *ctlDevplane) start() error {
-	d.cmd = exec.Command(d.bin, "--listen", fmt.Sprintf("127.0.0.1:%d", d.port), "--public-url", d.public, "--token", ctlToken, "--log-level", "warn")
+	token := d.token
+	if token == "" {
+		token = ctlToken
+	}
+	args := append([]string{"--listen", fmt.Sprintf("127.0.0.1:%d", d.port), "--public-url", d.public, "--token", token, "--log-level", "warn"}, d.extra...)
+	d.cmd = exec.Command(d.bin, args...)
 	d.cmd.Stderr = os.Stderr
 	if err := d.cmd.Start(); err != nil {
 		return err
@@ -168,18 +175,59 @@ func (d *ctlDevplane) kill() {
 func (d *ctlDevplane) waitHeartbeating(within time.Duration) error {
 	deadline := time.Now().Add(within)
 	for time.Now().Before(deadline) {
-		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/admin/clusters", d.port))
-		if err == nil {
-			var cs []devplane.ClusterInfo
-			_ = json.NewDecoder(resp.Body).Decode(&cs)
-			resp.Body.Close()
-			if len(cs) == 1 && cs[0].Connected && cs[0].Heartbeats > 0 {
-				return nil
-			}
+		if cs := d.clusters(); len(cs) == 1 && cs[0].Connected && cs[0].Heartbeats > 0 {
+			return nil
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
 	return fmt.Errorf("no heartbeating cluster within %s", within)
+}
+
+// clusters is what the admin API lists (nil while the devplane is down).
+func (d *ctlDevplane) clusters() []devplane.ClusterInfo {
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/admin/clusters", d.port))
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	var cs []devplane.ClusterInfo
+	_ = json.NewDecoder(resp.Body).Decode(&cs)
+	return cs
+}
+
+// heartbeats, registrations and connected describe the single cluster.
+func (d *ctlDevplane) heartbeats() int {
+	if cs := d.clusters(); len(cs) == 1 {
+		return cs[0].Heartbeats
+	}
+	return 0
+}
+
+func (d *ctlDevplane) registrations() int {
+	if cs := d.clusters(); len(cs) == 1 {
+		return cs[0].Registrations
+	}
+	return 0
+}
+
+func (d *ctlDevplane) connected() bool {
+	cs := d.clusters()
+	return len(cs) == 1 && cs[0].Connected && cs[0].Mode == devplane.KindGateway
+}
+
+// forget deletes a cluster record.
+func (d *ctlDevplane) forget(id string) {
+	req, _ := http.NewRequest(http.MethodDelete, fmt.Sprintf("http://127.0.0.1:%d/admin/clusters/%s", d.port, id), nil)
+	if resp, err := http.DefaultClient.Do(req); err == nil {
+		resp.Body.Close()
+	}
+}
+
+// drop ends every session without a close frame.
+func (d *ctlDevplane) drop() {
+	if resp, err := http.Post(fmt.Sprintf("http://127.0.0.1:%d/admin/drop", d.port), "", nil); err == nil {
+		resp.Body.Close()
+	}
 }
 
 // ctlRelay forwards TCP to the devplane and counts bytes each way.
