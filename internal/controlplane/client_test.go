@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -461,4 +462,34 @@ func TestASilentBlackholeIsDetectedWithinTwoAndAHalfPingIntervalsAndHeals(t *tes
 	before, _ := onlyCluster(p)
 	relay.heal()
 	testbin.Eventually(t, 10*time.Second, "heartbeats again after the heal", heartbeating(p, devplane.KindGateway, before.Heartbeats+1))
+}
+
+func TestShutdownDrainsWhileTheConnectionCanStillCarryAnswers(t *testing.T) {
+	// §8.7: in-flight work answers before the link closes with 1000. The
+	// drainer here answers a request on the live connection at shutdown.
+	p := startPlane(t)
+	a := newAgent(t, testConfig(p.url()), nil, &fakeCluster{version: "v1.36.3"}, nil)
+	var live atomic.Value
+	a.c.OnConnect(func(_ context.Context, c Conn) { live.Store(c) })
+	sent := make(chan error, 1)
+	a.c.OnShutdown(func(ctx context.Context) {
+		c, _ := live.Load().(Conn)
+		if c == nil {
+			sent <- errors.New("no connection")
+			return
+		}
+		sent <- c.Send(ctx, protocol.TypeProxyResponse, "in-flight", protocol.ProxyResponse{Status: 200})
+	})
+	a.start(t)
+	testbin.Eventually(t, 5*time.Second, "heartbeating on the gateway", heartbeating(p, devplane.KindGateway, 1))
+	testbin.Eventually(t, 5*time.Second, "the connect hook ran", func() bool { return live.Load() != nil })
+	a.stop()
+	if err := <-sent; err != nil {
+		t.Fatalf("the drainer could not answer on the connection: %v", err)
+	}
+	// The control plane reads the answer, then the close frame (1000).
+	testbin.Eventually(t, 5*time.Second, "the answer, then a clean close", func() bool {
+		c, _ := onlyCluster(p)
+		return c.Other[protocol.TypeProxyResponse] == 1 && !c.Connected && c.LastCloseCode == 1000
+	})
 }

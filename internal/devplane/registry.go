@@ -3,6 +3,7 @@ package devplane
 import (
 	"context"
 	"encoding/json"
+	"maps"
 	"net/http"
 	"time"
 
@@ -196,9 +197,18 @@ func (s *Server) Clusters() []ClusterInfo {
 	defer s.mu.Unlock()
 	out := make([]ClusterInfo, 0, len(s.clusters))
 	for _, c := range s.clusters {
-		out = append(out, c.info)
+		out = append(out, c.snapshot())
 	}
 	return out
+}
+
+// snapshot copies the info, maps included: callers read it while sessions
+// keep counting.
+func (c *cluster) snapshot() ClusterInfo {
+	info := c.info
+	info.Other = maps.Clone(c.info.Other)
+	info.GatewayQuery = maps.Clone(c.info.GatewayQuery)
+	return info
 }
 
 // Cluster returns one cluster by id.
@@ -209,7 +219,7 @@ func (s *Server) Cluster(id string) (ClusterInfo, bool) {
 	if c == nil {
 		return ClusterInfo{}, false
 	}
-	return c.info, true
+	return c.snapshot(), true
 }
 
 // registerAdmin adds the admin JSON API:
