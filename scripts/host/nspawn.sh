@@ -169,22 +169,25 @@ watchdog_loops() {
   ct_sh "mkdir -p ${dropin%/*} &&
     printf '[Service]\nWatchdogSec=5s\nExecStart=\nExecStart=/artifacts/pipeops-agent-testhooks run\n' > $dropin &&
     systemctl daemon-reload && systemctl restart pipeops-agent.service"
-  local loop pid restarts timeouts
+  local loop pid restarts timeouts=''
   for loop in daemon link; do
     step "the watchdog restarts an agent whose $loop loop hangs"
     wait_for 60 "the agent to be active" sh -c "[ \"\$(nsenter -t $CT -a -- systemctl is-active pipeops-agent.service)\" = active ]"
     pid=$(show MainPID)
     restarts=$(show NRestarts)
-    timeouts=$(in_ct journalctl -u pipeops-agent.service --no-pager | grep -c 'Watchdog timeout' || true)
+    [ -n "$timeouts" ] || timeouts=$(in_ct journalctl -u pipeops-agent.service --no-pager | grep -c 'Watchdog timeout' || true)
     in_ct sh -c "echo $loop > /run/pipeops/wedge"
     # The loop wedges at its next step, stays busy past half of
     # WatchdogSec (2.5 s), then the pings stop and WatchdogSec=5s fires.
     wait_for 90 "a watchdog restart" sh -c "[ \"\$(nsenter -t $CT -a -- systemctl show pipeops-agent.service -p NRestarts --value)\" -gt $restarts ]"
     in_ct rm -f /run/pipeops/wedge
-    [ "$(in_ct journalctl -u pipeops-agent.service --no-pager | grep -c 'Watchdog timeout' || true)" -gt "$timeouts" ] ||
+    # Into a file first: grep -q would end the pipe early, and pipefail fail it.
+    in_ct journalctl -u pipeops-agent.service --no-pager >"$WORK/journal-$loop.txt"
+    [ "$(grep -c 'Watchdog timeout' "$WORK/journal-$loop.txt" || true)" -gt "$timeouts" ] ||
       fail "no new watchdog timeout in the journal after wedging the $loop loop"
-    in_ct journalctl -u pipeops-agent.service --no-pager | grep -q "stuck.*$loop" ||
+    grep -Eq "\"stuck\":\"([^\"]*,)?$loop(,[^\"]*)?\"" "$WORK/journal-$loop.txt" ||
       fail "the agent did not log that its $loop loop was stuck"
+    timeouts=$(grep -c 'Watchdog timeout' "$WORK/journal-$loop.txt" || true)
     wait_for 60 "the agent to be active again" sh -c "[ \"\$(nsenter -t $CT -a -- systemctl is-active pipeops-agent.service)\" = active ]"
     [ "$(show MainPID)" != "$pid" ] || fail "the watchdog did not replace the process"
   done
