@@ -830,8 +830,14 @@ func (l *fltLoad) firstOKAfterBack() time.Time {
 	return l.firstOK
 }
 
+// front is the front door's URL for path, "" while the devplane knows no
+// cluster (it was just restarted).
 func (l *fltLoad) front(path string) string {
-	return fmt.Sprintf("http://127.0.0.1:%d%s%s/k8s%s", l.h.dp.port, devplane.FrontDoorPrefix, l.h.clusterID(), path)
+	id := l.h.clusterID()
+	if id == "" {
+		return ""
+	}
+	return fmt.Sprintf("http://127.0.0.1:%d%s%s/k8s%s", l.h.dp.port, devplane.FrontDoorPrefix, id, path)
 }
 
 var fltClient = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
@@ -839,14 +845,15 @@ var fltClient = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}
 func (l *fltLoad) caller() {
 	defer l.wg.Done()
 	for l.ctx.Err() == nil {
-		if l.paused.Load() || l.h.clusterID() == "" {
+		url := l.front("/api/v1/namespaces/default/configmaps")
+		if l.paused.Load() || url == "" {
 			time.Sleep(20 * time.Millisecond)
 			continue
 		}
 		l.flying.Add(1)
 		start := time.Now()
 		ctx, cancel := context.WithTimeout(l.ctx, fltDeadline)
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, l.front("/api/v1/namespaces/default/configmaps"), nil)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		resp, err := fltClient.Do(req)
 		var body []byte
 		code := 0
@@ -911,11 +918,12 @@ func (l *fltLoad) record(start time.Time, code int, body []byte, err error, hung
 func (l *fltLoad) watcher() {
 	defer l.wg.Done()
 	for l.ctx.Err() == nil {
-		if l.h.clusterID() == "" {
+		url := l.front("/api/v1/namespaces/default/configmaps?watch=true")
+		if url == "" {
 			time.Sleep(50 * time.Millisecond)
 			continue
 		}
-		req, _ := http.NewRequestWithContext(l.ctx, http.MethodGet, l.front("/api/v1/namespaces/default/configmaps?watch=true"), nil)
+		req, _ := http.NewRequestWithContext(l.ctx, http.MethodGet, url, nil)
 		if resp, err := fltClient.Do(req); err == nil {
 			_, _ = io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
