@@ -21,6 +21,10 @@ type Envelope struct {
 	RequestID string          `json:"request_id,omitempty"`
 	Payload   json.RawMessage `json:"payload"`
 	Timestamp string          `json:"timestamp,omitempty"`
+	// Received is when the agent read the message off its connection (set
+	// by the reader, never on the wire): the start of the agent's own time
+	// on a request.
+	Received time.Time `json:"-"`
 }
 
 // ErrMalformed marks an inbound message that is not a valid envelope.
@@ -56,15 +60,20 @@ type PayloadAppender interface {
 const EnvelopeOverhead = 128
 
 // Encode builds an outbound envelope. payload nil becomes {} (agent
-// messages always carry a payload).
+// messages always carry a payload). The envelope is written field by field
+// in the order of the Envelope struct; only a payload that is neither a
+// PayloadAppender nor raw JSON goes through encoding/json.
 func Encode(typ, requestID string, payload any, now time.Time) ([]byte, error) {
-	var raw json.RawMessage
+	var raw []byte
 	switch p := payload.(type) {
 	case nil:
-		raw = json.RawMessage("{}")
+		raw = []byte("{}")
 	case PayloadAppender:
 		return appendEnvelope(typ, requestID, p, now), nil
 	case json.RawMessage:
+		if !json.Valid(p) {
+			return nil, fmt.Errorf("encode %s payload: invalid JSON", typ)
+		}
 		raw = p
 	default:
 		b, err := json.Marshal(p)
@@ -73,8 +82,14 @@ func Encode(typ, requestID string, payload any, now time.Time) ([]byte, error) {
 		}
 		raw = b
 	}
-	return json.Marshal(Envelope{Type: typ, RequestID: requestID, Payload: raw, Timestamp: now.Format(TimeFormat)})
+	return appendEnvelope(typ, requestID, rawPayload(raw), now), nil
 }
+
+// rawPayload is a payload already encoded as JSON.
+type rawPayload []byte
+
+func (r rawPayload) PayloadSize() int              { return len(r) }
+func (r rawPayload) AppendPayload(b []byte) []byte { return append(b, r...) }
 
 // DecodePayload unmarshals the payload into v.
 func (e *Envelope) DecodePayload(v any) error {
@@ -84,18 +99,16 @@ func (e *Envelope) DecodePayload(v any) error {
 	return nil
 }
 
-// appendEnvelope is Encode for a PayloadAppender: the same fields in the
-// same order as the Envelope struct, in one allocation of the right size.
+// appendEnvelope writes the envelope with p's payload: the same fields in
+// the same order as the Envelope struct, in one allocation of the right
+// size for plain ASCII type and id.
 func appendEnvelope(typ, requestID string, p PayloadAppender, now time.Time) []byte {
-	t, _ := json.Marshal(typ) // strings always marshal
-	id, _ := json.Marshal(requestID)
-	ts := now.Format(TimeFormat)
-	b := make([]byte, 0, len(t)+len(id)+len(ts)+p.PayloadSize()+EnvelopeOverhead)
-	b = append(append(b, `{"type":`...), t...)
+	b := make([]byte, 0, len(typ)+len(requestID)+len(TimeFormat)+p.PayloadSize()+EnvelopeOverhead)
+	b = AppendString(append(b, `{"type":`...), typ)
 	if requestID != "" {
-		b = append(append(b, `,"request_id":`...), id...)
+		b = AppendString(append(b, `,"request_id":`...), requestID)
 	}
 	b = p.AppendPayload(append(b, `,"payload":`...))
-	b = append(append(append(b, `,"timestamp":"`...), ts...), `"}`...)
-	return b
+	b = now.AppendFormat(append(b, `,"timestamp":"`...), TimeFormat)
+	return append(b, `"}`...)
 }

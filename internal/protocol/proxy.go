@@ -90,6 +90,29 @@ func (h *Headers) UnmarshalJSON(b []byte) error {
 		*h = nil
 		return nil
 	}
+	// Fast path: every value a list of strings (what control planes send),
+	// decoded in one pass. A null anywhere takes the general path, which
+	// treats a null value and a null item its own way.
+	if !bytes.Contains(b, []byte("null")) {
+		var fast map[string][]string
+		if json.Unmarshal(b, &fast) == nil {
+			for k, v := range fast {
+				if len(v) == 0 {
+					delete(fast, k) // as the general path: no values, no key
+				}
+			}
+			if fast == nil {
+				fast = Headers{}
+			}
+			*h = fast
+			return nil
+		}
+	}
+	return h.unmarshalGeneral(b)
+}
+
+// unmarshalGeneral decodes every value form §6.1 allows, one by one.
+func (h *Headers) unmarshalGeneral(b []byte) error {
 	var raw map[string]json.RawMessage
 	if err := json.Unmarshal(b, &raw); err != nil {
 		return fmt.Errorf("headers: %w", err)
