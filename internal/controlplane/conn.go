@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pipeops/pipeops-vm-agent/internal/health"
 	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
@@ -41,6 +42,7 @@ const (
 type outFrame struct {
 	kind int
 	data []byte
+	more [][]byte   // further messages of the same kind, written right after data (SendBatch)
 	done chan error // nil for fire-and-forget control frames
 }
 
@@ -82,6 +84,9 @@ type conn struct {
 	// of them while it still counts, so the count never grows from zero
 	// during Wait.
 	owned sync.WaitGroup
+
+	// metricIn and metricOut are the byte counters, looked up once.
+	metricIn, metricOut prometheus.Counter
 }
 
 func newConn(parent context.Context, c *Client, gen uint64, mode, url string, ws *websocket.Conn) *conn {
@@ -90,6 +95,7 @@ func newConn(parent context.Context, c *Client, gen uint64, mode, url string, ws
 		gen: gen, mode: mode, url: url, ws: ws, bc: wsconn.Find(ws.NetConn()), client: c, ctx: ctx, cancel: cancel,
 		out: make(chan outFrame, 16), bodies: map[string]chan []byte{}, unknown: map[string]bool{},
 		reregister: make(chan string, 1),
+		metricIn:   c.metrics.bytes.WithLabelValues("in"), metricOut: c.metrics.bytes.WithLabelValues("out"),
 	}
 }
 
@@ -146,12 +152,36 @@ func (cn *conn) Send(ctx context.Context, typ, requestID string, payload any) er
 	return cn.write(ctx, websocket.TextMessage, b)
 }
 
+var _ BatchSender = (*conn)(nil)
+
+// SendBatch writes several JSON envelopes, in order, as one queued frame of
+// the single writer: one hand-off and usually one socket write for all.
+func (cn *conn) SendBatch(ctx context.Context, msgs ...Message) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	now := time.Now()
+	out := make([][]byte, len(msgs))
+	for i, m := range msgs {
+		b, err := protocol.Encode(m.Type, m.RequestID, m.Payload, now)
+		if err != nil {
+			return err
+		}
+		out[i] = b
+	}
+	return cn.writeFrame(ctx, outFrame{kind: websocket.TextMessage, data: out[0], more: out[1:]})
+}
+
 func (cn *conn) SendBinary(ctx context.Context, data []byte) error {
 	return cn.write(ctx, websocket.BinaryMessage, data)
 }
 
 func (cn *conn) write(ctx context.Context, kind int, data []byte) error {
-	f := outFrame{kind: kind, data: data, done: make(chan error, 1)}
+	return cn.writeFrame(ctx, outFrame{kind: kind, data: data})
+}
+
+func (cn *conn) writeFrame(ctx context.Context, f outFrame) error {
+	f.done = make(chan error, 1)
 	select {
 	case cn.out <- f:
 	case <-cn.ctx.Done():
@@ -215,10 +245,18 @@ func (cn *conn) writeLoop() {
 		case websocket.TextMessage, websocket.BinaryMessage:
 			deadline = time.Now().Add(writeTimeout)
 			_ = cn.ws.SetWriteDeadline(deadline)
+			n := len(f.data)
 			err = cn.ws.WriteMessage(f.kind, f.data)
+			for _, m := range f.more {
+				if err != nil {
+					break
+				}
+				n += len(m)
+				err = cn.ws.WriteMessage(f.kind, m)
+			}
 			_ = cn.ws.SetWriteDeadline(time.Time{})
 			if err == nil {
-				cn.client.metrics.bytes.WithLabelValues("out").Add(float64(len(f.data)))
+				cn.metricOut.Add(float64(n))
 			}
 		case framePing:
 			deadline = time.Now().Add(pingDeadline)
@@ -298,7 +336,7 @@ func (cn *conn) readLoop(extend func()) {
 		}
 		lp.Busy()
 		extend()
-		cn.client.metrics.bytes.WithLabelValues("in").Add(float64(len(data)))
+		cn.metricIn.Add(float64(len(data)))
 		if kind == websocket.BinaryMessage {
 			cn.handleBinary(data)
 			continue

@@ -21,6 +21,7 @@ var coreTypes = []string{
 // handleText decodes and dispatches one inbound envelope on the reader
 // goroutine. Nothing here may panic the process.
 func (c *Client) handleText(cn *conn, data []byte) {
+	received := time.Now()
 	env, err := protocol.Decode(data)
 	if err != nil {
 		c.metrics.malformed.Inc()
@@ -32,6 +33,7 @@ func (c *Client) handleText(cn *conn, data []byte) {
 	}
 	cn.dispatchLoop.Busy()
 	defer cn.dispatchLoop.Idle()
+	env.Received = received
 	defer func() {
 		if r := recover(); r != nil {
 			c.metrics.panics.Inc()

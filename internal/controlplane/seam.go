@@ -35,6 +35,21 @@ type Conn interface {
 	BinaryChannelActive() bool
 }
 
+// Message is one envelope of a SendBatch.
+type Message struct {
+	Type, RequestID string
+	Payload         any
+}
+
+// BatchSender is a Conn that can queue several envelopes at once: they go
+// out back to back, as separate messages, usually in one socket write. A
+// handler with a whole small answer at hand (a streamed response's header,
+// its only chunk and its end) uses it when the Conn has it, and Send for
+// each message otherwise.
+type BatchSender interface {
+	SendBatch(ctx context.Context, msgs ...Message) error
+}
+
 // Handler serves the inbound message types it lists. Handle runs on the
 // connection's reader goroutine: it must return quickly (start a goroutine
 // for long work) and must not panic; the dispatcher recovers and logs if it does.
