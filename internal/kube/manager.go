@@ -105,13 +105,17 @@ type Manager struct {
 	probed    chan struct{} // closed after the first probe
 	probeOnce sync.Once
 
-	mu          sync.Mutex
-	source      Candidate
-	admin       *rest.Config
-	adminCS     kubernetes.Interface
-	base        *rest.Config // server + CA, no credentials
-	saCS        kubernetes.Interface
-	cred        creds
+	mu      sync.Mutex
+	source  Candidate
+	admin   *rest.Config
+	adminCS kubernetes.Interface
+	base    *rest.Config // server + CA, no credentials
+	saCS    kubernetes.Interface
+	cred    creds
+	// proxyCfg is ProxyConfig's answer for proxyOf (base and token): one
+	// shared value per identity, not a copy per proxied request.
+	proxyCfg    *rest.Config
+	proxyOf     proxyKey
 	credWaiters []chan struct{}
 	reachable   bool
 	version     string
@@ -381,20 +385,32 @@ func (m *Manager) AdminConfig() *rest.Config {
 
 // ProxyConfig is the ServiceAccount identity (server, CA and the current
 // token; never the admin's credentials) for proxied calls. nil until the
-// first token is minted. Ask again per request: the token may be re-minted.
+// first token is minted. Ask again per request: the token may be re-minted,
+// and then the answer is a new value. The value is shared by every caller
+// until then: treat it as read-only (rest.CopyConfig before changing it).
 func (m *Manager) ProxyConfig() *rest.Config {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.base == nil || m.cred.token == "" {
 		return nil
 	}
-	c := withToken(m.base, m.cred.token)
-	if b := m.binder; b != nil {
-		c.WrapTransport = func(rt http.RoundTripper) http.RoundTripper {
-			return &namespaceCreateHook{next: rt, bind: b.bindNow, log: m.log}
+	if k := (proxyKey{m.base, m.cred.token, m.binder}); m.proxyCfg == nil || m.proxyOf != k {
+		c := withToken(m.base, m.cred.token)
+		if b := m.binder; b != nil {
+			c.WrapTransport = func(rt http.RoundTripper) http.RoundTripper {
+				return &namespaceCreateHook{next: rt, bind: b.bindNow, log: m.log}
+			}
 		}
+		m.proxyCfg, m.proxyOf = c, k
 	}
-	return c
+	return m.proxyCfg
+}
+
+// proxyKey is what ProxyConfig's value is built from.
+type proxyKey struct {
+	base   *rest.Config
+	token  string
+	binder *binder
 }
 
 // ProtectedNamespaces are where the ServiceAccount may only read.
