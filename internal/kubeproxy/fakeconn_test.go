@@ -22,11 +22,15 @@ type fakeConn struct {
 	out    chan *protocol.Envelope
 	yamux  bool
 
-	mu     sync.Mutex
-	binary map[string]chan []byte
+	mu      sync.Mutex
+	binary  map[string]chan []byte
+	batches [][]string // the types of each SendBatch, in order
 }
 
-var _ controlplane.Conn = (*fakeConn)(nil)
+var (
+	_ controlplane.Conn        = (*fakeConn)(nil)
+	_ controlplane.BatchSender = (*fakeConn)(nil)
+)
 
 var errConnClosed = errors.New("fake connection closed")
 
@@ -59,6 +63,29 @@ func (f *fakeConn) Send(ctx context.Context, typ, requestID string, payload any)
 	case <-f.ctx.Done():
 		return errConnClosed
 	}
+}
+
+// SendBatch records the batch and sends its messages in order.
+func (f *fakeConn) SendBatch(ctx context.Context, msgs ...controlplane.Message) error {
+	types := make([]string, len(msgs))
+	for i, m := range msgs {
+		types[i] = m.Type
+	}
+	f.mu.Lock()
+	f.batches = append(f.batches, types)
+	f.mu.Unlock()
+	for _, m := range msgs {
+		if err := f.Send(ctx, m.Type, m.RequestID, m.Payload); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (f *fakeConn) batchTypes() [][]string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([][]string(nil), f.batches...)
 }
 
 func (f *fakeConn) SendBinary(context.Context, []byte) error { return errors.New("not used") }

@@ -27,6 +27,10 @@ const binaryBodyWait = 30 * time.Second
 // startRequest handles proxy_request on the reader goroutine: decode,
 // classify, take a slot, register, and start the backend call.
 func (p *Proxy) startRequest(c controlplane.Conn, env *protocol.Envelope) {
+	received := env.Received
+	if received.IsZero() { // not from a connection's reader (tests)
+		received = p.o.Now()
+	}
 	id := env.RequestID
 	if id == "" {
 		p.log.Warn("proxy_request without request_id ignored")
@@ -101,7 +105,7 @@ func (p *Proxy) startRequest(c controlplane.Conn, env *protocol.Envelope) {
 			p.mu.Unlock()
 			p.release()
 		}()
-		p.serveHTTP(ctx, c, id, &req, path, body, binary)
+		p.serveHTTP(ctx, c, id, &req, path, body, binary, received)
 	})
 }
 
@@ -158,9 +162,9 @@ func isLongLived(req *protocol.ProxyRequest) bool {
 }
 
 // serveHTTP runs one backend call and answers it.
-func (p *Proxy) serveHTTP(ctx context.Context, c controlplane.Conn, id string, req *protocol.ProxyRequest, path string, body io.Reader, binary <-chan []byte) {
+func (p *Proxy) serveHTTP(ctx context.Context, c controlplane.Conn, id string, req *protocol.ProxyRequest, path string, body io.Reader, binary <-chan []byte, received time.Time) {
 	start := p.o.Now()
-	out := &responder{p: p, c: c, id: id, streaming: req.SupportsResponseStreaming, ctx: ctx}
+	out := &responder{p: p, c: c, id: id, streaming: req.SupportsResponseStreaming, ctx: ctx, received: received}
 	dl, err := p.deadline(req, false)
 	if err != nil {
 		out.fail(err)
@@ -221,6 +225,7 @@ func (p *Proxy) serveHTTP(ctx context.Context, c controlplane.Conn, id string, r
 			return
 		}
 	}
+	asked := p.o.Now()
 	resp, err := t.client.Do(hreq)
 	if err != nil {
 		if t.kube && ctx.Err() == nil {
@@ -230,7 +235,9 @@ func (p *Proxy) serveHTTP(ctx context.Context, c controlplane.Conn, id string, r
 		return
 	}
 	defer resp.Body.Close()
-	p.m.latency(p.o.Now().Sub(start))
+	answered := p.o.Now()
+	out.backend = answered.Sub(asked)
+	p.m.latency(answered.Sub(start))
 	p.log.Debug("proxied", logging.KeyRequestID, id, "method", hreq.Method, logging.KeyPath, path, "status", resp.StatusCode)
 	if out.streaming {
 		out.stream(resp)
@@ -260,7 +267,7 @@ func (p *Proxy) newRequest(ctx context.Context, req *protocol.ProxyRequest, t *t
 	if body == nil {
 		hreq.Body = nil
 	}
-	h := make(http.Header, len(req.Headers)+1)
+	h := make(http.Header, len(req.Headers)+3)
 	drop := connectionTokens(req.Headers)
 	for k, vs := range req.Headers {
 		ck := http.CanonicalHeaderKey(k)
@@ -295,6 +302,12 @@ func (p *Proxy) newRequest(ctx context.Context, req *protocol.ProxyRequest, t *t
 	}
 	if strings.EqualFold(req.Scheme, "https") {
 		h.Set("X-Forwarded-Proto", "https")
+	}
+	if t.auth != "" && h.Get("Authorization") == "" {
+		h["Authorization"] = []string{t.auth}
+	}
+	if t.userAgent != "" && h.Get("User-Agent") == "" {
+		h["User-Agent"] = []string{t.userAgent}
 	}
 	hreq.Header = h
 	return hreq, nil

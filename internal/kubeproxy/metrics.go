@@ -22,6 +22,7 @@ type metrics struct {
 	inflight prometheus.Gauge
 	bytes    *prometheus.CounterVec
 	hist     prometheus.Histogram
+	own      prometheus.Histogram
 	relayG   prometheus.Gauge
 	buffered prometheus.GaugeFunc
 
@@ -52,6 +53,11 @@ func newMetrics(reg prometheus.Registerer, budget *memBudget) (*metrics, error) 
 			Help:    "Time from proxy_request to the backend's response headers.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}),
+		own: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "pipeops_agent_proxy_agent_seconds",
+			Help:    "Time the agent itself spent on a proxied request that was answered: from reading the proxy_request off the connection to handing its last response message to the connection's writer, less the wait for the backend's response headers.",
+			Buckets: []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1},
+		}),
 		relayG: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "pipeops_agent_proxy_websocket_relays",
 			Help: "Open WebSocket relays (kubectl exec/attach/port-forward and app services).",
@@ -70,7 +76,7 @@ func newMetrics(reg prometheus.Registerer, budget *memBudget) (*metrics, error) 
 	m.bytes.WithLabelValues("in")
 	m.bytes.WithLabelValues("out")
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.requests, m.inflight, m.bytes, m.hist, m.relayG, m.buffered} {
+		for _, c := range []prometheus.Collector{m.requests, m.inflight, m.bytes, m.hist, m.own, m.relayG, m.buffered} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register proxy metrics: %w", err)
 			}

@@ -11,6 +11,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -159,6 +161,50 @@ func TestStreamingResponsesAreChunkedAt32KiB(t *testing.T) {
 	}
 }
 
+func TestASmallStreamedResponseIsQueuedAsOneBatch(t *testing.T) {
+	body := []byte(`{"kind":"ConfigMap","apiVersion":"v1"}`)
+	_, cfg := tlsBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if r.URL.Path == "/api/empty" {
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		if r.URL.Path == "/api/unknown-length" {
+			w.(http.Flusher).Flush() // no Content-Length: streamed as it comes
+		}
+		_, _ = w.Write(body)
+	}))
+	p := newTestProxy(t, cfg, nil)
+	c := newFakeConn(t)
+	header, chunk, end := protocol.TypeProxyResponseHeader, protocol.TypeProxyResponseChunk, protocol.TypeProxyResponseEnd
+	for _, tc := range []struct {
+		path    string
+		types   []string
+		batched bool
+	}{
+		{"/api/small", []string{header, chunk, end}, true},
+		{"/api/empty", []string{header, end}, true},
+		{"/api/unknown-length", []string{header, chunk, end}, false},
+	} {
+		before := len(c.batchTypes())
+		send(t, p, c, protocol.TypeProxyRequest, tc.path, protocol.ProxyRequest{Path: tc.path, SupportsResponseStreaming: true})
+		r := c.response(t, tc.path)
+		if fmt.Sprint(r.Types) != fmt.Sprint(tc.types) {
+			t.Errorf("%s: messages %v; want %v", tc.path, r.Types, tc.types)
+		}
+		if len(tc.types) == 3 && !bytes.Equal(r.Body, body) {
+			t.Errorf("%s: body %q; want %q", tc.path, r.Body, body)
+		}
+		batches := c.batchTypes()[before:]
+		if tc.batched && (len(batches) != 1 || fmt.Sprint(batches[0]) != fmt.Sprint(tc.types)) {
+			t.Errorf("%s: batches %v; want one batch %v", tc.path, batches, tc.types)
+		}
+		if !tc.batched && len(batches) != 0 {
+			t.Errorf("%s: batches %v; want none (a body of unknown length streams as it arrives)", tc.path, batches)
+		}
+	}
+}
+
 func TestRequestBodiesArriveInEveryMode(t *testing.T) {
 	_, cfg := tlsBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
@@ -239,6 +285,39 @@ func TestAuthorizationPassesThroughOrUsesTheServiceAccount(t *testing.T) {
 			id := fmt.Sprint("a", i)
 			send(t, p, c, protocol.TypeProxyRequest, id, protocol.ProxyRequest{Method: "GET", Path: "/api/v1", Headers: tc.headers, Scheme: tc.scheme})
 			if r := c.response(t, id); string(r.Body) != tc.want {
+				t.Errorf("backend saw %q (err %q); want %q", r.Body, r.Err, tc.want)
+			}
+		})
+	}
+}
+
+func TestTheServiceAccountTokenAndUserAgentArriveWhereverTheTokenComesFrom(t *testing.T) {
+	_, cfg := tlsBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%s|%s", r.Header.Get("Authorization"), r.Header.Get("User-Agent"))
+	}))
+	cfg.UserAgent = "pipeops-agent/test"
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte("file-token\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fromFile := rest.CopyConfig(cfg)
+	fromFile.BearerToken, fromFile.BearerTokenFile = "", tokenFile
+	for _, tc := range []struct {
+		name    string
+		cfg     *rest.Config
+		headers protocol.Headers
+		want    string
+	}{
+		{"a static token is set by the proxy", cfg, nil, "Bearer sa-token|pipeops-agent/test"},
+		{"a token file goes through client-go's wrapper", fromFile, nil, "Bearer file-token|pipeops-agent/test"},
+		{"the control plane's User-Agent is kept", cfg, protocol.Headers{"User-Agent": {"kubectl/v1.36"}}, "Bearer sa-token|kubectl/v1.36"},
+		{"an empty Authorization gets the token", cfg, protocol.Headers{"Authorization": {""}}, "Bearer sa-token|pipeops-agent/test"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestProxy(t, tc.cfg, nil)
+			c := newFakeConn(t)
+			send(t, p, c, protocol.TypeProxyRequest, "u", protocol.ProxyRequest{Path: "/api/v1", Headers: tc.headers})
+			if r := c.response(t, "u"); string(r.Body) != tc.want {
 				t.Errorf("backend saw %q (err %q); want %q", r.Body, r.Err, tc.want)
 			}
 		})
@@ -418,8 +497,9 @@ func TestMetricsAreExported(t *testing.T) {
 	// just after the fake connection has it.
 	ok2xx := p.m.requests.WithLabelValues("2xx")
 	out := p.m.bytes.WithLabelValues("out")
-	testbin.Eventually(t, 5*time.Second, "requests_total{code_class=2xx}=1 and bytes_total{direction=out}=2", func() bool {
-		return testutil.ToFloat64(ok2xx) == 1 && testutil.ToFloat64(out) == 2
+	testbin.Eventually(t, 5*time.Second, "requests_total{code_class=2xx}=1, bytes_total{direction=out}=2 and one agent_seconds observation", func() bool {
+		return testutil.ToFloat64(ok2xx) == 1 && testutil.ToFloat64(out) == 2 &&
+			histogramCount(t, reg, "pipeops_agent_proxy_agent_seconds") == 1
 	})
 	mfs, err := reg.Gather()
 	if err != nil {
@@ -430,11 +510,26 @@ func TestMetricsAreExported(t *testing.T) {
 		got[mf.GetName()] = true
 	}
 	for _, want := range []string{"pipeops_agent_proxy_requests_total", "pipeops_agent_proxy_in_flight", "pipeops_agent_proxy_bytes_total",
-		"pipeops_agent_proxy_request_duration_seconds", "pipeops_agent_proxy_websocket_relays"} {
+		"pipeops_agent_proxy_request_duration_seconds", "pipeops_agent_proxy_agent_seconds", "pipeops_agent_proxy_websocket_relays"} {
 		if !got[want] {
 			t.Errorf("metric %s missing (have %v)", want, got)
 		}
 	}
+}
+
+// histogramCount is the sample count of a gathered histogram (0 when absent).
+func histogramCount(t testing.TB, reg *prometheus.Registry, name string) uint64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetHistogram().GetSampleCount()
+		}
+	}
+	return 0
 }
 
 func TestTCPTunnelStartIsAnsweredUnsupported(t *testing.T) {

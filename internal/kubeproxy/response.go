@@ -5,7 +5,6 @@ import (
 	"compress/gzip"
 	"context"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -30,6 +29,18 @@ type responder struct {
 	deadline  time.Duration
 	what      string
 	sent      bool // a proxy_response_header went out
+	// received is when the proxy_request was read; backend is the wait for
+	// the backend's response headers. Their difference to the last send is
+	// the agent's own time (pipeops_agent_proxy_agent_seconds).
+	received time.Time
+	backend  time.Duration
+}
+
+// answered records the agent's own time on a request answered in full.
+func (o *responder) answered() {
+	if !o.received.IsZero() {
+		o.p.m.own.Observe((o.p.o.Now().Sub(o.received) - o.backend).Seconds())
+	}
 }
 
 // fail reports err unless the control plane cancelled the call or the
@@ -77,12 +88,7 @@ func (o *responder) buffer(resp *http.Response, raw *spool) {
 		o.failBuffer(err, n)
 		return
 	}
-	headers, err := json.Marshal(responseHeaders(resp.Header, resp.StatusCode))
-	if err != nil {
-		o.fail(fmt.Errorf("encode response headers from %s: %w", orBackend(o.what), err))
-		return
-	}
-	pl := &bufferedPayload{status: resp.StatusCode, headers: headers, body: body, enc: enc}
+	pl := &bufferedPayload{status: resp.StatusCode, headers: responseHeaders(resp.Header, resp.StatusCode), body: body, enc: enc}
 	msg := int64(pl.PayloadSize() + protocol.EnvelopeOverhead + 2*len(o.id) + 64)
 	if !budget.reserve(msg) {
 		o.failBuffer(errOverBudget, n)
@@ -94,6 +100,7 @@ func (o *responder) buffer(resp *http.Response, raw *spool) {
 		o.fail(err)
 		return
 	}
+	o.answered()
 	o.p.m.bytesOut(int(n))
 	o.p.m.finished(statusClass(resp.StatusCode), 0)
 }
@@ -195,7 +202,7 @@ func (o *responder) failBuffer(err error, read int64) {
 // protocol.ProxyResponse.
 type bufferedPayload struct {
 	status  int
-	headers []byte // JSON object
+	headers map[string][]string
 	body    *spool
 	enc     string
 }
@@ -203,12 +210,12 @@ type bufferedPayload struct {
 var _ protocol.PayloadAppender = (*bufferedPayload)(nil)
 
 func (b *bufferedPayload) PayloadSize() int {
-	return 64 + len(b.headers) + b.body.base64Len() + len(b.enc)
+	return 64 + protocol.HeadersSize(b.headers) + b.body.base64Len() + len(b.enc)
 }
 
 func (b *bufferedPayload) AppendPayload(dst []byte) []byte {
 	dst = strconv.AppendInt(append(dst, `{"status":`...), int64(b.status), 10)
-	dst = append(append(dst, `,"headers":`...), b.headers...)
+	dst = protocol.AppendHeaders(append(dst, `,"headers":`...), b.headers)
 	if b.body.n > 0 {
 		dst = b.body.appendBase64(append(dst, `,"body":"`...))
 		dst = append(append(append(dst, `","encoding":"`...), b.enc...), '"')
@@ -216,39 +223,62 @@ func (b *bufferedPayload) AppendPayload(dst []byte) []byte {
 	return append(dst, '}')
 }
 
-// appendChunkPayload renders a proxy_response_chunk payload straight into
-// b (no intermediate string and struct encoding: at 32 KiB per chunk those
-// copies are most of the garbage a large stream makes). The envelope
-// encoder copies the payload, so b is reusable as soon as Send returns.
-func appendChunkPayload(b, data []byte) []byte {
+// chunkPayload is a proxy_response_chunk payload (§4.3) encoded straight
+// into the envelope: no intermediate string, struct or JSON copy (at 32 KiB
+// per chunk those copies are most of the garbage a large stream makes).
+type chunkPayload []byte
+
+var _ protocol.PayloadAppender = chunkPayload(nil)
+
+func (c chunkPayload) PayloadSize() int { return base64.StdEncoding.EncodedLen(len(c)) + 64 }
+
+func (c chunkPayload) AppendPayload(b []byte) []byte {
 	b = append(b, `{"data":"`...)
-	n, k := len(b), base64.StdEncoding.EncodedLen(len(data))
+	n, k := len(b), base64.StdEncoding.EncodedLen(len(c))
 	b = slices.Grow(b, k)[:n+k]
-	base64.StdEncoding.Encode(b[n:], data)
+	base64.StdEncoding.Encode(b[n:], c)
 	b = append(b, `","encoding":"base64","size":`...)
-	b = strconv.AppendInt(b, int64(len(data)), 10)
+	b = strconv.AppendInt(b, int64(len(c)), 10)
 	return append(b, '}')
 }
 
-var payloadBufs = sync.Pool{New: func() any { b := make([]byte, 0, 48<<10); return &b }}
+// headerPayload is a proxy_response_header payload (§4.3), the bytes
+// encoding/json writes for protocol.ProxyResponseHeader.
+type headerPayload struct {
+	status  int
+	headers map[string][]string
+}
+
+var _ protocol.PayloadAppender = headerPayload{}
+
+func (h headerPayload) PayloadSize() int { return 32 + protocol.HeadersSize(h.headers) }
+
+func (h headerPayload) AppendPayload(b []byte) []byte {
+	b = strconv.AppendInt(append(b, `{"status":`...), int64(h.status), 10)
+	return append(protocol.AppendHeaders(append(b, `,"headers":`...), h.headers), '}')
+}
 
 var chunkBufs = sync.Pool{New: func() any { b := make([]byte, protocol.MaxChunk); return &b }}
 
 // stream sends the header, one chunk per backend read (at most 32 KiB),
 // then the end. Sends block while the connection is busy, so a slow control
-// plane slows the backend read instead of growing memory.
+// plane slows the backend read instead of growing memory. A body of known
+// length that fits one chunk is read first and its three messages go out
+// together (streamBatch).
 func (o *responder) stream(resp *http.Response) {
-	err := o.c.Send(o.ctx, protocol.TypeProxyResponseHeader, o.id, protocol.ProxyResponseHeader{
-		Status: resp.StatusCode, Headers: responseHeaders(resp.Header, resp.StatusCode),
-	})
-	if err != nil {
+	hdr := headerPayload{status: resp.StatusCode, headers: responseHeaders(resp.Header, resp.StatusCode)}
+	bp := chunkBufs.Get().(*[]byte)
+	defer chunkBufs.Put(bp)
+	buf := *bp
+	if bs, ok := o.c.(controlplane.BatchSender); ok && resp.ContentLength >= 0 && resp.ContentLength <= int64(len(buf)) {
+		o.streamSmall(bs, resp, hdr, buf)
+		return
+	}
+	if err := o.c.Send(o.ctx, protocol.TypeProxyResponseHeader, o.id, hdr); err != nil {
 		o.fail(err)
 		return
 	}
 	o.sent = true
-	bp := chunkBufs.Get().(*[]byte)
-	defer chunkBufs.Put(bp)
-	buf := *bp
 	var total int
 	for {
 		n, rerr := resp.Body.Read(buf)
@@ -257,11 +287,7 @@ func (o *responder) stream(resp *http.Response) {
 				o.fail(context.Cause(o.ctx))
 				return
 			}
-			pb := payloadBufs.Get().(*[]byte)
-			*pb = appendChunkPayload((*pb)[:0], buf[:n])
-			err := o.c.Send(o.ctx, protocol.TypeProxyResponseChunk, o.id, json.RawMessage(*pb))
-			payloadBufs.Put(pb)
-			if err != nil {
+			if err := o.c.Send(o.ctx, protocol.TypeProxyResponseChunk, o.id, chunkPayload(buf[:n])); err != nil {
 				o.fail(err)
 				return
 			}
@@ -280,6 +306,49 @@ func (o *responder) stream(resp *http.Response) {
 		o.fail(err)
 		return
 	}
+	o.answered()
+	o.p.m.finished(statusClass(resp.StatusCode), 0)
+}
+
+// streamSmall answers a body whose Content-Length fits one chunk: it reads
+// the body, then queues the header, the chunk (none for an empty body) and
+// the end as one batch, the same messages in the same order as stream
+// sends, in one hand-off to the writer instead of three. A body that is
+// shorter or longer than announced fails as stream's read would.
+func (o *responder) streamSmall(bs controlplane.BatchSender, resp *http.Response, hdr headerPayload, buf []byte) {
+	n, err := io.ReadFull(resp.Body, buf[:resp.ContentLength])
+	if err == nil {
+		var one [1]byte
+		k, rerr := resp.Body.Read(one[:])
+		switch {
+		case k > 0:
+			err = fmt.Errorf("the body is longer than its Content-Length of %d bytes", resp.ContentLength)
+		case rerr != nil && !errors.Is(rerr, io.EOF):
+			err = rerr
+		}
+	}
+	if err != nil { // proxy_response_abort instead of the header (§4.3)
+		if o.ctx.Err() != nil {
+			err = context.Cause(o.ctx)
+		} else {
+			err = fmt.Errorf("read response from %s after %d bytes: %w", orBackend(o.what), n, err)
+		}
+		o.fail(err)
+		return
+	}
+	msgs := make([]controlplane.Message, 0, 3)
+	msgs = append(msgs, controlplane.Message{Type: protocol.TypeProxyResponseHeader, RequestID: o.id, Payload: hdr})
+	if n > 0 {
+		msgs = append(msgs, controlplane.Message{Type: protocol.TypeProxyResponseChunk, RequestID: o.id, Payload: chunkPayload(buf[:n])})
+	}
+	msgs = append(msgs, controlplane.Message{Type: protocol.TypeProxyResponseEnd, RequestID: o.id, Payload: struct{}{}})
+	if err := bs.SendBatch(o.ctx, msgs...); err != nil {
+		o.fail(err)
+		return
+	}
+	o.sent = true
+	o.p.m.bytesOut(n)
+	o.answered()
 	o.p.m.finished(statusClass(resp.StatusCode), 0)
 }
 

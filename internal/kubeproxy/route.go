@@ -32,6 +32,9 @@ type target struct {
 	// dropAuth removes the control plane's Authorization (the API server
 	// service proxy authenticates with the agent's own identity).
 	dropAuth bool
+	// auth and userAgent are set on a request that has none, exactly as
+	// client's wrappers would (see kubeClients.saAuth).
+	auth, userAgent string
 }
 
 // resolveTimeout bounds a Service lookup (the resolver waits for its first
@@ -138,9 +141,9 @@ func (p *Proxy) kubeTarget(req *protocol.ProxyRequest, path string) (*target, er
 	}
 	u := *kc.base
 	setPath(&u, strings.TrimSuffix(kc.base.Path, "/"), path, req.Path)
-	t := &target{url: &u, client: kc.sa, what: "Kubernetes API server " + kc.base.Host, kube: true}
+	t := &target{url: &u, client: kc.sa, what: kc.what, kube: true, auth: kc.saAuth, userAgent: kc.userAgent}
 	if req.Headers.Get("Authorization") != "" {
-		t.client = kc.pass
+		t.client, t.auth = kc.pass, ""
 	}
 	return t, nil
 }

@@ -42,6 +42,14 @@ type kubeClients struct {
 	sa, pass *http.Client
 	// saTLS and passTLS are for WebSocket dials (HTTP/1.1 only).
 	saTLS, passTLS *tls.Config
+	// saAuth is the Authorization client-go's bearer wrapper would add for
+	// sa ("" when the credentials are not a static token), and userAgent
+	// the User-Agent its agent wrapper would add. Setting them on the
+	// request first lets both wrappers pass it through instead of cloning
+	// it (the request and every header) per call.
+	saAuth, userAgent string
+	// what names the API server in messages.
+	what string
 }
 
 // clientCache rebuilds the clients when the rest.Config changes (a new
@@ -160,7 +168,20 @@ func buildKubeClients(cfg *rest.Config) (*kubeClients, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &kubeClients{cfg: cfg, base: base, sa: sa, pass: pass, saTLS: saTLS, passTLS: passTLS}, nil
+	kc := &kubeClients{cfg: cfg, base: base, sa: sa, pass: pass, saTLS: saTLS, passTLS: passTLS,
+		userAgent: cfg.UserAgent, what: "Kubernetes API server " + base.Host}
+	if staticBearer(cfg) {
+		kc.saAuth = "Bearer " + cfg.BearerToken
+	}
+	return kc, nil
+}
+
+// staticBearer reports whether cfg authenticates with BearerToken alone,
+// so client-go's only credential wrapper is the static bearer one.
+func staticBearer(cfg *rest.Config) bool {
+	return cfg.BearerToken != "" && cfg.BearerTokenFile == "" && cfg.Username == "" && cfg.Password == "" &&
+		cfg.ExecProvider == nil && cfg.AuthProvider == nil && cfg.WrapTransport == nil && cfg.Transport == nil &&
+		cfg.Impersonate.UserName == "" && cfg.Impersonate.UID == "" && len(cfg.Impersonate.Groups) == 0 && len(cfg.Impersonate.Extra) == 0
 }
 
 // clientFor builds an http.Client with client-go's TLS and auth wrappers on
