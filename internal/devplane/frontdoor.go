@@ -35,10 +35,19 @@ import (
 // agent, which hands it to the API server verbatim (§6.3 rule 5); without
 // one, the agent uses its own ServiceAccount. The front door has no
 // authentication of its own: serve it on loopback.
+//
+// A request with the header X-Devplane-Response-Mode: buffered asks the
+// agent for one buffered proxy_response instead (§6.5, no
+// supports_response_streaming); the header itself is not forwarded.
 
 // FrontDoorPrefix is the front door's path prefix; the cluster id and
 // "/k8s" follow.
 const FrontDoorPrefix = "/clusters/"
+
+// ResponseModeHeader selects the response mode the front door asks the
+// agent for: "buffered" sends the proxy_request without
+// supports_response_streaming (protocol.md §6.5); anything else streams.
+const ResponseModeHeader = "X-Devplane-Response-Mode"
 
 // frontDoorPart holds the HTTP front door's state.
 type frontDoorPart struct {
@@ -101,15 +110,16 @@ func (s *Server) frontDoorHTTP(w http.ResponseWriter, r *http.Request, sess *Ses
 	msgs, unsubscribe := sess.Subscribe(reqID)
 	defer unsubscribe()
 	hasBody := r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0
+	streaming := !strings.EqualFold(r.Header.Get(ResponseModeHeader), "buffered")
 	h := protocol.Headers{}
 	for k, v := range r.Header {
-		if !hopByHop[k] {
+		if !hopByHop[k] && k != ResponseModeHeader {
 			h[k] = v
 		}
 	}
 	pr := protocol.ProxyRequest{
 		Method: r.Method, Path: path, Query: r.URL.RawQuery, Headers: h,
-		UseStreaming: hasBody, SupportsStreaming: true, SupportsResponseStreaming: true,
+		UseStreaming: hasBody, SupportsStreaming: true, SupportsResponseStreaming: streaming,
 	}
 	if err := sess.Send(ctx, protocol.TypeProxyRequest, reqID, pr); err != nil {
 		http.Error(w, "send proxy_request to the agent: "+err.Error(), http.StatusBadGateway)
