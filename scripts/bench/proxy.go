@@ -32,14 +32,26 @@ func init() { benches["proxy"] = benchProxy }
 // kubeproxy → backend) against the same GETs sent straight to the backend,
 // in the same run and process, and prints throughput, p50, p99 and ratios.
 // Targets (issue 5, 2 cores): ratio ≥ 0.7, ≥ 10,000 req/s proxied, added
-// p99 ≤ 5 ms. It asserts nothing.
+// p99 ≤ 5 ms. It asserts nothing. With -target apiserver it measures the
+// real binaries against the real API server instead (proxy_apiserver.go).
 func benchProxy(args []string) error {
 	fs := flag.NewFlagSet("proxy", flag.ContinueOnError)
 	conc := fs.Int("c", 64, "concurrent clients")
 	dur := fs.Duration("d", 5*time.Second, "duration of each measured run")
-	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the proxied run to this file")
+	cpuProfile := fs.String("cpuprofile", "", "trivial: write a CPU profile of the proxied run to this file")
+	target := fs.String("target", "trivial", "backend: trivial (an in-process HTTP server, everything in this process) or apiserver (the real agent and devplane binaries and the real kube-apiserver)")
+	var ao apiserverOptions
+	ao.flags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	switch *target {
+	case "apiserver":
+		ao.conc, ao.dur = *conc, *dur
+		return benchProxyAPIServer(ao)
+	case "trivial":
+	default:
+		return fmt.Errorf("-target %q: want trivial or apiserver", *target)
 	}
 	body := []byte(`{"kind":"Status","apiVersion":"v1","status":"Success","code":200}`)
 	backend, err := proxyServe(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -139,12 +151,18 @@ type proxyResult struct {
 	rps      float64
 	p50, p99 time.Duration
 	errors   int64
+	elapsed  time.Duration
 }
 
 func proxyMs(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 // load runs conc clients doing GET url back to back for dur.
 func proxyLoad(url string, conc int, dur time.Duration) proxyResult {
+	return proxyLoadHeader(url, nil, conc, dur)
+}
+
+// proxyLoadHeader is proxyLoad with extra request headers.
+func proxyLoadHeader(url string, hdr http.Header, conc int, dur time.Duration) proxyResult {
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: conc, MaxConnsPerHost: conc, DisableCompression: true}}
 	defer client.CloseIdleConnections()
 	var (
@@ -162,7 +180,15 @@ func proxyLoad(url string, conc int, dur time.Duration) proxyResult {
 			mine := make([]time.Duration, 0, 4096)
 			for time.Now().Before(stopAt) {
 				t0 := time.Now()
-				resp, err := client.Get(url)
+				req, err := http.NewRequest(http.MethodGet, url, nil)
+				if err != nil {
+					errs.Add(1)
+					return
+				}
+				if hdr != nil {
+					req.Header = hdr.Clone()
+				}
+				resp, err := client.Do(req)
 				if err == nil {
 					_, err = io.Copy(io.Discard, resp.Body)
 					resp.Body.Close()
@@ -184,7 +210,7 @@ func proxyLoad(url string, conc int, dur time.Duration) proxyResult {
 	wg.Wait()
 	elapsed := time.Since(start)
 	slices.Sort(lat)
-	r := proxyResult{errors: errs.Load(), rps: float64(len(lat)) / elapsed.Seconds()}
+	r := proxyResult{errors: errs.Load(), rps: float64(len(lat)) / elapsed.Seconds(), elapsed: elapsed}
 	if len(lat) > 0 {
 		r.p50, r.p99 = lat[len(lat)/2], lat[len(lat)*99/100]
 	}
