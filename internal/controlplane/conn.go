@@ -322,14 +322,23 @@ func (cn *conn) pingLoop(every time.Duration) {
 	}
 }
 
+var _ BinaryReleaser = (*conn)(nil)
+
+// ReleaseBinary takes back a binary frame the sink is done with.
+func (cn *conn) ReleaseBinary(data []byte) { wsconn.Release(data) }
+
 func (cn *conn) readLoop(extend func()) {
 	lp := cn.client.health.Loop("link-reader")
 	defer lp.Done()
 	cn.dispatchLoop = cn.client.health.Loop("dispatch")
 	defer cn.dispatchLoop.Done()
+	// Large binary frames for the binary channel (yamux) are handed over in
+	// the read buffer itself; the sink releases them once read (§7.1 bulk
+	// data, one copy less per byte).
+	toSink := func(kind int) bool { return kind == websocket.BinaryMessage && cn.binActive.Load() }
 	for {
 		lp.Idle()
-		kind, data, err := wsconn.ReadMessage(cn.ws)
+		kind, data, err := wsconn.ReadMessageOwned(cn.ws, toSink)
 		if err != nil {
 			cn.fail(fmt.Errorf("read from control plane: %w", err))
 			return

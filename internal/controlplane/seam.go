@@ -50,6 +50,14 @@ type BatchSender interface {
 	SendBatch(ctx context.Context, msgs ...Message) error
 }
 
+// BinaryReleaser is a Conn whose binary frames may come in reusable
+// buffers: a sink that is done with a frame's bytes hands the frame back
+// with ReleaseBinary (and must not touch it afterwards). A sink that never
+// does leaves them to the garbage collector.
+type BinaryReleaser interface {
+	ReleaseBinary(data []byte)
+}
+
 // Handler serves the inbound message types it lists. Handle runs on the
 // connection's reader goroutine: it must return quickly (start a goroutine
 // for long work) and must not panic; the dispatcher recovers and logs if it does.

@@ -19,7 +19,6 @@
 package wsconn
 
 import (
-	"bufio"
 	"io"
 	"net"
 	"sync"
@@ -35,19 +34,48 @@ const bufSize = 256 << 10
 // closeFlush bounds the best-effort flush of pending bytes in Close.
 const closeFlush = time.Second
 
+// directMin is the smallest write of a batch that is not copied into the
+// buffer: it goes out at once, together with what the buffer holds, in
+// one vectored write (a bulk yamux frame is not copied once more).
+const directMin = 32 << 10
+
 // Conn is a net.Conn whose writes can be batched. See the package comment.
 type Conn struct {
 	net.Conn
 
 	mu       sync.Mutex
-	bw       *bufio.Writer
+	buf      []byte // the batch's bytes not yet written
 	batching bool
 	flushes  int // Flush calls that wrote something
 }
 
 // New wraps c. The wrapper starts unbatched: writes go straight to c.
 func New(c net.Conn) *Conn {
-	return &Conn{Conn: c, bw: bufio.NewWriterSize(c, bufSize)}
+	return &Conn{Conn: c}
+}
+
+// writeOut writes the buffered bytes and then p (either may be empty) in
+// one vectored write, and empties the buffer. On a failure the bytes not
+// written stay buffered, so a later write keeps the order.
+func (c *Conn) writeOut(p []byte) (int, error) {
+	if len(c.buf) == 0 {
+		if len(p) == 0 {
+			return 0, nil
+		}
+		return c.Conn.Write(p)
+	}
+	bufs := net.Buffers{c.buf, p}
+	if len(p) == 0 {
+		bufs = bufs[:1]
+	}
+	held := len(c.buf)
+	n, err := bufs.WriteTo(c.Conn)
+	if n >= int64(held) {
+		c.buf = c.buf[:0]
+		return int(n) - held, err
+	}
+	c.buf = c.buf[:copy(c.buf, c.buf[n:])]
+	return 0, err
 }
 
 // Find returns the *Conn under c (through *tls.Conn and other wrappers
@@ -66,19 +94,26 @@ func Find(c net.Conn) *Conn {
 	return nil
 }
 
-// Write buffers p during a batch, else writes it through.
+// Write buffers p during a batch (a large p goes out at once, with the
+// buffer before it), else writes it through.
 func (c *Conn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.batching {
-		return c.bw.Write(p)
-	}
-	if c.bw.Buffered() > 0 { // a failed Flush left bytes behind; keep order
-		if err := c.bw.Flush(); err != nil {
-			return 0, err
+	if c.batching && len(p) < directMin {
+		if len(c.buf)+len(p) > bufSize {
+			if _, err := c.writeOut(nil); err != nil {
+				return 0, err
+			}
 		}
+		if c.buf == nil {
+			c.buf = make([]byte, 0, bufSize)
+		}
+		c.buf = append(c.buf, p...)
+		return len(p), nil
 	}
-	return c.Conn.Write(p)
+	// Unbatched (a failed Flush may have left bytes behind: they go first),
+	// or a large write of a batch.
+	return c.writeOut(p)
 }
 
 // Begin starts (or continues) a batch: later writes are buffered until Flush.
@@ -94,12 +129,12 @@ func (c *Conn) Flush(deadline time.Time) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.batching = false
-	if c.bw.Buffered() == 0 {
+	if len(c.buf) == 0 {
 		return nil
 	}
 	c.flushes++
 	_ = c.Conn.SetWriteDeadline(deadline)
-	err := c.bw.Flush()
+	_, err := c.writeOut(nil)
 	_ = c.Conn.SetWriteDeadline(time.Time{})
 	return err
 }
@@ -115,7 +150,7 @@ func (c *Conn) Flushes() int {
 func (c *Conn) Buffered() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.bw.Buffered()
+	return len(c.buf)
 }
 
 // Close writes pending bytes if no write is in progress (bounded by a
@@ -123,9 +158,9 @@ func (c *Conn) Buffered() int {
 // writer stuck on a slow peer: closing is what unblocks it.
 func (c *Conn) Close() error {
 	if c.mu.TryLock() {
-		if c.bw.Buffered() > 0 {
+		if len(c.buf) > 0 {
 			_ = c.Conn.SetWriteDeadline(time.Now().Add(closeFlush))
-			_ = c.bw.Flush()
+			_, _ = c.writeOut(nil)
 		}
 		c.batching = false
 		c.mu.Unlock()
@@ -147,6 +182,18 @@ var readBufs = sync.Pool{New: func() any { b := make([]byte, 0, readBufSize); re
 // message is read into a pooled buffer (64 KiB, grown when needed) and
 // returned as one exact-size copy the caller may keep.
 func ReadMessage(ws *websocket.Conn) (int, []byte, error) {
+	return ReadMessageOwned(ws, func(int) bool { return false })
+}
+
+// ownMin is the smallest message ReadMessageOwned hands over in its pooled
+// buffer; a smaller one is copied, so a short message never pins 64 KiB.
+const ownMin = 16 << 10
+
+// ReadMessageOwned is ReadMessage, except that a message of a kind own
+// accepts, and of at least 16 KiB, is returned in the pooled buffer itself,
+// without the copy: the caller owns it, and may hand it back with Release
+// once it is done with the bytes (or leave it to the garbage collector).
+func ReadMessageOwned(ws *websocket.Conn, own func(kind int) bool) (int, []byte, error) {
 	kind, r, err := ws.NextReader()
 	if err != nil {
 		return kind, nil, err
@@ -167,11 +214,30 @@ func ReadMessage(ws *websocket.Conn) (int, []byte, error) {
 			return kind, nil, rerr
 		}
 	}
+	if len(buf) >= ownMin && own(kind) {
+		*bp = nil
+		bufPtrs.Put(bp)
+		return kind, buf, nil
+	}
 	out := make([]byte, len(buf))
 	copy(out, buf)
 	putBuf(bp, buf)
 	return kind, out, nil
 }
+
+// Release hands a buffer from ReadMessageOwned back for reuse. The caller
+// must not touch it afterwards.
+func Release(b []byte) {
+	if cap(b) < readBufSize || cap(b) > maxPooled {
+		return
+	}
+	bp := bufPtrs.Get().(*[]byte)
+	*bp = b[:0]
+	readBufs.Put(bp)
+}
+
+// bufPtrs recycles the *[]byte holders of buffers that were handed over.
+var bufPtrs = sync.Pool{New: func() any { return new([]byte) }}
 
 func putBuf(bp *[]byte, buf []byte) {
 	if cap(buf) > maxPooled {

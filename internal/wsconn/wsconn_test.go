@@ -94,3 +94,58 @@ func TestReadMessageReturnsExactCopiesOfSmallAndLargeMessages(t *testing.T) {
 		}
 	}
 }
+
+func TestALargeWriteOfABatchGoesOutAfterTheBufferedBytesUncopied(t *testing.T) {
+	cc := &countConn{}
+	c := New(cc)
+	c.Begin()
+	large := bytes.Repeat([]byte("L"), directMin)
+	for _, p := range [][]byte{[]byte("a"), large, []byte("b")} {
+		if _, err := c.Write(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := cc.buf.String(); got != "a"+string(large) {
+		t.Fatalf("before Flush the connection has %d bytes; want the small write and the large one", len(got))
+	}
+	if err := c.Flush(time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := cc.buf.String(); got != "a"+string(large)+"b" {
+		t.Fatalf("the connection got %d bytes out of order", len(got))
+	}
+}
+
+func TestAnOwnedMessageIsTheReadBufferAndSmallOnesAreCopies(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ws, err := (&websocket.Upgrader{}).Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer ws.Close()
+		_ = ws.WriteMessage(websocket.BinaryMessage, bytes.Repeat([]byte("x"), ownMin))
+		_ = ws.WriteMessage(websocket.BinaryMessage, []byte("small"))
+		_ = ws.WriteMessage(websocket.TextMessage, bytes.Repeat([]byte("t"), ownMin))
+		_, _, _ = ws.ReadMessage()
+	}))
+	defer srv.Close()
+	ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	binary := func(kind int) bool { return kind == websocket.BinaryMessage }
+	for _, want := range []struct {
+		n     int
+		owned bool
+	}{{ownMin, true}, {5, false}, {ownMin, false}} {
+		_, b, err := ReadMessageOwned(ws, binary)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if owned := cap(b) >= readBufSize; len(b) != want.n || owned != want.owned {
+			t.Errorf("message of %d bytes (cap %d); want %d bytes, handed over in the read buffer: %v", len(b), cap(b), want.n, want.owned)
+		}
+		Release(b)
+	}
+}
