@@ -71,6 +71,7 @@ func (m *Manager) yamuxConfig(yc *protocol.YamuxConfig) (*yamux.Config, time.Dur
 	cfg.ConnectionWriteTimeout = DefaultTimeout
 	cfg.MaxIncomingStreams = uint32(m.cfg.MaxStreams)
 	cfg.MaxStreamWindowSize = uint32(m.cfg.StreamWindow)
+	cfg.MaxMessageSize = frameMax // a full copy buffer toward the gateway is one frame (stream.go)
 	cfg.LogOutput = &yamuxLog{log: m.log}
 	if yc != nil {
 		if s := yc.KeepAliveIntervalSeconds; s >= 1 && s <= 3600 {

@@ -107,7 +107,7 @@ func (m *Manager) relayTCP(st *yamux.Stream, target net.Conn) error {
 	wg.Add(2)
 	go func() { // gateway → target
 		defer wg.Done()
-		if err := pump(target, st, idle, m.m.in); err != nil {
+		if err := pump(target, st, idle, m.m.in, &inPool); err != nil {
 			fail(fmt.Errorf("gateway to target: %w", err))
 			return
 		}
@@ -119,7 +119,7 @@ func (m *Manager) relayTCP(st *yamux.Stream, target net.Conn) error {
 	}()
 	go func() { // target → gateway
 		defer wg.Done()
-		if err := pump(st, target, idle, m.m.out); err != nil {
+		if err := pump(st, target, idle, m.m.out, &outPool); err != nil {
 			fail(fmt.Errorf("target to gateway: %w", err))
 			return
 		}
@@ -133,16 +133,27 @@ func (m *Manager) relayTCP(st *yamux.Stream, target net.Conn) error {
 
 // Copy buffers: each direction reads into a small buffer until a read fills
 // it, then into a large pooled one until reads come back small again. An
-// idle stream so holds 2 KiB per direction, a busy one 64 KiB.
+// idle stream so holds 2 KiB per direction. Toward the target a busy
+// stream holds 64 KiB. Toward the gateway the large buffer is one yamux
+// frame's payload (frameMax less the 12-byte header), so every full read is
+// one frame and one WebSocket message: fewer, larger frames cost less per
+// byte than 64 KiB ones (hand-offs, syscalls), and a 64 KiB read no longer
+// became a full frame plus a 12-byte one. The reference agent sends frames
+// of up to its 256 KiB window, so a gateway takes messages of this size.
 const (
 	smallBuf = 2 << 10
-	largeBuf = 64 << 10
+	inBuf    = 64 << 10
+	frameMax = 256 << 10 // yamux.Config.MaxMessageSize
+	outBuf   = frameMax - 12
 )
 
-var largePool = sync.Pool{New: func() any { b := make([]byte, largeBuf); return &b }}
+var (
+	inPool  = sync.Pool{New: func() any { b := make([]byte, inBuf); return &b }}
+	outPool = sync.Pool{New: func() any { b := make([]byte, outBuf); return &b }}
+)
 
 // pump copies src to dst until EOF (nil) or an error.
-func pump(dst io.Writer, src io.Reader, idle *idleTimer, count func(int)) error {
+func pump(dst io.Writer, src io.Reader, idle *idleTimer, count func(int), largePool *sync.Pool) error {
 	small := make([]byte, smallBuf)
 	buf := small
 	var large *[]byte

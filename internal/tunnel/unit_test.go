@@ -197,3 +197,31 @@ func FuzzReadHeader(f *testing.F) {
 		}
 	})
 }
+
+// releasingBinary records the frames handed back to it.
+type releasingBinary struct {
+	blockingBinary
+	released [][]byte
+}
+
+func (r *releasingBinary) ReleaseBinary(data []byte) { r.released = append(r.released, data) }
+
+func TestWSConnHandsEveryFrameBackOnceItWasReadOrDropped(t *testing.T) {
+	bin := &releasingBinary{blockingBinary: blockingBinary{ctx: context.Background()}}
+	c := NewWSConn(bin)
+	c.Sink([]byte("abc"))
+	c.Sink([]byte("de"))
+	buf := make([]byte, 2)
+	if n, _ := c.Read(buf); string(buf[:n]) != "ab" || len(bin.released) != 0 {
+		t.Fatalf("read %q, released %q; want \"ab\" and nothing released while the frame is half read", buf[:n], bin.released)
+	}
+	if n, _ := c.Read(buf); string(buf[:n]) != "c" || len(bin.released) != 1 || string(bin.released[0]) != "abc" {
+		t.Fatalf("read %q, released %q; want \"c\" and the first frame back", buf[:n], bin.released)
+	}
+	c.Sink([]byte("fg"))
+	_ = c.Close() // queued frames go back too
+	c.Sink([]byte("late"))
+	if len(bin.released) != 4 {
+		t.Fatalf("released %q; want all four frames back", bin.released)
+	}
+}

@@ -7,6 +7,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/pipeops/pipeops-vm-agent/internal/controlplane"
 )
 
 // maxQueued bounds the inbound bytes waiting for the yamux reader. When it
@@ -29,8 +31,11 @@ type Binary interface {
 type WSConn struct {
 	bin Binary
 
+	release func([]byte) // hands a frame back (controlplane.BinaryReleaser), or drops it
+
 	mu       sync.Mutex
 	queue    [][]byte
+	head     int // bytes of queue[0] already read
 	queued   int
 	closed   bool          // Close was called
 	readable chan struct{} // signalled when data arrives or the state changes
@@ -48,6 +53,10 @@ func NewWSConn(bin Binary) *WSConn {
 	c := &WSConn{bin: bin, readable: make(chan struct{}, 1), space: make(chan struct{}, 1),
 		rd: newDeadline(), wd: newDeadline(), done: make(chan struct{}), writes: map[*int]context.CancelFunc{}}
 	c.wd.onExpire = c.cancelWrites
+	c.release = func([]byte) {}
+	if r, ok := bin.(controlplane.BinaryReleaser); ok {
+		c.release = r.ReleaseBinary
+	}
 	return c
 }
 
@@ -68,20 +77,24 @@ func signal(ch chan struct{}) {
 
 // Sink queues one inbound frame. It keeps data (the caller must not reuse
 // it) and blocks while more than maxQueued bytes wait, until the reader
-// catches up or the connection ends.
+// catches up or the connection ends. A frame read to its end goes back to
+// the connection when it takes frames back (controlplane.BinaryReleaser).
+// The queue counts what frames hold (their capacity), not only their bytes.
 func (c *WSConn) Sink(data []byte) {
 	if len(data) == 0 {
+		c.release(data)
 		return
 	}
 	for {
 		c.mu.Lock()
 		if c.closed {
 			c.mu.Unlock()
+			c.release(data)
 			return
 		}
 		if c.queued < maxQueued {
 			c.queue = append(c.queue, data)
-			c.queued += len(data)
+			c.queued += cap(data)
 			c.mu.Unlock()
 			signal(c.readable)
 			return
@@ -107,16 +120,20 @@ func (c *WSConn) Read(b []byte) (int, error) {
 			return 0, net.ErrClosed
 		}
 		if len(c.queue) > 0 {
-			n := copy(b, c.queue[0])
-			if n == len(c.queue[0]) {
+			head := c.queue[0]
+			n := copy(b, head[c.head:])
+			var done []byte
+			if c.head += n; c.head == len(head) {
+				done, c.head = head, 0
 				c.queue[0] = nil
 				c.queue = c.queue[1:]
-			} else {
-				c.queue[0] = c.queue[0][n:]
+				c.queued -= cap(head)
 			}
-			c.queued -= n
 			c.mu.Unlock()
-			signal(c.space)
+			if done != nil {
+				c.release(done)
+				signal(c.space)
+			}
 			return n, nil
 		}
 		c.mu.Unlock()
@@ -202,8 +219,12 @@ func (c *WSConn) Close() error {
 	c.once.Do(func() {
 		c.mu.Lock()
 		c.closed = true
-		c.queue, c.queued = nil, 0
+		queue := c.queue
+		c.queue, c.queued, c.head = nil, 0, 0
 		c.mu.Unlock()
+		for _, f := range queue {
+			c.release(f)
+		}
 		close(c.done)
 		c.cancelWrites()
 	})
