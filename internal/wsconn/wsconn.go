@@ -22,6 +22,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -171,12 +172,7 @@ func (c *Conn) Close() error {
 // NetConn is the wrapped connection.
 func (c *Conn) NetConn() net.Conn { return c.Conn }
 
-const (
-	readBufSize = 64 << 10
-	maxPooled   = 4 << 20
-)
-
-var readBufs = sync.Pool{New: func() any { b := make([]byte, 0, readBufSize); return &b }}
+const readBufSize = 64 << 10
 
 // ReadMessage is ws.ReadMessage without io.ReadAll's repeated growth: the
 // message is read into a pooled buffer (64 KiB, grown when needed) and
@@ -198,8 +194,13 @@ func ReadMessageOwned(ws *websocket.Conn, own func(kind int) bool) (int, []byte,
 	if err != nil {
 		return kind, nil, err
 	}
-	bp := readBufs.Get().(*[]byte)
-	buf := (*bp)[:0]
+	var buf []byte
+	select {
+	case buf = <-spares:
+		spareBytes.Add(-int64(cap(buf)))
+	default:
+		buf = make([]byte, 0, readBufSize)
+	}
 	for {
 		if len(buf) == cap(buf) {
 			buf = append(buf, 0)[:len(buf)]
@@ -210,39 +211,39 @@ func ReadMessageOwned(ws *websocket.Conn, own func(kind int) bool) (int, []byte,
 			break
 		}
 		if rerr != nil {
-			putBuf(bp, buf)
+			Release(buf)
 			return kind, nil, rerr
 		}
 	}
 	if len(buf) >= ownMin && own(kind) {
-		*bp = nil
-		bufPtrs.Put(bp)
 		return kind, buf, nil
 	}
 	out := make([]byte, len(buf))
 	copy(out, buf)
-	putBuf(bp, buf)
+	Release(buf)
 	return kind, out, nil
 }
 
 // Release hands a buffer from ReadMessageOwned back for reuse. The caller
 // must not touch it afterwards.
 func Release(b []byte) {
-	if cap(b) < readBufSize || cap(b) > maxPooled {
-		return
+	if cap(b) < readBufSize || spareBytes.Add(int64(cap(b))) > maxSpare {
+		spareBytes.Add(-int64(cap(b)))
+		return // left to the garbage collector
 	}
-	bp := bufPtrs.Get().(*[]byte)
-	*bp = b[:0]
-	readBufs.Put(bp)
+	select {
+	case spares <- b[:0]:
+	default:
+		spareBytes.Add(-int64(cap(b)))
+	}
 }
 
-// bufPtrs recycles the *[]byte holders of buffers that were handed over.
-var bufPtrs = sync.Pool{New: func() any { return new([]byte) }}
+// spares are read buffers handed back (grown ones too, so large messages
+// do not grow a fresh buffer each time), at most maxSpare bytes of them:
+// a burst of queued frames does not stay resident once it is read.
+var (
+	spares     = make(chan []byte, 64)
+	spareBytes atomic.Int64
+)
 
-func putBuf(bp *[]byte, buf []byte) {
-	if cap(buf) > maxPooled {
-		return
-	}
-	*bp = buf[:0]
-	readBufs.Put(bp)
-}
+const maxSpare = 4 << 20
