@@ -253,6 +253,13 @@ func (c *Client) dial(ctx context.Context, mode, url string) (*conn, error) {
 		}
 		return nil, fmt.Errorf("connect to %s %s: %w", mode, redactURL(url), err)
 	}
+	if ext := resp.Header.Get("Sec-WebSocket-Extensions"); ext != "" {
+		// gorilla accepts an extension the server names even when the
+		// dialer offered none; a compressed message would then inflate
+		// past the read limit, which counts bytes on the wire.
+		ws.Close()
+		return nil, fmt.Errorf("connect to %s %s: the server accepted the WebSocket extension %q, which the agent did not offer; refusing the connection (a compressed message could inflate past pipeops.read_limit_bytes)", mode, redactURL(url), ext)
+	}
 	gen := c.gen.Add(1)
 	cn := newConn(context.WithoutCancel(ctx), c, gen, mode, url, ws) // ended by close or fail, never by ctx: shutdown sends 1000 first
 	cn.start(c.cfg.PipeOps.ReadLimit, c.readTimeout, c.pingEvery)

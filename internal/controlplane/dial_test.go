@@ -6,12 +6,15 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/sha1"
 	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/pem"
 	"errors"
 	"io"
 	"log"
 	"math/big"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -139,7 +142,7 @@ func TestTLSOptionsPinsAndClientCertificates(t *testing.T) {
 			cfg := testConfig(ts.URL)
 			cfg.PipeOps.TLS.CAFile = caFile
 			tc.tweak(&cfg.PipeOps.TLS, ts)
-			a := newAgent(t, cfg, nil, &fakeCluster{version: "v1.36.3"}, nil)
+			a := newAgent(t, cfg, nil, &fakeCluster{version: "v1.36.3", token: "t"}, nil)
 			a.start(t)
 			if tc.wantErr == "" {
 				testbin.Eventually(t, 5*time.Second, "registration over TLS", func() bool {
@@ -196,4 +199,47 @@ func makeClientCert(t *testing.T) (certFile, keyFile string, pool *x509.CertPool
 	pool = x509.NewCertPool()
 	pool.AddCert(c)
 	return certFile, keyFile, pool
+}
+
+// TestAServerThatAcceptsUnofferedCompressionIsRefused: gorilla takes a
+// permessage-deflate the server names even if the dialer never offered it,
+// and its read limit counts compressed bytes, so such a server could send
+// a message that inflates without bound. The agent hangs up instead.
+func TestAServerThatAcceptsUnofferedCompressionIsRefused(t *testing.T) {
+	got := make(chan string, 16) // what each connection sent after the handshake
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Sec-WebSocket-Extensions") != "" {
+			t.Errorf("the agent offered %q; it offers no extension", r.Header.Get("Sec-WebSocket-Extensions"))
+		}
+		h := sha1.Sum([]byte(r.Header.Get("Sec-WebSocket-Key") + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
+		c, buf, err := w.(http.Hijacker).Hijack()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer c.Close()
+		buf.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " +
+			base64.StdEncoding.EncodeToString(h[:]) + "\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n\r\n")
+		buf.Flush()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		b, _ := io.ReadAll(c)
+		got <- string(b)
+	}))
+	t.Cleanup(ts.Close)
+	a := newAgent(t, testConfig(ts.URL), nil, &fakeCluster{version: "v1.36.3", token: "t"}, nil)
+	a.start(t)
+	testbin.Eventually(t, 10*time.Second, "the refusal is logged", func() bool {
+		return strings.Contains(a.logs.String(), "accepted the WebSocket extension") && strings.Contains(a.logs.String(), "permessage-deflate")
+	})
+	a.stop()
+	for {
+		select {
+		case b := <-got:
+			if b != "" {
+				t.Errorf("the agent sent %q on a connection with unoffered compression; want nothing", b)
+			}
+		default:
+			return
+		}
+	}
 }

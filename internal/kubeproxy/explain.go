@@ -80,8 +80,15 @@ func explainStatus(status int, body []byte, what string) string {
 			} else {
 				group = fmt.Sprintf("%q", group)
 			}
-			return fmt.Sprintf("forbidden (403): %s lacks RBAC permission to %s %q (API group %s) %s; grant verb %q on resource %q in its ClusterRole, or send an Authorization header for an identity that has it (%s)",
-				m[1], m[2], m[3], group, scope, m[2], m[3], msg)
+			// The agent's own identity reads cluster-wide through its
+			// ClusterRole and writes through the workload role bound in each
+			// namespace that is not protected (docs/kubernetes.md).
+			where := "its ClusterRole"
+			if m[5] != "" {
+				where = fmt.Sprintf("the workload ClusterRole bound in namespace %q (namespaces listed in kubernetes.protected_namespaces stay read-only by design)", m[5])
+			}
+			return fmt.Sprintf("forbidden (403): %s lacks RBAC permission to %s %q (API group %s) %s; grant verb %q on resource %q in %s, or send an Authorization header for an identity that has it (%s)",
+				m[1], m[2], m[3], group, scope, m[2], m[3], where, msg)
 		}
 		return fmt.Sprintf("forbidden (403) by %s: %s; check the RBAC rules of the identity used (the agent's ServiceAccount, or the Authorization header sent)", what, msg)
 	}

@@ -45,7 +45,7 @@ func TestAnExecTheServiceAccountMayNotDoNamesTheMissingPermission(t *testing.T) 
 		t.Fatalf("got %s %s; want proxy_error for x1", env1.Type, env1.Payload)
 	}
 	// A WebSocket exec is a GET, so the API server asks for verb get.
-	for _, want := range []string{"forbidden (403)", `get "pods/exec"`, `grant verb "get" on resource "pods/exec"`, "system:serviceaccount:" + env.Namespace + ":no-exec", "ClusterRole"} {
+	for _, want := range []string{"forbidden (403)", `get "pods/exec"`, `grant verb "get" on resource "pods/exec"`, "system:serviceaccount:" + env.Namespace + ":no-exec", "ClusterRole", "bound in namespace \"" + env.Namespace + "\"", "kubernetes.protected_namespaces"} {
 		if !strings.Contains(e.Error, want) {
 			t.Errorf("proxy_error %q; want it to contain %q", e.Error, want)
 		}
