@@ -13,7 +13,10 @@ func TestPipeopsctlDeps(t *testing.T) {
 	if err != nil {
 		t.Fatalf("go list: %v", err)
 	}
-	banned := []string{"k8s.io/", "helm.sh/", "github.com/hashicorp/yamux", "github.com/gorilla/websocket"}
+	// Both yamux implementations: the agent's tunnel runs libp2p's, the
+	// reference control plane hashicorp's.
+	banned := []string{"k8s.io/", "helm.sh/", "github.com/hashicorp/yamux", "github.com/libp2p/go-yamux",
+		"github.com/gorilla/websocket"}
 	for _, pkg := range strings.Fields(string(out)) {
 		for _, b := range banned {
 			if strings.HasPrefix(pkg, b) {
