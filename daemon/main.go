@@ -134,7 +134,7 @@ func run(configPath string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "pipeops-agent: invalid configuration:\n%s\nfix it, then run \"pipeopsctl config validate\" and \"systemctl restart pipeops-agent\"\n", err)
 		return ExitConfig
 	}
-	level, _ := logging.ParseLevel(cfg.Logging.Level)
+	level, _ := config.ParseLevel(cfg.Logging.Level)
 	recent := dashboard.NewLogBuffer(0) // warn+ lines for the dashboard
 	log := logging.New(logging.Options{Level: level, Format: cfg.Logging.Format, Out: stderr, Sink: recent.Add})
 	slog.SetDefault(log) // only for third-party code; ours is injected

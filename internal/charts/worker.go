@@ -6,6 +6,7 @@ import (
 
 	"k8s.io/client-go/rest"
 
+	"github.com/pipeops/pipeops-vm-agent/internal/config"
 	"github.com/pipeops/pipeops-vm-agent/internal/logging"
 	"github.com/pipeops/pipeops-vm-agent/internal/monitor"
 )
@@ -15,7 +16,7 @@ import (
 // and the result as NDJSON on out, JSON log lines on logOut.
 func Worker(ctx context.Context, in io.Reader, out, logOut io.Writer) error {
 	return monitor.ServeWorker(ctx, in, out, func(req monitor.WorkerRequest, kube *rest.Config) (monitor.Backend, error) {
-		level, err := logging.ParseLevel(req.LogLevel)
+		level, err := config.ParseLevel(req.LogLevel)
 		if err != nil {
 			level = 0 // info
 		}

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -123,6 +124,24 @@ type Kubernetes struct {
 type Logging struct {
 	Level  string `json:"level" yaml:"level"`
 	Format string `json:"format" yaml:"format"`
+}
+
+// ParseLevel maps logging.level's names (debug|info|warn|error, any case;
+// empty is info) to a slog level. It lives here and not in package logging
+// so that pipeopsctl, which validates config, does not link go-systemd's
+// journal package through logging.
+func ParseLevel(s string) (slog.Level, error) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "debug":
+		return slog.LevelDebug, nil
+	case "info", "":
+		return slog.LevelInfo, nil
+	case "warn", "warning":
+		return slog.LevelWarn, nil
+	case "error":
+		return slog.LevelError, nil
+	}
+	return 0, fmt.Errorf("unknown log level %q (want debug, info, warn or error)", s)
 }
 
 // Tunnel is the yamux reverse-tunnel side (protocol.md §7).

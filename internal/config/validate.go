@@ -11,7 +11,6 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/pipeops/pipeops-vm-agent/internal/logging"
 	"github.com/pipeops/pipeops-vm-agent/internal/tlsconfig"
 )
 
@@ -90,7 +89,7 @@ func (c *Config) Validate() error {
 	if c.PipeOps.ReadLimit < 1<<20 {
 		add("pipeops.read_limit_bytes", fmt.Sprint(c.PipeOps.ReadLimit), fmt.Errorf("%w: at least 1048576", ErrRange))
 	}
-	if _, err := logging.ParseLevel(c.Logging.Level); err != nil {
+	if _, err := ParseLevel(c.Logging.Level); err != nil {
 		add("logging.level", c.Logging.Level, fmt.Errorf("want debug, info, warn or error"))
 	}
 	switch c.Logging.Format {

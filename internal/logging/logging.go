@@ -10,7 +10,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"strings"
 	"sync"
 
 	"github.com/coreos/go-systemd/v22/journal"
@@ -51,21 +50,6 @@ type Options struct {
 	Sink func(slog.Record)
 	// Journal forces (or, when false with Format auto, detects) journald mode.
 	Journal *bool
-}
-
-// ParseLevel maps debug|info|warn|error to a slog level.
-func ParseLevel(s string) (slog.Level, error) {
-	switch strings.ToLower(strings.TrimSpace(s)) {
-	case "debug":
-		return slog.LevelDebug, nil
-	case "info", "":
-		return slog.LevelInfo, nil
-	case "warn", "warning":
-		return slog.LevelWarn, nil
-	case "error":
-		return slog.LevelError, nil
-	}
-	return 0, fmt.Errorf("unknown log level %q (want debug, info, warn or error)", s)
 }
 
 // New returns the logger for the process.

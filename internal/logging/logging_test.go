@@ -72,14 +72,3 @@ func TestLimiterLogsOnceThenSummarises(t *testing.T) {
 		t.Fatalf("Allow after interval = %v, %d; want true, 3", ok, n)
 	}
 }
-
-func TestParseLevel(t *testing.T) {
-	for in, want := range map[string]slog.Level{"debug": slog.LevelDebug, "INFO": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError} {
-		if got, err := ParseLevel(in); err != nil || got != want {
-			t.Errorf("ParseLevel(%q) = %v, %v; want %v", in, got, err, want)
-		}
-	}
-	if _, err := ParseLevel("loud"); err == nil {
-		t.Error("ParseLevel(loud) succeeded; want an error")
-	}
-}
