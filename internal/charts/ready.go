@@ -8,27 +8,27 @@ import (
 	"strings"
 	"time"
 
+	"go.yaml.in/yaml/v3"
 	"helm.sh/helm/v3/pkg/releaseutil"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"sigs.k8s.io/yaml"
 )
 
 // object is the part of a manifest document the manager reads.
 type object struct {
-	Kind     string `json:"kind"`
+	Kind     string `yaml:"kind"`
 	Metadata struct {
-		Name      string `json:"name"`
-		Namespace string `json:"namespace"`
-	} `json:"metadata"`
+		Name      string `yaml:"name"`
+		Namespace string `yaml:"namespace"`
+	} `yaml:"metadata"`
 	Spec struct {
-		ClusterIP string `json:"clusterIP"`
+		ClusterIP string `yaml:"clusterIP"`
 		Ports     []struct {
-			Port int `json:"port"`
-		} `json:"ports"`
-	} `json:"spec"`
+			Port int `yaml:"port"`
+		} `yaml:"ports"`
+	} `yaml:"spec"`
 }
 
 // objects parses a release manifest; objects without a namespace get the

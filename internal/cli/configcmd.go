@@ -1,12 +1,13 @@
 package cli
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 
 	"github.com/urfave/cli/v2"
-	"sigs.k8s.io/yaml"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/pipeops/pipeops-vm-agent/installer"
 	"github.com/pipeops/pipeops-vm-agent/internal/config"
@@ -58,7 +59,7 @@ func newConfigCommand(e *env) *cli.Command {
 						return err
 					}
 					if !c.Bool("json") {
-						if b, err = yaml.JSONToYAML(b); err != nil {
+						if b, err = jsonToYAML(b); err != nil {
 							return err
 						}
 					}
@@ -68,4 +69,25 @@ func newConfigCommand(e *env) *cli.Command {
 			},
 		},
 	}
+}
+
+// jsonToYAML renders the JSON form of the config (where secrets are already
+// redacted and the json tags name the keys) as block YAML: keys sorted,
+// two-space indent, list items level with their key.
+func jsonToYAML(j []byte) ([]byte, error) {
+	var v any
+	if err := yaml.Unmarshal(j, &v); err != nil { // JSON is YAML; ints stay ints
+		return nil, err
+	}
+	var b bytes.Buffer
+	enc := yaml.NewEncoder(&b)
+	enc.SetIndent(2)
+	enc.CompactSeqIndent()
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	if err := enc.Close(); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), nil
 }

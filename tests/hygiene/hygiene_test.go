@@ -15,11 +15,13 @@ import (
 const module = "github.com/pipeops/pipeops-vm-agent"
 
 type pkg struct {
-	ImportPath string
-	Dir        string
-	GoFiles    []string
-	Imports    []string
-	Deps       []string
+	ImportPath   string
+	Dir          string
+	GoFiles      []string
+	Imports      []string
+	TestImports  []string
+	XTestImports []string
+	Deps         []string
 }
 
 func listPackages(t *testing.T) []pkg {
