@@ -11,8 +11,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"slices"
-	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -40,6 +38,42 @@ func (e *exitError) Unwrap() error { return e.err }
 
 // withCode wraps err so Main exits with code.
 func withCode(code int, err error) error { return &exitError{code: code, err: err} }
+
+// commandError is an error pipeopsctl's own code returned: a command's
+// Action or the app's Before (ownErrors wraps them all). Any other error
+// from App.Run is urfave/cli rejecting the command line before a command
+// ran (an unknown flag, command or help topic; a bad or missing flag value),
+// and Main exits ExitUsage on it.
+type commandError struct{ err error }
+
+func (e *commandError) Error() string { return e.err.Error() }
+func (e *commandError) Unwrap() error { return e.err }
+
+// ownErrors marks the errors of the app's Before and of every command's
+// Action and Before, down the whole tree, as commandErrors.
+func ownErrors(app *cli.App) {
+	app.Before = markErrors(app.Before)
+	var walk func([]*cli.Command)
+	walk = func(cmds []*cli.Command) {
+		for _, c := range cmds {
+			c.Action, c.Before = markErrors(c.Action), markErrors(c.Before)
+			walk(c.Subcommands)
+		}
+	}
+	walk(app.Commands)
+}
+
+func markErrors[F ~func(*cli.Context) error](f F) F {
+	if f == nil {
+		return nil // urfave/cli fills in its own (help) where it needs one
+	}
+	return func(c *cli.Context) error {
+		if err := f(c); err != nil {
+			return &commandError{err}
+		}
+		return nil
+	}
+}
 
 // errSilent ends a command with a code after it already printed its output.
 var errSilent = errors.New("")
@@ -85,11 +119,12 @@ func run(ctx context.Context, e *env, args []string) int {
 		return ExitOK
 	}
 	var ee *exitError
-	code := ExitError
-	if errors.As(err, &ee) {
+	code := ExitUsage // not from our code: urfave/cli rejected the command line
+	switch {
+	case errors.As(err, &ee):
 		code = ee.code
-	} else if isUsageError(err) {
-		code = ExitUsage
+	case errors.As(err, new(*commandError)):
+		code = ExitError
 	}
 	if msg := err.Error(); msg != "" {
 		fmt.Fprintln(e.stderr, "pipeopsctl:", msg)
@@ -101,10 +136,10 @@ func run(ctx context.Context, e *env, args []string) int {
 	return code
 }
 
-// newApp is pipeopsctl's command tree. App (docs.go) builds the same tree
+// newApp is pipeopsctl's command tree. App (completion.go) builds the same tree
 // for the generated man page and completion scripts.
 func newApp(e *env) *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:  "pipeopsctl",
 		Usage: "manage the PipeOps agent on this host",
 		Description: "pipeopsctl inspects and manages pipeops-agent, the daemon that links this VM's Kubernetes cluster " +
@@ -124,38 +159,19 @@ func newApp(e *env) *cli.App {
 		ExitErrHandler:       func(*cli.Context, error) {}, // we map errors to codes below
 		Commands:             commands(e),
 	}
+	ownErrors(app)
+	return app
 }
 
-// commands lists every subcommand. New commands register here.
-var extraCommands []func(e *env) *cli.Command
-
-// commandOrder is the order --help, the man page and completion list the
-// commands in: what an operator reaches for first (is it working, what did
-// it say, what is wrong), then day-to-day actions, then setup. A command
-// missing here sorts last, and TestHelpListsCommandsInOperatorOrder fails.
-var commandOrder = []string{
-	"status", "logs", "doctor",
-	"start", "stop", "restart", "monitoring", "config",
-	"install", "uninstall", "version", "completion",
-}
-
+// commands is every pipeopsctl command, in the order --help, the man page
+// and the completion scripts list them: what an operator reaches for first
+// (is it working, what did it say, what is wrong), then day-to-day actions,
+// then setup. A new command goes here, in its place, and nowhere else.
 func commands(e *env) []*cli.Command {
-	cmds := []*cli.Command{newVersionCommand(e), newStatusCommand(e), newConfigCommand(e)}
-	for _, f := range extraCommands {
-		cmds = append(cmds, f(e))
+	return []*cli.Command{
+		newStatusCommand(e), newLogsCommand(e), newDoctorCommand(e),
+		newServiceCommand(e, "start"), newServiceCommand(e, "stop"), newServiceCommand(e, "restart"),
+		newMonitoringCommand(e), newConfigCommand(e),
+		newInstallCommand(e), newUninstallCommand(e), newVersionCommand(e), newCompletionCommand(e),
 	}
-	rank := func(c *cli.Command) int {
-		if i := slices.Index(commandOrder, c.Name); i >= 0 {
-			return i
-		}
-		return len(commandOrder)
-	}
-	slices.SortStableFunc(cmds, func(a, b *cli.Command) int { return rank(a) - rank(b) })
-	return cmds
-}
-
-func isUsageError(err error) bool {
-	s := err.Error()
-	return strings.HasPrefix(s, "flag provided but not defined") || strings.Contains(s, "Required flag") ||
-		strings.HasPrefix(s, "invalid value") || strings.HasPrefix(s, "No help topic")
 }

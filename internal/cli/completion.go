@@ -10,8 +10,6 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
-func init() { extraCommands = append(extraCommands, newCompletionCommand) }
-
 // Shells "pipeopsctl completion" writes scripts for.
 var completionShells = []string{"bash", "zsh", "fish"}
 

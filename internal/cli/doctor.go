@@ -24,8 +24,6 @@ import (
 	"github.com/pipeops/pipeops-vm-agent/internal/paths"
 )
 
-func init() { extraCommands = append(extraCommands, newDoctorCommand) }
-
 // Check levels, printed first on every doctor line.
 const (
 	levelOK   = "OK"

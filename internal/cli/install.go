@@ -16,8 +16,6 @@ import (
 	"github.com/pipeops/pipeops-vm-agent/internal/paths"
 )
 
-func init() { extraCommands = append(extraCommands, newInstallCommand) }
-
 // rootFlag installs into a directory tree instead of / (tests, image builds).
 var rootFlag = &cli.StringFlag{Name: "root", Value: "/", Hidden: true, Usage: "install below this directory"}
 

@@ -12,8 +12,6 @@ import (
 	"github.com/pipeops/pipeops-vm-agent/internal/paths"
 )
 
-func init() { extraCommands = append(extraCommands, newLogsCommand) }
-
 // defaultLines is how much history logs shows when neither -n nor --since is given.
 const defaultLines = 100
 

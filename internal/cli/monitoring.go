@@ -17,8 +17,6 @@ import (
 	"github.com/pipeops/pipeops-vm-agent/internal/localclient"
 )
 
-func init() { extraCommands = append(extraCommands, newMonitoringCommand) }
-
 func newMonitoringCommand(e *env) *cli.Command {
 	return &cli.Command{
 		Name:  "monitoring",

@@ -8,12 +8,6 @@ import (
 	"github.com/pipeops/pipeops-vm-agent/installer"
 )
 
-func init() {
-	for _, verb := range []string{"start", "stop", "restart"} {
-		extraCommands = append(extraCommands, func(e *env) *cli.Command { return newServiceCommand(e, verb) })
-	}
-}
-
 // newServiceCommand drives the unit through the installer's service manager
 // (kardianos/service on a host). systemctl start waits for READY=1.
 func newServiceCommand(e *env, verb string) *cli.Command {

@@ -12,8 +12,6 @@ import (
 	"github.com/pipeops/pipeops-vm-agent/internal/paths"
 )
 
-func init() { extraCommands = append(extraCommands, newUninstallCommand) }
-
 func newUninstallCommand(e *env) *cli.Command {
 	return &cli.Command{
 		Name:  "uninstall",
