@@ -1,7 +1,8 @@
 // Package cli implements pipeopsctl, one subcommand per file. Every command
 // gets its dependencies through env, so tests run them with stub systemctl
 // and journalctl and a real local API socket. It must not link client-go,
-// Helm, yamux or gorilla/websocket (cmd/pipeopsctl's deps test).
+// Helm, yamux, gorilla/websocket or go-systemd (tests/hygiene's
+// TestPipeopsctlStaysSmall). The commands are listed once, in commands().
 package cli
 
 import (
