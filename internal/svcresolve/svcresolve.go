@@ -39,6 +39,9 @@ var (
 	ErrNoEndpoints = errors.New("service has no ready endpoints")
 	// ErrNotSynced: the caches did not sync before the caller's context ended.
 	ErrNotSynced = errors.New("service cache not synced yet")
+	// ErrNotStarted: a Resolver built with NewDeferred has no clientset yet
+	// (the agent's ServiceAccount is still being set up).
+	ErrNotStarted = errors.New("service resolver not started yet")
 )
 
 // unroutableFor is how long a ClusterIP dial failure makes Dial and Resolve
@@ -48,12 +51,13 @@ const unroutableFor = 5 * time.Minute
 // sliceIndex indexes EndpointSlices by "<namespace>/<service name>".
 const sliceIndex = "service"
 
-// Resolver resolves Services from informer caches. Build it with New and run
-// it with Run; Resolve waits for the first cache sync.
+// Resolver resolves Services from informer caches. Build it with New (or
+// NewDeferred) and run it with Run; Resolve waits for the first cache sync.
 type Resolver struct {
-	client kubernetes.Interface
-	policy *egress.Policy
-	log    *slog.Logger
+	clientset func(ctx context.Context) (kubernetes.Interface, error)
+	ready     atomic.Bool // the clientset arrived: lookups wait for the caches from now on
+	policy    *egress.Policy
+	log       *slog.Logger
 
 	mu      sync.Mutex
 	svcs    cache.Indexer
@@ -69,18 +73,37 @@ type Resolver struct {
 // New builds a Resolver over client whose Dial applies policy (nil: the
 // strict policy, with nothing allowed beyond it). It starts nothing.
 func New(client kubernetes.Interface, policy *egress.Policy, log *slog.Logger) *Resolver {
+	r := NewDeferred(func(context.Context) (kubernetes.Interface, error) { return client, nil }, policy, log)
+	r.ready.Store(true)
+	return r
+}
+
+// NewDeferred is New for a clientset that exists only later: Run first
+// waits for clientset (the agent's ServiceAccount clientset, after
+// bootstrap). Until it has one, Resolve and Dial fail at once with
+// ErrNotStarted instead of waiting, so the proxy falls back to the API
+// server's service proxy. It starts nothing.
+func NewDeferred(clientset func(ctx context.Context) (kubernetes.Interface, error), policy *egress.Policy, log *slog.Logger) *Resolver {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	if policy == nil {
 		policy, _ = egress.New(egress.Options{Log: log}) // fails only when registering metrics
 	}
-	return &Resolver{client: client, policy: policy, log: log, synced: make(chan struct{}), now: time.Now}
+	return &Resolver{clientset: clientset, policy: policy, log: log, synced: make(chan struct{}), now: time.Now}
 }
 
-// Run starts the Service and EndpointSlice informers and blocks until ctx
-// ends. It returns nil then.
+// Run gets the clientset, starts the Service and EndpointSlice informers
+// and blocks until ctx ends. It returns nil then.
 func (r *Resolver) Run(ctx context.Context) error {
+	client, err := r.clientset(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil // shutting down before the clientset existed
+		}
+		return fmt.Errorf("get the Kubernetes clientset: %w", err)
+	}
+	r.ready.Store(true)
 	r.mu.Lock()
 	if r.started {
 		r.mu.Unlock()
@@ -88,7 +111,7 @@ func (r *Resolver) Run(ctx context.Context) error {
 		return nil
 	}
 	r.started = true
-	f := informers.NewSharedInformerFactory(r.client, 0)
+	f := informers.NewSharedInformerFactory(client, 0)
 	svcInf := f.Core().V1().Services().Informer()
 	sliceInf := f.Discovery().V1().EndpointSlices().Informer()
 	if err := sliceInf.AddIndexers(cache.Indexers{sliceIndex: indexByService}); err != nil {
@@ -161,6 +184,9 @@ type target struct {
 }
 
 func (r *Resolver) lookup(ctx context.Context, network, namespace, name string, port int) (target, error) {
+	if !r.ready.Load() {
+		return target{}, ErrNotStarted
+	}
 	if err := r.WaitSynced(ctx); err != nil {
 		return target{}, err
 	}

@@ -180,3 +180,51 @@ func TestDialReachesAHostProcessBehindAnExternalNameService(t *testing.T) {
 		t.Fatalf("got %q", got)
 	}
 }
+
+func TestADeferredResolverRefusesAtOnceUntilItsClientsetArrives(t *testing.T) {
+	env := kubetest.Cluster(t)
+	cs, ns := env.Client, env.Namespace
+	createService(t, cs, ns, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "web"}, Spec: corev1.ServiceSpec{
+		Ports: []corev1.ServicePort{{Name: "http", Port: 80}}}})
+	web, err := cs.CoreV1().Services(ns).Get(context.Background(), "web", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	arrive := make(chan struct{})
+	r := NewDeferred(func(ctx context.Context) (kubernetes.Interface, error) {
+		select {
+		case <-arrive:
+			return cs, nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}, nil, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run = %v; want nil after cancel", err)
+		}
+	}()
+
+	// A caller with all the time in the world is not kept waiting.
+	if _, err := r.Resolve(context.Background(), ns, "web", 80); !errors.Is(err, ErrNotStarted) {
+		t.Fatalf("Resolve before the clientset = %v; want ErrNotStarted", err)
+	}
+	if _, _, err := r.Dial(context.Background(), "tcp", ns, "web", 80); !errors.Is(err, ErrNotStarted) {
+		t.Fatalf("Dial before the clientset = %v; want ErrNotStarted", err)
+	}
+	close(arrive)
+	resolveEventually(t, r, "tcp", ns, "web", 80, net.JoinHostPort(web.Spec.ClusterIP, "80"))
+}
+
+func TestADeferredResolverStopsCleanlyBeforeItsClientsetArrives(t *testing.T) {
+	r := NewDeferred(func(ctx context.Context) (kubernetes.Interface, error) { <-ctx.Done(); return nil, ctx.Err() }, nil, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := r.Run(ctx); err != nil {
+		t.Fatalf("Run = %v; want nil when ctx ends first", err)
+	}
+}
