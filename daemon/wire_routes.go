@@ -3,11 +3,6 @@ package daemon
 import (
 	"context"
 	"fmt"
-	"net"
-	"net/http"
-	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pipeops/pipeops-vm-agent/internal/apitype"
 	"github.com/pipeops/pipeops-vm-agent/internal/controlplane"
@@ -38,48 +33,21 @@ func (d *Daemon) wireRoutes() error {
 	if err != nil {
 		return fmt.Errorf("route sync: %w", err)
 	}
-	hc := &http.Client{Transport: &http.Transport{
-		Proxy:               http.ProxyFromEnvironment,
-		DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		TLSClientConfig:     tc,
-		TLSHandshakeTimeout: 10 * time.Second,
-		MaxIdleConnsPerHost: 2,
-		IdleConnTimeout:     90 * time.Second,
-		ForceAttemptHTTP2:   true,
-	}}
-	// protocol.md §11 names the reference's gateway_route_sync_* metrics; ours
-	// carry the agent's pipeops_agent_ prefix like every other agent metric.
-	attempts := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "pipeops_agent_gateway_route_sync_attempts_total",
-		Help: "Route registration REST attempts (register, sync, unregister), each HTTP try counted.",
-	}, []string{"operation"})
-	failures := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "pipeops_agent_gateway_route_sync_failures_total",
-		Help: "Route registration REST attempts that did not get HTTP 200.",
-	}, []string{"operation"})
-	d.reg.MustRegister(attempts, failures)
-	for _, op := range []string{routesync.OpRegister, routesync.OpSync, routesync.OpUnregister} {
-		attempts.WithLabelValues(op)
-		failures.WithLabelValues(op)
-	}
-
-	s := routesync.New(routesync.Options{
+	s, err := routesync.New(routesync.Options{
 		Kube:            d.kubePart.mgr.WaitClientset,
 		APIURL:          d.cfg.PipeOps.APIURL,
 		Token:           func() string { return d.cfg.PipeOps.Token.Reveal() },
-		HTTPClient:      hc,
+		TLS:             tc,
 		ClusterID:       d.routeClusterID,
 		RefreshInterval: d.cfg.Gateway.RefreshInterval.Std(),
 		ForceTunnel:     d.cfg.Gateway.ForceTunnelMode,
-		OnAttempt: func(op string, err error) {
-			attempts.WithLabelValues(op).Inc()
-			if err != nil {
-				failures.WithLabelValues(op).Inc()
-			}
-		},
-		Health: d.health,
-		Log:    d.log.With(logging.KeyComponent, "routes"),
+		Registerer:      d.reg,
+		Health:          d.health,
+		Log:             d.log.With(logging.KeyComponent, "routes"),
 	})
+	if err != nil {
+		return fmt.Errorf("route sync: %w", err)
+	}
 	d.routesPart.routes = s
 	d.addSubsystem("routes", s.Run)
 
@@ -92,16 +60,7 @@ func (d *Daemon) wireRoutes() error {
 			hb.Metadata.IsPrivate = s.IsPrivate()
 		})
 	}
-	d.fillers = append(d.fillers, func(_ context.Context, st *apitype.StatusResponse) {
-		rs := s.Status()
-		st.Routes.Count = rs.Routes
-		st.Routes.RoutingMode = rs.RoutingMode
-		st.Routes.PublicEndpoint = rs.PublicEndpoint
-		st.Routes.IngressController = rs.Controller
-		st.Routes.LastSync = rs.LastSync
-		st.Routes.LastSyncResult = rs.LastSyncResult
-		st.Routes.LastError = rs.LastError
-	})
+	d.fillers = append(d.fillers, func(_ context.Context, st *apitype.StatusResponse) { st.Routes = s.Status() })
 	return nil
 }
 

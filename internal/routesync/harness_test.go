@@ -147,8 +147,12 @@ type running struct {
 
 func startSyncer(t *testing.T, opt Options) *running {
 	t.Helper()
+	s, err := New(opt)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{Syncer: New(opt), cancel: cancel, done: make(chan error, 1)}
+	r := &running{Syncer: s, cancel: cancel, done: make(chan error, 1)}
 	go func() { r.done <- r.Run(ctx) }()
 	t.Cleanup(r.stop)
 	return r

@@ -8,19 +8,21 @@ package routesync
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/workqueue"
 
+	"github.com/pipeops/pipeops-vm-agent/internal/apitype"
 	"github.com/pipeops/pipeops-vm-agent/internal/backoff"
 	"github.com/pipeops/pipeops-vm-agent/internal/health"
 )
@@ -34,9 +36,12 @@ type Options struct {
 	// StaticKube for a clientset that already exists.
 	Kube func(ctx context.Context) (kubernetes.Interface, error)
 	// APIURL is PIPEOPS_API_URL; Token returns the Bearer token per call.
-	APIURL     string
-	Token      func() string
-	HTTPClient *http.Client
+	APIURL string
+	Token  func() string
+	// TLS is the REST calls' TLS configuration: the link's (tlsconfig.New
+	// of pipeops.tls), so the calls cannot be weaker than the WebSocket.
+	// Nil uses the system roots.
+	TLS *tls.Config
 	// ClusterID returns the id route bodies carry (§15.1); nothing is sent while it is empty.
 	ClusterID func() string
 	// Namespace limits the watch to one namespace ("" = all). Tests use it for isolation.
@@ -56,27 +61,15 @@ type Options struct {
 	// retried (1 s, 15 s); PermanentRetry is the delay after an answer that
 	// retrying will not change, such as 401 (5 min).
 	RetryBase, RetryMax, PermanentRetry time.Duration
-	// OnAttempt, if set, sees every REST attempt (metrics).
-	OnAttempt func(op string, err error)
-	Health    *health.Tracker
-	Log       *slog.Logger
+	// Registerer takes the REST attempt and failure counters; nil keeps them unregistered.
+	Registerer prometheus.Registerer
+	Health     *health.Tracker
+	Log        *slog.Logger
 }
 
 // StaticKube wraps an existing clientset for Options.Kube.
 func StaticKube(c kubernetes.Interface) func(context.Context) (kubernetes.Interface, error) {
 	return func(context.Context) (kubernetes.Interface, error) { return c, nil }
-}
-
-// Status is a snapshot for `pipeopsctl status`.
-type Status struct {
-	Routes         int // managed routes (host, path)
-	RoutingMode    string
-	PublicEndpoint string
-	Private        bool
-	Controller     string
-	LastSync       time.Time
-	LastSyncResult string // "ok" or "failed"
-	LastError      string
 }
 
 // Queue keys that are not ingresses; ingress keys never start with NUL.
@@ -110,12 +103,12 @@ type Syncer struct {
 	nRoutes  int
 	ctrl     controller
 	rt       routing
-	status   Status
+	status   apitype.RoutesStatus // the last sync's outcome; Status fills in the rest
 	ctrlSeen bool
 }
 
-// New builds a Syncer; it starts nothing.
-func New(opt Options) *Syncer {
+// New builds a Syncer and registers its metrics; it starts nothing.
+func New(opt Options) (*Syncer, error) {
 	def := func(d *time.Duration, v time.Duration) {
 		if *d <= 0 {
 			*d = v
@@ -142,8 +135,12 @@ func New(opt Options) *Syncer {
 	if opt.Log == nil {
 		opt.Log = slog.New(slog.DiscardHandler)
 	}
-	c := NewClient(opt.APIURL, opt.Token, opt.HTTPClient)
-	c.OnAttempt = opt.OnAttempt
+	m, err := newMetrics(opt.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	c := NewClient(opt.APIURL, opt.Token, newHTTPClient(opt.TLS))
+	c.OnAttempt = m.attempt
 	rl := workqueue.NewTypedItemExponentialFailureRateLimiter[string](opt.RetryBase, opt.RetryMax)
 	s := &Syncer{
 		opt: opt, log: opt.Log, client: c, bo: backoff.New(opt.RetryBase, opt.RetryMax),
@@ -155,9 +152,7 @@ func New(opt Options) *Syncer {
 	// it (the informers' initial adds) cause no per-route calls.
 	s.fullGen.Store(1)
 	s.rt = detectRouting(nil, nil, true) // tunnel until detected
-	s.status.RoutingMode = s.rt.Mode
-	s.status.Private = true
-	return s
+	return s, nil
 }
 
 // Client is the REST client (tests inspect its settings).
@@ -264,14 +259,15 @@ func (s *Syncer) IsPrivate() bool {
 	return s.rt.Private
 }
 
-// Status returns a snapshot.
-func (s *Syncer) Status() Status {
+// Status is the routes section of the local status API.
+func (s *Syncer) Status() apitype.RoutesStatus {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	st := s.status
-	st.Routes = s.nRoutes
-	st.RoutingMode, st.PublicEndpoint, st.Private = s.rt.Mode, s.rt.PublicEndpoint, s.rt.Private
-	st.Controller = s.ctrl.String()
+	st.Enabled = true
+	st.Count = s.nRoutes
+	st.RoutingMode, st.PublicEndpoint = s.rt.Mode, s.rt.PublicEndpoint
+	st.IngressController = s.ctrl.String()
 	return st
 }
 

@@ -100,7 +100,7 @@ func TestRoutesTargetTheControllerAndServeTheProxyLookup(t *testing.T) {
 		t.Fatal("Lookup found a host no managed ingress has")
 	}
 	st := s.Status()
-	if st.Routes != 1 || st.RoutingMode != "tunnel" || st.LastSyncResult != "ok" || st.LastSync.IsZero() || st.Controller == "" {
+	if st.Count != 1 || st.RoutingMode != "tunnel" || st.LastSyncResult != "ok" || st.LastSync.IsZero() || st.IngressController == "" {
 		t.Fatalf("Status() = %+v", st)
 	}
 }

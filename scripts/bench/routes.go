@@ -173,11 +173,14 @@ func runRoutes(admin *rest.Config, n int) (routeResult, error) {
 	}
 	const clusterID = "bench-cluster"
 	ctrl := []types.NamespacedName{{Namespace: ns.Name, Name: "traefik"}}
-	s := routesync.New(routesync.Options{
+	s, err := routesync.New(routesync.Options{
 		Kube: routesync.StaticKube(scs), APIURL: srv.URL, Token: func() string { return "bench" },
 		ClusterID: func() string { return clusterID }, Namespace: ns.Name,
 		ControllerCandidates: ctrl, RoutingCandidates: ctrl, LabelNamespaces: []string{},
 	})
+	if err != nil {
+		return routeResult{}, err
+	}
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	start := time.Now()
