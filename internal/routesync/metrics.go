@@ -60,7 +60,7 @@ func newHTTPClient(tc *tls.Config) *http.Client {
 	return &http.Client{Transport: &http.Transport{
 		Proxy:               http.ProxyFromEnvironment,
 		DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		TLSClientConfig:     tc,
+		TLSClientConfig:     tc.Clone(), // HTTP/2 setup edits it (NextProtos): never the caller's
 		TLSHandshakeTimeout: 10 * time.Second,
 		MaxIdleConnsPerHost: 2,
 		IdleConnTimeout:     90 * time.Second,
