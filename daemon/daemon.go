@@ -2,6 +2,7 @@
 // subsystem from the configuration, and Run starts them, drives sd_notify and
 // orders shutdown. It is the only package that imports "the world"; every
 // internal package gets its dependencies through constructor arguments.
+// docs/architecture.md draws the parts and the arrows between them.
 package daemon
 
 import (
@@ -9,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -18,14 +20,25 @@ import (
 
 	"github.com/pipeops/pipeops-vm-agent/internal/apitype"
 	"github.com/pipeops/pipeops-vm-agent/internal/config"
+	"github.com/pipeops/pipeops-vm-agent/internal/controlplane"
+	"github.com/pipeops/pipeops-vm-agent/internal/dashboard"
+	"github.com/pipeops/pipeops-vm-agent/internal/egress"
 	"github.com/pipeops/pipeops-vm-agent/internal/health"
 	"github.com/pipeops/pipeops-vm-agent/internal/hostinfo"
+	"github.com/pipeops/pipeops-vm-agent/internal/kube"
+	"github.com/pipeops/pipeops-vm-agent/internal/kubeproxy"
 	"github.com/pipeops/pipeops-vm-agent/internal/localapi"
 	"github.com/pipeops/pipeops-vm-agent/internal/logging"
+	"github.com/pipeops/pipeops-vm-agent/internal/monitor"
 	"github.com/pipeops/pipeops-vm-agent/internal/paths"
+	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
+	"github.com/pipeops/pipeops-vm-agent/internal/routesync"
 	"github.com/pipeops/pipeops-vm-agent/internal/sdnotify"
 	"github.com/pipeops/pipeops-vm-agent/internal/state"
 	"github.com/pipeops/pipeops-vm-agent/internal/statusserver"
+	"github.com/pipeops/pipeops-vm-agent/internal/svcresolve"
+	"github.com/pipeops/pipeops-vm-agent/internal/tlsconfig"
+	"github.com/pipeops/pipeops-vm-agent/internal/tunnel"
 	"github.com/pipeops/pipeops-vm-agent/internal/version"
 )
 
@@ -43,41 +56,32 @@ type subsystem struct {
 	run  func(ctx context.Context) error
 }
 
-// Daemon is the running agent.
+// Daemon is the running agent: what New built that Run and Status use.
 type Daemon struct {
 	cfg     *config.Config
 	log     *slog.Logger
 	state   *state.Store
 	health  *health.Tracker
-	reg     *prometheus.Registry
-	status  *statusserver.Server
-	api     *localapi.Server
 	notify  *sdnotify.Notifier
 	agentID string
 	started time.Time
 
-	// Each part is owned by one subsystem's wiring file (wire_<part>.go).
-	kubePart
-	cpPart
-	proxyPart
-	tunnelPart
-	routesPart
-	chartsPart
-	dashPart
+	kube       *kube.Manager
+	routes     *routesync.Syncer // nil when gateway.enabled is false
+	proxy      *kubeproxy.Proxy
+	tunnel     *tunnel.Manager // nil when tunnel.enabled is false
+	monitoring *monitor.Manager
+	link       *controlplane.Client
+	statusHTTP *statusserver.Server // protocol.md §11: /health, /ready, /metrics
+	dashboard  *dashboard.Server
+	api        *localapi.Server // the unix socket pipeopsctl talks to
 
 	subsystems []subsystem
-	// fillers add each subsystem's section to the status snapshot.
-	fillers []func(ctx context.Context, st *apitype.StatusResponse)
-	link    linkSource
 }
 
-// linkSource is what the control-plane link exposes to /health and status.
-type linkSource interface {
-	Link() (string, bool)
-}
-
-// New builds the agent from a validated configuration. It opens the state
-// store (local I/O only) but starts nothing and dials nothing.
+// New builds the agent from a validated configuration, each part from the
+// ones before it: the order below is the dependency order. It opens the
+// state store (local I/O only) but starts nothing and dials nothing.
 func New(cfg *config.Config, log *slog.Logger) (*Daemon, error) {
 	stateDir := cfg.Agent.StateDir
 	if stateDir == "" {
@@ -87,35 +91,198 @@ func New(cfg *config.Config, log *slog.Logger) (*Daemon, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open state: %w", err)
 	}
-	d := &Daemon{cfg: cfg, log: log, state: st, health: health.New(nil), reg: prometheus.NewRegistry(),
-		notify: &sdnotify.Notifier{Log: log}, started: time.Now()}
-	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	agentID, err := resolveAgentID(cfg, st)
+	if err != nil {
+		return nil, err
+	}
+	hl := health.New(nil)
+	if stall := stallHook(filepath.Dir(socketPath(cfg))); stall != nil {
+		hl.SetStall(stall) // test builds only (-tags pipeops_testhooks)
+	}
+	hl.Require(health.ControlPlane, "connecting to "+cfg.PipeOps.APIURL)
+	hl.Require(health.Kubernetes, "connecting to the Kubernetes API")
+	reg := newRegistry()
+	var subsystems []subsystem
+	add := func(name string, run func(ctx context.Context) error) {
+		subsystems = append(subsystems, subsystem{name: name, run: run})
+	}
+	// The link's trust, client certificate and pins: the route REST calls
+	// and ip-intel talk to the control plane too, and may not be weaker.
+	linkTLS, err := tlsconfig.New(cfg.PipeOps.TLS.Options())
+	if err != nil {
+		return nil, fmt.Errorf("control-plane TLS: %w", err)
+	}
+
+	// Kubernetes: kubeconfig discovery, the agent's own ServiceAccount and
+	// RBAC, its token, the API probe behind the "kubernetes" condition, and
+	// heartbeat telemetry.
+	kc := kube.New(cfg.Kubernetes, os.Getenv, log.With(logging.KeyComponent, "kube"), reg, kubeOptions(cfg, hl, st)...)
+	add("kubernetes", kc.Run)
+
+	// The Service resolver (protocol.md §14.2), one set of Service and
+	// EndpointSlice informers for the proxy and the tunnel. It needs the
+	// ServiceAccount's clientset, which exists only after bootstrap; until
+	// then Service calls go through the API server's service proxy.
+	dialPolicy, err := egress.New(egress.Options{Allow: cfg.Security.AllowedTargets(), Registerer: reg,
+		Log: log.With(logging.KeyComponent, "egress")})
+	if err != nil {
+		return nil, fmt.Errorf("dial policy: %w", err)
+	}
+	resolver := svcresolve.NewDeferred(kc.WaitClientset, dialPolicy, log.With(logging.KeyComponent, "svcresolve"))
+	add("svcresolve", resolver.Run)
+
+	// Ingress route sync (protocol.md §9). Route bodies carry the cluster
+	// id registration persisted (§15.1); nothing is sent before it.
+	var routes *routesync.Syncer        // nil when gateway.enabled is false
+	var ingress kubeproxy.IngressRoutes // nil: the proxy has no route cache (§6.3 rules 1 and 4)
+	if cfg.Gateway.Enabled {
+		routes, err = routesync.New(routesync.Options{
+			Kube:            kc.WaitClientset,
+			APIURL:          cfg.PipeOps.APIURL,
+			Token:           func() string { return cfg.PipeOps.Token.Reveal() },
+			TLS:             linkTLS,
+			ClusterID:       func() string { return st.Get().ClusterID },
+			RefreshInterval: cfg.Gateway.RefreshInterval.Std(),
+			ForceTunnel:     cfg.Gateway.ForceTunnelMode,
+			Registerer:      reg,
+			Health:          hl,
+			Log:             log.With(logging.KeyComponent, "routes"),
+		})
+		if err != nil {
+			return nil, fmt.Errorf("route sync: %w", err)
+		}
+		ingress = routeCache{routes}
+		add("routes", routes.Run)
+	}
+
+	// The proxy_request handler (protocol.md §6).
+	proxy, err := kubeproxy.New(kubeproxy.Options{
+		Log:              log.With(logging.KeyComponent, "proxy"),
+		RESTConfig:       kc.ProxyConfig,
+		Resolver:         resolver,
+		Routes:           ingress,
+		MaxInFlight:      cfg.Proxy.MaxInFlight,
+		MaxBufferedBytes: cfg.Proxy.MaxBufferedBytes,
+		MemoryBudget:     cfg.Proxy.MemoryBudget,
+		Egress:           dialPolicy,
+		DefaultTimeout:   time.Duration(cfg.Proxy.DefaultTimeout),
+		ClusterDomain:    cfg.Kubernetes.ClusterDomain,
+		Registerer:       reg,
+		KubeUnreachable:  kc.Unreachable,
+		KubeFailed:       kc.Nudge,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("proxy: %w", err)
+	}
+
+	// The yamux reverse tunnel (protocol.md §7): the configured forwards and
+	// Services through the shared resolver.
+	var tun *tunnel.Manager // nil when tunnel.enabled is false; its forward calls then do nothing
+	if tc := cfg.Tunnel; tc.Enabled {
+		tun = tunnel.New(tunnel.Config{
+			StreamWindow:      tc.StreamWindow,
+			MaxStreams:        tc.MaxStreams,
+			MemoryBudget:      tc.MemoryBudget,
+			InactivityTimeout: tc.InactivityTimeout.Std(),
+			Forwards:          configuredForwards(tc),
+			Health:            hl,
+		}, resolver, reg, log.With(logging.KeyComponent, "tunnel"))
+		add("tunnel", tun.Run)
+	} else {
+		// A hello then gets no yamux: binary frames stay JSON (§7.1).
+		log.Info("tunnel disabled by configuration (tunnel.enabled: false)")
+	}
+
+	// The monitoring stack (protocol.md §12). Its Helm work runs in a
+	// pipeops-agent-helm process per round, so the daemon does not link
+	// Helm; its ready endpoints become tunnel forwards.
+	enabled, disabled := monitoringComponents(cfg.Monitoring)
+	monitoring, err := monitor.New(monitor.Options{
+		Enabled:     cfg.Monitoring.Enabled,
+		Components:  enabled,
+		Disabled:    disabled,
+		Backend:     helmWorker(cfg, enabled, kc, log),
+		State:       st,
+		Health:      hl,
+		Log:         log.With(logging.KeyComponent, "charts"),
+		OnEndpoints: func(eps []monitor.Endpoint) { forwardMonitoring(tun, eps, log) },
+	})
+	if err != nil {
+		return nil, fmt.Errorf("monitoring: %w", err)
+	}
+	add("monitoring", monitoring.Run)
+
+	// The control-plane link (protocol.md §2–5, §8). Everything above that
+	// the control plane drives attaches here: the handlers of its messages,
+	// what runs on every (re)connection and what rides on heartbeats.
+	link, err := controlplane.New(controlplane.Options{
+		Config:   cfg,
+		AgentID:  agentID,
+		State:    st,
+		Health:   hl,
+		Log:      log.With(logging.KeyComponent, "controlplane"),
+		Metrics:  reg,
+		Cluster:  kubeCluster{kc},
+		Locality: newLocality(cfg, linkTLS, st, kc, log.With(logging.KeyComponent, "locality")),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("control-plane link: %w", err)
+	}
+	link.Register(proxy)
+	link.OnShutdown(proxy.Drain) // in-flight calls answer before the link closes (§8.7)
+	if tun != nil {
+		link.Register(tun) // gateway_hello
+	}
+	if routes != nil {
+		// Every (re)connection may follow a control-plane restart that lost
+		// the routes: send the full set again (§9.2).
+		link.OnConnect(func(context.Context, controlplane.Conn) { routes.Resync() })
+		link.AddHeartbeatContributor(func(_ context.Context, hb *protocol.Heartbeat) {
+			hb.Metadata.GatewayRoutes = routes.RouteCount() // managed routes only (§13.11)
+			hb.Metadata.IsPrivate = routes.IsPrivate()
+		})
+	}
+	link.AddHeartbeatContributor(monitoring.FillHeartbeat)
+	add("controlplane", link.Run)
+
+	// The local servers, last: they show all of the above. The loopback
+	// HTTP server (protocol.md §11) with the dashboard on it, and the local
+	// API on the unix socket.
+	d := &Daemon{cfg: cfg, log: log, state: st, health: hl, notify: &sdnotify.Notifier{Log: log}, agentID: agentID, started: time.Now(),
+		kube: kc, routes: routes, proxy: proxy, tunnel: tun, monitoring: monitoring, link: link}
+	d.statusHTTP = statusserver.New(cfg.Agent.BindAddress, cfg.Agent.Port, hl, link, reg, log.With(logging.KeyComponent, "http"))
+	d.dashboard = dashboard.New(dashboard.Options{
+		Snapshot:        d.Status,
+		Changed:         hl.Changed,
+		EnableSSE:       cfg.Agent.EnableSSE,
+		EnableWebSocket: cfg.Agent.EnableWebSocket,
+		LoopbackOnly:    statusserver.IsLoopback(cfg.Agent.BindAddress),
+		Log:             log.With(logging.KeyComponent, "dashboard"),
+		Registerer:      reg,
+	})
+	d.dashboard.Register(d.statusHTTP.Handle)
+	add("dashboard", d.dashboard.Run)
+	d.api = localapi.New(localapi.Options{Socket: socketPath(cfg), Status: d, Monitoring: monitoring,
+		Log: log.With(logging.KeyComponent, "localapi")})
+	d.subsystems = subsystems
+	return d, nil
+}
+
+// newRegistry is the agent's Prometheus registry, with the Go and process
+// collectors and pipeops_agent_info.
+func newRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	info := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "pipeops_agent_info", Help: "Build information of the running agent."},
 		[]string{"version", "commit", "go_version"})
 	v := version.Get()
 	info.WithLabelValues(v.Version, v.GitCommit, v.GoVersion).Set(1)
-	d.reg.MustRegister(info)
-
-	if d.agentID, err = d.resolveAgentID(); err != nil {
-		return nil, err
-	}
-	if stall := stallHook(filepath.Dir(socket0(cfg))); stall != nil {
-		d.health.SetStall(stall) // test builds only (-tags pipeops_testhooks)
-	}
-	d.health.Require(health.ControlPlane, "connecting to "+cfg.PipeOps.APIURL)
-	d.health.Require(health.Kubernetes, "connecting to the Kubernetes API")
-
-	socket := socket0(cfg)
-	d.status = statusserver.New(cfg.Agent.BindAddress, cfg.Agent.Port, d.health, d, d.reg, log.With(logging.KeyComponent, "http"))
-	d.api = localapi.New(socket, d, log.With(logging.KeyComponent, "localapi"))
-	if err := d.wire(); err != nil {
-		return nil, err
-	}
-	return d, nil
+	reg.MustRegister(info)
+	return reg
 }
 
-// socket0 is the local API socket's path.
-func socket0(cfg *config.Config) string {
+// socketPath is the local API socket's path.
+func socketPath(cfg *config.Config) string {
 	if cfg.Agent.Socket != "" {
 		return cfg.Agent.Socket
 	}
@@ -124,48 +291,44 @@ func socket0(cfg *config.Config) string {
 
 // resolveAgentID applies protocol.md §8.1: configured, else persisted, else
 // derived from the host and persisted at once.
-func (d *Daemon) resolveAgentID() (string, error) {
-	if d.cfg.Agent.ID != "" {
-		return d.cfg.Agent.ID, nil
+func resolveAgentID(cfg *config.Config, st *state.Store) (string, error) {
+	if cfg.Agent.ID != "" {
+		return cfg.Agent.ID, nil
 	}
-	if id := d.state.Get().AgentID; id != "" {
+	if id := st.Get().AgentID; id != "" {
 		return id, nil
 	}
 	id := hostinfo.AgentID(hostinfo.Hostname(), hostinfo.Root("").MachineID(), hostinfo.FirstMAC())
-	if err := d.state.Update(func(s *state.State) error { s.AgentID = id; return nil }); err != nil {
+	if err := st.Update(func(s *state.State) error { s.AgentID = id; return nil }); err != nil {
 		return "", fmt.Errorf("persist agent id: %w", err)
 	}
 	return id, nil
 }
 
-// Link reports the control-plane link state for /health.
-func (d *Daemon) Link() (string, bool) {
-	if d.link == nil {
-		return apitype.LinkConnecting, false
-	}
-	return d.link.Link()
-}
-
-// Status is the local API's snapshot.
+// Status is the local API's snapshot (and the dashboard's).
 func (d *Daemon) Status(ctx context.Context) apitype.StatusResponse {
 	v := version.Get()
-	st := d.state.Get()
 	ok, reasons := d.health.Ready()
 	resp := apitype.StatusResponse{
 		Version: v.Version, Commit: v.GitCommit, AgentID: d.agentID, ClusterName: d.cfg.Agent.Name,
-		ClusterID: st.ClusterID, StartedAt: d.started, Ready: ok, NotReady: reasons,
-		Link:       apitype.LinkStatus{State: apitype.LinkConnecting},
-		Monitoring: apitype.MonitoringStatus{Enabled: d.cfg.Monitoring.Enabled},
-		Routes:     apitype.RoutesStatus{Enabled: d.cfg.Gateway.Enabled},
-	}
-	for _, f := range d.cfg.Tunnel.Forwards {
-		resp.Tunnel.Forwards = append(resp.Tunnel.Forwards, apitype.Forward{Name: f.Name, LocalAddr: f.LocalAddr})
+		ClusterID: d.state.Get().ClusterID, StartedAt: d.started, Ready: ok, NotReady: reasons,
+		Kubernetes: d.kube.Status(ctx),
+		Proxy:      d.proxy.Status(),
+		Monitoring: d.monitoring.Status(),
 	}
 	for _, c := range d.health.Snapshot() {
 		resp.Conditions = append(resp.Conditions, apitype.Condition(c))
 	}
-	for _, fill := range d.fillers {
-		fill(ctx, &resp)
+	d.link.FillStatus(ctx, &resp)
+	if d.tunnel != nil {
+		resp.Tunnel = d.tunnel.Status()
+	} else {
+		for _, f := range d.cfg.Tunnel.Forwards {
+			resp.Tunnel.Forwards = append(resp.Tunnel.Forwards, apitype.Forward{Name: f.Name, LocalAddr: f.LocalAddr})
+		}
+	}
+	if d.routes != nil {
+		resp.Routes = d.routes.Status()
 	}
 	return resp
 }
@@ -179,7 +342,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("open local API socket: %w", err)
 	}
-	httpLn, err := d.status.Listen()
+	httpLn, err := d.statusHTTP.Listen()
 	if err != nil {
 		apiLn.Close()
 		return err
@@ -189,7 +352,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	go func() { apiDone <- d.api.Serve(apiCtx, apiLn) }()
 	httpCtx, stopHTTP := context.WithCancel(context.WithoutCancel(ctx))
 	httpDone := make(chan error, 1)
-	go func() { httpDone <- d.status.Serve(httpCtx, httpLn) }()
+	go func() { httpDone <- d.statusHTTP.Serve(httpCtx, httpLn) }()
 
 	// READY before any remote step: a control-plane outage must not fail
 	// `systemctl start`. And before the loops start, so READY=1 is the first
@@ -255,5 +418,10 @@ func (d *Daemon) supervise(ctx context.Context) error {
 	}
 }
 
+// SetLogBuffer hands the dashboard the buffer that the process's logger
+// feeds (logging.Options.Sink), so the page shows recent warnings and errors.
+// Call it between New and Run.
+func (d *Daemon) SetLogBuffer(b *dashboard.LogBuffer) { d.dashboard.SetLogs(b) }
+
 // StatusAddr is the bound address of the status server (tests).
-func (d *Daemon) StatusAddr() string { return d.status.Addr }
+func (d *Daemon) StatusAddr() string { return d.statusHTTP.Addr }

@@ -2,29 +2,22 @@ package daemon
 
 import (
 	"context"
-	"os"
 
-	"github.com/pipeops/pipeops-vm-agent/internal/apitype"
+	"github.com/pipeops/pipeops-vm-agent/internal/config"
+	"github.com/pipeops/pipeops-vm-agent/internal/controlplane"
+	"github.com/pipeops/pipeops-vm-agent/internal/health"
 	"github.com/pipeops/pipeops-vm-agent/internal/kube"
-	"github.com/pipeops/pipeops-vm-agent/internal/logging"
 	"github.com/pipeops/pipeops-vm-agent/internal/state"
 )
 
-// kubePart holds what the kube wiring builds. Owned by wire_kube.go.
-// Later parts read d.kubePart.mgr: AdminConfig (Helm only), ProxyConfig and
-// Clientset/WaitClientset (ServiceAccount identity), Version, Credentials,
-// CredentialsChanged and Telemetry.
-type kubePart struct {
-	mgr *kube.Manager
-}
-
-// wireKube builds the Kubernetes manager: kubeconfig discovery, the agent's
-// own ServiceAccount and RBAC, its token, the API probe behind the
-// "kubernetes" health condition, and heartbeat telemetry.
-func (d *Daemon) wireKube() error {
-	opts := []kube.Option{kube.WithHealth(d.health), kube.WithHeartbeatInterval(d.cfg.Agent.HeartbeatInterval.Std()),
-		kube.WithProtectedNamespaces(d.cfg.Kubernetes.ProtectedNamespaces...), kube.WithStore(kubeStore{d.state})}
-	if mc := d.cfg.Monitoring; mc.Enabled {
+// kubeOptions are the Kubernetes manager's settings beyond cfg.Kubernetes:
+// health, the heartbeat period its telemetry follows, the token's store, the
+// monitoring namespace and the namespaces where the agent's ServiceAccount
+// may only read.
+func kubeOptions(cfg *config.Config, hl *health.Tracker, st *state.Store) []kube.Option {
+	opts := []kube.Option{kube.WithHealth(hl), kube.WithHeartbeatInterval(cfg.Agent.HeartbeatInterval.Std()),
+		kube.WithProtectedNamespaces(cfg.Kubernetes.ProtectedNamespaces...), kube.WithStore(kubeStore{st})}
+	if mc := cfg.Monitoring; mc.Enabled {
 		ns := mc.Namespace
 		if ns == "" {
 			ns = kube.DefaultMonitoringNS
@@ -38,12 +31,7 @@ func (d *Daemon) wireKube() error {
 			}
 		}
 	}
-	d.kubePart.mgr = kube.New(d.cfg.Kubernetes, os.Getenv, d.log.With(logging.KeyComponent, "kube"), d.reg, opts...)
-	d.addSubsystem("kubernetes", d.kubePart.mgr.Run)
-	d.fillers = append(d.fillers, func(ctx context.Context, st *apitype.StatusResponse) {
-		st.Kubernetes = d.kubePart.mgr.Status(ctx)
-	})
-	return nil
+	return opts
 }
 
 // kubeStore keeps the agent's Kubernetes token in the state file, so a
@@ -63,4 +51,25 @@ func (k kubeStore) SaveCredentials(v kube.Saved) error {
 		s.TokenSecret, s.TokenIssuedAt, s.TokenExpiresAt, s.TokenMode = v.Secret, v.Issued, v.Expires, v.TokenMode
 		return nil
 	})
+}
+
+// kubeCluster adapts *kube.Manager to controlplane.Cluster (and
+// CredentialsWatcher, so rotated tokens are registered at once).
+type kubeCluster struct{ m *kube.Manager }
+
+func (k kubeCluster) Version(ctx context.Context) (string, error) { return k.m.Version(ctx) }
+
+func (k kubeCluster) Credentials(ctx context.Context) (string, string, error) {
+	return k.m.Credentials(ctx)
+}
+
+func (k kubeCluster) CredentialsChanged() <-chan struct{} { return k.m.CredentialsChanged() }
+
+func (k kubeCluster) Telemetry(ctx context.Context) (controlplane.Telemetry, error) {
+	t, err := k.m.Telemetry(ctx)
+	if err != nil {
+		return controlplane.Telemetry{}, err
+	}
+	return controlplane.Telemetry{K8sVersion: t.K8sVersion, Nodes: t.Nodes, Pods: t.Pods,
+		CPUUsage: t.CPUUsage, MemoryUsage: t.MemoryUsage}, nil
 }

@@ -2,7 +2,9 @@ package daemon
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -13,33 +15,29 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/pipeops/pipeops-vm-agent/internal/config"
 	"github.com/pipeops/pipeops-vm-agent/internal/controlplane"
 	"github.com/pipeops/pipeops-vm-agent/internal/hostinfo"
+	"github.com/pipeops/pipeops-vm-agent/internal/kube"
 	"github.com/pipeops/pipeops-vm-agent/internal/locality"
-	"github.com/pipeops/pipeops-vm-agent/internal/logging"
-	"github.com/pipeops/pipeops-vm-agent/internal/tlsconfig"
+	"github.com/pipeops/pipeops-vm-agent/internal/state"
 )
 
 // newLocality builds where-this-VM-is for registration (protocol.md §4.1):
 // the public-address lookups and the control plane's ip-intel go through
-// the link's proxy settings (HTTPS_PROXY, NO_PROXY); ip-intel also uses the
-// link's TLS settings, since it is the control plane. The node facts come
-// from the ServiceAccount's view of the cluster.
-func (d *Daemon) newLocality() (controlplane.Locality, error) {
-	tc, err := tlsconfig.New(d.cfg.PipeOps.TLS.Options()) // the link's trust and pins: ip-intel is the control plane
-
-	if err != nil {
-		return nil, err
-	}
+// the link's proxy settings (HTTPS_PROXY, NO_PROXY); ip-intel also uses
+// linkTLS, the link's TLS settings, since it is the control plane. The node
+// facts come from the ServiceAccount's view of the cluster.
+func newLocality(cfg *config.Config, linkTLS *tls.Config, st *state.Store, km *kube.Manager, log *slog.Logger) controlplane.Locality {
 	client := func(t *http.Transport) *http.Client {
 		t.Proxy, t.TLSHandshakeTimeout, t.ResponseHeaderTimeout = http.ProxyFromEnvironment, 5*time.Second, 5*time.Second
 		t.MaxIdleConns, t.IdleConnTimeout = 2, 30*time.Second
 		return &http.Client{Transport: t, Timeout: 10 * time.Second}
 	}
-	a := d.cfg.Agent
+	a := cfg.Agent
 	services := a.PublicIPServices // nil: locality.DefaultLookupServices
 	var localIP func() string      // nil: the interface toward 8.8.8.8 (§4.1)
-	if privateControlPlane(d.cfg.PipeOps.APIURL) {
+	if privateControlPlane(cfg.PipeOps.APIURL) {
 		// A control plane on loopback or a private network (development,
 		// tests, on-premises) reaches this VM by its local address; asking
 		// the internet for the public one would only leak and delay, and the
@@ -47,7 +45,7 @@ func (d *Daemon) newLocality() (controlplane.Locality, error) {
 		if services == nil {
 			services = []string{}
 		}
-		if u, err := url.Parse(d.cfg.PipeOps.APIURL); err == nil {
+		if u, err := url.Parse(cfg.PipeOps.APIURL); err == nil {
 			port := u.Port()
 			if port == "" {
 				port = "443"
@@ -61,20 +59,20 @@ func (d *Daemon) newLocality() (controlplane.Locality, error) {
 		LookupServices: services,
 		CloudMetadata:  a.CloudMetadata,
 		LocalIP:        localIP,
-		IntelURL:       locality.IntelURLFor(d.cfg.PipeOps.APIURL),
+		IntelURL:       locality.IntelURLFor(cfg.PipeOps.APIURL),
 		Lookup:         client(&http.Transport{}),
-		Intel:          client(&http.Transport{TLSClientConfig: tc}),
-		Node:           d.localNode,
-		State:          d.state,
-		Log:            d.log.With(logging.KeyComponent, "locality"),
+		Intel:          client(&http.Transport{TLSClientConfig: linkTLS.Clone()}), // a transport may edit its own (NextProtos)
+		Node:           func(ctx context.Context) (locality.Node, error) { return localNode(ctx, km) },
+		State:          st,
+		Log:            log,
 	})
-	return localityAdapter{l}, nil
+	return localityAdapter{l}
 }
 
 // localNode reads this VM's Node: the one named like the host, else the
 // only or the first control-plane node.
-func (d *Daemon) localNode(ctx context.Context) (locality.Node, error) {
-	cs := d.kubePart.mgr.Clientset()
+func localNode(ctx context.Context, km *kube.Manager) (locality.Node, error) {
+	cs := km.Clientset()
 	if cs == nil {
 		return locality.Node{}, errors.New("no Kubernetes access yet")
 	}

@@ -136,7 +136,7 @@ func TestWedgingAnyWatchedLoopStopsTheWatchdogPings(t *testing.T) {
 	// What makes each loop take a step (the others step on their own:
 	// the daemon every second, the link's heartbeats and their acks).
 	poke := map[string]func(){
-		"routes": d.routesPart.routes.Resync,
+		"routes": d.routes.Resync,
 		"tunnel-accept": func() {
 			go func() { // the agent refuses the target; accepting it is the step
 				sctx, stop := context.WithTimeout(context.Background(), 5*time.Second)
@@ -146,7 +146,7 @@ func TestWedgingAnyWatchedLoopStopsTheWatchdogPings(t *testing.T) {
 				}
 			}()
 		},
-		"monitoring": d.chartsPart.charts.Kick,
+		"monitoring": d.monitoring.Kick,
 	}
 	window := livenessWindow(200 * time.Millisecond)
 	for _, loop := range loops {

@@ -4,7 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"net/http"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -44,7 +44,8 @@ func sampleMonitoring() apitype.MonitoringStatus {
 }
 
 // monitoringAgent is a real local API socket serving the monitoring routes
-// with canned answers; the install stream sends events, then a final line.
+// over canned answers: an action sends its events, then fails with failure
+// if set (the local API adds the final line).
 type monitoringAgent struct {
 	status  apitype.MonitoringStatus
 	events  []apitype.MonitoringEvent
@@ -53,28 +54,37 @@ type monitoringAgent struct {
 	posts   []string
 }
 
+var _ localapi.Monitoring = (*monitoringAgent)(nil)
+
+func (a *monitoringAgent) Status() apitype.MonitoringStatus { return a.status }
+
+func (a *monitoringAgent) Install(_ context.Context, emit func(apitype.MonitoringEvent)) error {
+	return a.act("/v1/monitoring/install", emit)
+}
+
+func (a *monitoringAgent) Uninstall(_ context.Context, emit func(apitype.MonitoringEvent)) error {
+	return a.act("/v1/monitoring/uninstall", emit)
+}
+
+func (a *monitoringAgent) act(path string, emit func(apitype.MonitoringEvent)) error {
+	a.mu.Lock()
+	a.posts = append(a.posts, path)
+	a.mu.Unlock()
+	for _, ev := range a.events {
+		emit(ev)
+	}
+	if a.failure != "" {
+		return errors.New(a.failure)
+	}
+	return nil
+}
+
 func (a *monitoringAgent) start(t *testing.T) *env {
 	t.Helper()
 	dir, _ := os.MkdirTemp("", "po")
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	sock := filepath.Join(dir, "agent.sock")
-	srv := localapi.New(sock, snapshot{}, nil)
-	srv.Handle("GET /v1/monitoring", localapi.Handle(nil, func(*http.Request) (apitype.MonitoringStatus, error) { return a.status, nil }))
-	stream := func(w http.ResponseWriter, r *http.Request) {
-		a.mu.Lock()
-		a.posts = append(a.posts, r.URL.Path)
-		a.mu.Unlock()
-		w.Header().Set("Content-Type", "application/x-ndjson")
-		enc := json.NewEncoder(w)
-		for _, ev := range a.events {
-			enc.Encode(ev)
-			w.(http.Flusher).Flush()
-		}
-		st := a.status
-		enc.Encode(apitype.MonitoringEvent{Time: fixedNow, Done: true, Error: a.failure, Status: &st})
-	}
-	srv.Handle("POST /v1/monitoring/install", http.HandlerFunc(stream))
-	srv.Handle("POST /v1/monitoring/uninstall", http.HandlerFunc(stream))
+	srv := localapi.New(localapi.Options{Socket: sock, Status: snapshot{}, Monitoring: a})
 	ln, err := srv.Listen()
 	if err != nil {
 		t.Fatal(err)

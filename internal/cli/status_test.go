@@ -44,7 +44,7 @@ func testEnv(t *testing.T, st *apitype.StatusResponse, systemctlOut string, syst
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	sock := filepath.Join(dir, "agent.sock")
 	if st != nil {
-		srv := localapi.New(sock, snapshot{*st}, nil)
+		srv := localapi.New(localapi.Options{Socket: sock, Status: snapshot{*st}})
 		ln, err := srv.Listen()
 		if err != nil {
 			t.Fatal(err)

@@ -1,7 +1,8 @@
 // Package localapi serves the agent's local API: HTTP/JSON over a unix socket
 // (default /run/pipeops/agent.sock, mode 0600) for pipeopsctl. It is never
-// reachable over the tunnel. Subsystems are reached only through the
-// interfaces declared here; the daemon wires them.
+// reachable over the tunnel. Every route is in one table (routes); JSON
+// answers go through Handle and NDJSON streams through Stream. Subsystems
+// are reached only through the interfaces declared here; the daemon wires them.
 package localapi
 
 import (
@@ -14,6 +15,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -27,28 +30,78 @@ type StatusSource interface {
 	Status(ctx context.Context) apitype.StatusResponse
 }
 
-// Server is the local API. Extra routes (monitoring actions, …) are added
-// with Handle before Serve.
+// Monitoring is the monitoring stack behind /v1/monitoring (monitor.Manager).
+// Install and Uninstall report progress through emit until they end. One
+// that refuses to start returns an *apitype.Error before emitting anything
+// (monitor.ErrDisabled): the request then gets that error, not a stream.
+type Monitoring interface {
+	Status() apitype.MonitoringStatus
+	Install(ctx context.Context, emit func(apitype.MonitoringEvent)) error
+	Uninstall(ctx context.Context, emit func(apitype.MonitoringEvent)) error
+}
+
+// Options configure a Server.
+type Options struct {
+	// Socket is the unix socket's path.
+	Socket string
+	// Status answers GET /v1/status.
+	Status StatusSource
+	// Monitoring answers /v1/monitoring and its actions; nil leaves them out.
+	Monitoring Monitoring
+	Log        *slog.Logger
+}
+
+// Server is the local API.
 type Server struct {
 	Socket string
-	Status StatusSource
 	Log    *slog.Logger
 
 	mux *http.ServeMux
 }
 
-// New returns a server for socket. It does no I/O.
-func New(socket string, status StatusSource, log *slog.Logger) *Server {
-	s := &Server{Socket: socket, Status: status, Log: log, mux: http.NewServeMux()}
-	s.mux.Handle("GET /v1/status", Handle(s.Log, func(r *http.Request) (apitype.StatusResponse, error) {
-		return s.Status.Status(r.Context()), nil
-	}))
+// New returns a server for o.Socket. It does no I/O.
+func New(o Options) *Server {
+	s := &Server{Socket: o.Socket, Log: o.Log, mux: http.NewServeMux()}
+	for pattern, h := range routes(o) {
+		s.mux.Handle(pattern, h)
+	}
 	return s
 }
 
-// Handle registers an extra route, e.g. "POST /v1/monitoring/install".
-// Mutating methods require a root (or same-uid) peer.
-func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+// routes is the local API, every route in one table. Mutating methods
+// require a root (or same-uid) peer (withPeerCheck).
+func routes(o Options) map[string]http.Handler {
+	r := map[string]http.Handler{
+		"GET /v1/status": Handle(o.Log, func(r *http.Request) (apitype.StatusResponse, error) {
+			return o.Status.Status(r.Context()), nil
+		}),
+	}
+	if m := o.Monitoring; m != nil {
+		r["GET /v1/monitoring"] = Handle(o.Log, func(*http.Request) (apitype.MonitoringStatus, error) { return m.Status(), nil })
+		r["POST /v1/monitoring/install"] = monitoringAction(o.Log, m, m.Install)
+		r["POST /v1/monitoring/uninstall"] = monitoringAction(o.Log, m, m.Uninstall)
+	}
+	return r
+}
+
+// monitoringAction streams an action's progress, so `pipeopsctl monitoring
+// install` can show it; the last line has done: true and the final status.
+func monitoringAction(log *slog.Logger, m Monitoring, action func(context.Context, func(apitype.MonitoringEvent)) error) http.HandlerFunc {
+	return Stream(log, func(r *http.Request, emit func(apitype.MonitoringEvent)) error {
+		var started atomic.Bool
+		err := action(r.Context(), func(ev apitype.MonitoringEvent) { started.Store(true); emit(ev) })
+		if refused := new(*apitype.Error); err != nil && !started.Load() && errors.As(err, refused) {
+			return err // answered as an error with its hint, not as a stream
+		}
+		st := m.Status()
+		final := apitype.MonitoringEvent{Time: time.Now(), Done: true, Status: &st}
+		if err != nil {
+			final.Error = err.Error()
+		}
+		emit(final)
+		return nil
+	})
+}
 
 // Listen creates the socket (0600), replacing a stale socket left by a crash
 // but refusing to delete anything that is not a socket.
@@ -156,6 +209,49 @@ func Handle[T any](log *slog.Logger, fn func(*http.Request) (T, error)) http.Han
 		}
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(v) // the client went away; nothing left to tell it
+	}
+}
+
+// Stream adapts a streaming handler to NDJSON (application/x-ndjson): each
+// value fn passes to emit is one line, flushed at once, and the stream ends
+// when fn returns. emit is safe for concurrent use. An error fn returns
+// before its first value is answered as Handle answers errors (status code
+// and apitype.Error); once a line was sent the answer is committed, and an
+// error only ends the stream (fn reports failures in its last value).
+func Stream[T any](log *slog.Logger, fn func(r *http.Request, emit func(T)) error) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var mu sync.Mutex
+		started := false
+		start := func() {
+			if !started {
+				started = true
+				w.Header().Set("Content-Type", "application/x-ndjson")
+				w.WriteHeader(http.StatusOK)
+			}
+		}
+		fl, _ := w.(http.Flusher)
+		enc := json.NewEncoder(w)
+		err := fn(r, func(v T) {
+			mu.Lock()
+			defer mu.Unlock()
+			start()
+			_ = enc.Encode(v) // the client went away; the work still completes
+			if fl != nil {
+				fl.Flush()
+			}
+		})
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case err != nil && !started:
+			writeError(w, log, err)
+		case err != nil:
+			if log != nil {
+				log.Debug("local API stream ended early", logging.KeyErr, err)
+			}
+		default:
+			start() // an empty stream is still a stream
+		}
 	}
 }
 

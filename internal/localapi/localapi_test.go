@@ -45,7 +45,7 @@ func serve(t *testing.T, s *Server) {
 
 func TestStatusOverARealSocketWithMode0600(t *testing.T) {
 	sock := filepath.Join(shortDir(t), "agent.sock")
-	s := New(sock, fixedStatus{apitype.StatusResponse{AgentID: "agent-1", ClusterName: "c"}}, nil)
+	s := New(Options{Socket: sock, Status: fixedStatus{apitype.StatusResponse{AgentID: "agent-1", ClusterName: "c"}}})
 	serve(t, s)
 	fi, err := os.Stat(sock)
 	if err != nil {
@@ -72,15 +72,15 @@ func TestListenRefusesToDeleteANonSocketAndASecondAgent(t *testing.T) {
 	dir := shortDir(t)
 	file := filepath.Join(dir, "agent.sock")
 	os.WriteFile(file, []byte("precious"), 0o600)
-	if _, err := New(file, fixedStatus{}, nil).Listen(); err == nil {
+	if _, err := New(Options{Socket: file, Status: fixedStatus{}}).Listen(); err == nil {
 		t.Fatal("Listen replaced a regular file")
 	}
 	if b, _ := os.ReadFile(file); string(b) != "precious" {
 		t.Fatal("the regular file was modified")
 	}
 	sock := filepath.Join(dir, "live.sock")
-	serve(t, New(sock, fixedStatus{}, nil))
-	if _, err := New(sock, fixedStatus{}, nil).Listen(); err == nil {
+	serve(t, New(Options{Socket: sock, Status: fixedStatus{}}))
+	if _, err := New(Options{Socket: sock, Status: fixedStatus{}}).Listen(); err == nil {
 		t.Fatal("a second agent took over a live socket")
 	}
 	// A stale socket left by a crash is replaced.
@@ -88,7 +88,7 @@ func TestListenRefusesToDeleteANonSocketAndASecondAgent(t *testing.T) {
 	l, _ := net.Listen("unix", stale)
 	l.(*net.UnixListener).SetUnlinkOnClose(false)
 	l.Close()
-	ln, err := New(stale, fixedStatus{}, nil).Listen()
+	ln, err := New(Options{Socket: stale, Status: fixedStatus{}}).Listen()
 	if err != nil {
 		t.Fatalf("stale socket not replaced: %v", err)
 	}
@@ -97,8 +97,8 @@ func TestListenRefusesToDeleteANonSocketAndASecondAgent(t *testing.T) {
 
 func TestErrorsCarryCodeAndHint(t *testing.T) {
 	sock := filepath.Join(shortDir(t), "agent.sock")
-	s := New(sock, fixedStatus{}, nil)
-	s.Handle("GET /v1/fail", Handle(nil, func(*http.Request) (int, error) {
+	s := New(Options{Socket: sock, Status: fixedStatus{}})
+	s.mux.Handle("GET /v1/fail", Handle(nil, func(*http.Request) (int, error) {
 		return 0, &apitype.Error{Code: apitype.CodeNotRegistered, Message: "agent is not registered", Hint: "wait for registration"}
 	}))
 	serve(t, s)

@@ -1,0 +1,22 @@
+package daemon
+
+import (
+	"github.com/pipeops/pipeops-vm-agent/internal/kubeproxy"
+	"github.com/pipeops/pipeops-vm-agent/internal/routesync"
+)
+
+// routeCache is the route syncer as the proxy's ingress route cache
+// (protocol.md §6.3 rules 1 and 4).
+type routeCache struct{ s *routesync.Syncer }
+
+var _ kubeproxy.IngressRoutes = routeCache{}
+
+func (c routeCache) RouteFor(host string) (kubeproxy.ServiceRef, bool) {
+	ns, name, port, ok := c.s.Lookup(host)
+	return kubeproxy.ServiceRef{Namespace: ns, Name: name, Port: port}, ok
+}
+
+func (c routeCache) Controller() (kubeproxy.ServiceRef, bool) {
+	ns, name, port, ok := c.s.Controller()
+	return kubeproxy.ServiceRef{Namespace: ns, Name: name, Port: port}, ok
+}
