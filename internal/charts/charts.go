@@ -1,16 +1,17 @@
-// Package charts installs and keeps the monitoring stack (protocol.md §12)
-// through the Helm v3 SDK: metrics-server, VPA, the CoreDNS rewrite
-// (internal/coredns), Traefik when the cluster has no ingress controller,
-// cert-manager (unless one runs already) with its letsencrypt
-// ClusterIssuers, the pinned prometheus-operator CRDs (applied server-side,
-// never deleted), kube-prometheus-stack with Grafana, and Loki. Each
-// round compares what Helm recorded for every release (chart, version and
-// values) with what the agent would render and calls Helm only when they
-// differ; releases left failed or pending-* by a crash are rolled back or
-// reinstalled. Generated credentials are stored by the monitor.Sink and never
-// regenerated. The Engine is a monitor.Backend; the daemon runs it in a
-// worker process (Worker, behind "pipeops-agent-helm worker"), so only
-// that command and tests link Helm.
+// Package charts does the monitoring stack's Helm work (protocol.md §12)
+// through the Helm v3 SDK; package monitor decides when, and keeps status,
+// events and heartbeats. A round installs or upgrades metrics-server, VPA,
+// the CoreDNS rewrite (internal/coredns), Traefik when the cluster has no
+// ingress controller, cert-manager (unless one runs already) with its
+// letsencrypt ClusterIssuers, the pinned prometheus-operator CRDs (applied
+// server-side, never deleted), kube-prometheus-stack with Grafana, and
+// Loki. It compares what Helm recorded for every release (chart, version
+// and values) with what the agent would render and calls Helm only when
+// they differ; releases left failed or pending-* by a crash are rolled back
+// or reinstalled. Generated credentials are stored through the monitor.Sink
+// and never regenerated. The Engine is a monitor.Backend that runs in the
+// pipeops-agent-helm worker process (Worker), so only that command and
+// tests link Helm; the daemon never does.
 package charts
 
 import (

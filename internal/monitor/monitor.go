@@ -1,11 +1,11 @@
-// Package monitor keeps the monitoring stack (protocol.md §12) from the
-// daemon's side: the reconcile loop (a round at start, backoff after a
-// failure, a read-only resync after a good one), the stack's status and
-// progress events, the endpoints advertised in heartbeats, and the generated
-// credentials in the state store. The Helm work of a round is a Backend:
-// internal/charts in this process for tests, or, in the daemon, a short-lived
-// worker process (Exec) that runs internal/charts and exits, so the agent
-// never links Helm and holds no Helm memory between rounds.
+// Package monitor is the daemon's side of the monitoring stack (protocol.md
+// §12): when to reconcile (a round at start, backoff after a failure, a
+// read-only resync after a good one), the stack's status and progress
+// events, the endpoints advertised in heartbeats, and the generated
+// credentials in the state store. It does no Helm work itself: each round
+// is handed to a Backend, which in the daemon is a short-lived worker
+// process (Exec) running package charts, so the agent never links Helm and
+// holds no Helm memory between rounds. Tests may run charts in process.
 package monitor
 
 import (
