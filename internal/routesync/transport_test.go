@@ -14,28 +14,13 @@ import (
 
 	"github.com/pipeops/pipeops-vm-agent/internal/devplane"
 	"github.com/pipeops/pipeops-vm-agent/internal/kubetest"
+	"github.com/pipeops/pipeops-vm-agent/tests/testbin"
 )
 
-// counter reads one series of a counter vector from reg (-1: no such series).
+// counter reads one operation's series of a route sync counter (-1: none).
 func counter(t *testing.T, reg *prometheus.Registry, name, op string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "operation" && l.GetValue() == op {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return -1
+	return testbin.Metric(t, reg, name, "operation", op)
 }
 
 func TestTheRESTCallsTrustTheGivenTLSConfigurationAndCountInTheGivenRegistry(t *testing.T) {
