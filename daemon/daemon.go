@@ -151,7 +151,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Daemon, error) {
 		if err != nil {
 			return nil, fmt.Errorf("route sync: %w", err)
 		}
-		ingress = routeCache{routes}
+		ingress = ingressRoutes{routes}
 		add("routes", routes.Run)
 	}
 

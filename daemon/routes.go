@@ -5,18 +5,18 @@ import (
 	"github.com/pipeops/pipeops-vm-agent/internal/routesync"
 )
 
-// routeCache is the route syncer as the proxy's ingress route cache
+// ingressRoutes is the route syncer as the proxy's ingress route cache
 // (protocol.md §6.3 rules 1 and 4).
-type routeCache struct{ s *routesync.Syncer }
+type ingressRoutes struct{ s *routesync.Syncer }
 
-var _ kubeproxy.IngressRoutes = routeCache{}
+var _ kubeproxy.IngressRoutes = ingressRoutes{}
 
-func (c routeCache) RouteFor(host string) (kubeproxy.ServiceRef, bool) {
+func (c ingressRoutes) RouteFor(host string) (kubeproxy.ServiceRef, bool) {
 	ns, name, port, ok := c.s.Lookup(host)
 	return kubeproxy.ServiceRef{Namespace: ns, Name: name, Port: port}, ok
 }
 
-func (c routeCache) Controller() (kubeproxy.ServiceRef, bool) {
+func (c ingressRoutes) Controller() (kubeproxy.ServiceRef, bool) {
 	ns, name, port, ok := c.s.Controller()
 	return kubeproxy.ServiceRef{Namespace: ns, Name: name, Port: port}, ok
 }
