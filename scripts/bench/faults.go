@@ -164,10 +164,8 @@ func newFaultHarness(short bool, clusterDir string) (*faultHarness, error) {
 	h.clusterDir, h.ownCluster = clusterDir, clusterDir == ""
 	if h.ownCluster {
 		h.clusterDir = filepath.Join(dir, "k8s")
-		start := exec.Command("scripts/k8s/cluster.sh", "start", h.clusterDir)
-		start.Env = append(os.Environ(), "FULL=1", "OWNER_PID="+strconv.Itoa(os.Getpid()))
-		if out, err := start.CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("start cluster (build the binaries with scripts/k8s/build.sh): %w\n%s", err, out)
+		if _, err := startCluster(h.clusterDir, true); err != nil {
+			return nil, err
 		}
 	}
 	h.kubeconfig = filepath.Join(h.clusterDir, "admin.kubeconfig")

@@ -48,12 +48,11 @@ func benchProxyAPIServer(o apiserverOptions) error {
 	defer os.RemoveAll(dir)
 	if *kubeconfig == "" {
 		fmt.Println("starting a test cluster in", dir)
-		start := exec.Command("scripts/k8s/cluster.sh", "start", filepath.Join(dir, "k8s"))
-		start.Env = append(os.Environ(), "OWNER_PID="+strconv.Itoa(os.Getpid()))
-		if out, err := start.CombinedOutput(); err != nil {
-			return fmt.Errorf("start cluster (run from the repository root; build binaries with scripts/k8s/build.sh): %w\n%s", err, out)
+		stop, err := startCluster(filepath.Join(dir, "k8s"), false)
+		if err != nil {
+			return err
 		}
-		defer exec.Command("scripts/k8s/cluster.sh", "stop", filepath.Join(dir, "k8s")).Run()
+		defer stop()
 		*kubeconfig = filepath.Join(dir, "k8s", "admin.kubeconfig")
 	}
 	apiPid := readPid(filepath.Join(filepath.Dir(*kubeconfig), "kube-apiserver.pid"))

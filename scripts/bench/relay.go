@@ -15,7 +15,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -49,12 +48,11 @@ func benchRelay(args []string) error {
 	// are ours alone.
 	k8s := filepath.Join(dir, "k8s")
 	fmt.Println("starting a test cluster with the node's kubelet API in", k8s)
-	start := exec.Command("scripts/k8s/cluster.sh", "start", k8s)
-	start.Env = append(os.Environ(), "FULL=1", "OWNER_PID="+strconv.Itoa(os.Getpid()))
-	if out, err := start.CombinedOutput(); err != nil {
-		return fmt.Errorf("start cluster (run from the repository root; build binaries with scripts/k8s/build.sh): %w\n%s", err, out)
+	stop, err := startCluster(k8s, true)
+	if err != nil {
+		return err
 	}
-	defer exec.Command("scripts/k8s/cluster.sh", "stop", k8s).Run()
+	defer stop()
 	env, err := readEnvFile(filepath.Join(k8s, "cluster.env"))
 	if err != nil {
 		return err

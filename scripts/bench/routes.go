@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -48,13 +47,12 @@ func benchRoutes(args []string) error {
 			return err
 		}
 		fmt.Println("starting a test cluster in", dir)
-		start := exec.Command("scripts/k8s/cluster.sh", "start", dir)
-		start.Env = append(os.Environ(), "OWNER_PID="+strconv.Itoa(os.Getpid()))
-		if out, err := start.CombinedOutput(); err != nil {
-			return fmt.Errorf("start cluster (run from the repository root; build binaries with scripts/k8s/build.sh): %w\n%s", err, out)
+		stop, err := startCluster(dir, false)
+		if err != nil {
+			return err
 		}
 		defer func() {
-			_ = exec.Command("scripts/k8s/cluster.sh", "stop", dir).Run()
+			stop()
 			os.RemoveAll(dir)
 		}()
 		*kubeconfig = filepath.Join(dir, "admin.kubeconfig")
