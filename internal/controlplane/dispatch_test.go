@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/pipeops/pipeops-vm-agent/internal/devplane"
+	"github.com/pipeops/pipeops-vm-agent/internal/link"
 	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
 	"github.com/pipeops/pipeops-vm-agent/tests/testbin"
 )
@@ -16,7 +17,7 @@ import (
 type panicky struct{ calls chan string }
 
 func (panicky) Types() []string { return []string{"proxy_request"} }
-func (p panicky) Handle(c Conn, env *protocol.Envelope) {
+func (p panicky) Handle(c link.Conn, env *protocol.Envelope) {
 	p.calls <- env.RequestID
 	if env.RequestID == "boom" {
 		panic("handler bug")
@@ -144,9 +145,9 @@ func TestApplicationPingIsAnsweredWithPongAndLegacyTunnelsAreRefused(t *testing.
 }
 
 func TestTheBinaryChannelAndLegacyBodyFramesGoWhereTheyBelong(t *testing.T) {
-	conns := make(chan Conn, 1)
+	conns := make(chan link.Conn, 1)
 	_, _, sess := connected(t, &fakeCluster{version: "v1.36.3"}, func(a *agent) {
-		a.c.OnConnect(func(_ context.Context, c Conn) { conns <- c })
+		a.c.OnConnect(func(_ context.Context, c link.Conn) { conns <- c })
 	})
 	c := <-conns
 	body, cancel := c.ExpectBinaryBody("r-1")

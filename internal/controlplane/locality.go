@@ -62,3 +62,24 @@ func (c *Client) joinServerURL(ctx context.Context) string {
 	}
 	return "https://" + net.JoinHostPort(c.serverIP(), "6443")
 }
+
+// Locality says where this VM is: register's server_ip, region,
+// cloud_provider and optional metadata (§4.1), and worker_join's server_url
+// (§4.2). The daemon wires internal/locality; without one the link uses
+// the outbound interface's address and the configured region and provider.
+type Locality interface {
+	// Locate may take seconds (public-address lookups) and never fails.
+	Locate(ctx context.Context) Location
+	// JoinServerURL is the URL the cluster's other VMs join through, "" if unknown.
+	JoinServerURL(ctx context.Context) string
+}
+
+// Location is Locality's answer for register.
+type Location struct {
+	ServerIP      string
+	Region        string
+	CloudProvider string
+	// Metadata holds the optional keys of §4.1 (country_code, region_name,
+	// country_name, network_org, network_asn, ip_intel_method); others are dropped.
+	Metadata map[string]string
+}

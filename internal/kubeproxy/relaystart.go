@@ -13,7 +13,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
-	"github.com/pipeops/pipeops-vm-agent/internal/controlplane"
+	"github.com/pipeops/pipeops-vm-agent/internal/link"
 	"github.com/pipeops/pipeops-vm-agent/internal/logging"
 	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
 )
@@ -51,7 +51,7 @@ func relayPath(p string) error {
 }
 
 // startRelayMessage handles proxy_websocket_start / ws_start.
-func (p *Proxy) startRelayMessage(c controlplane.Conn, env *protocol.Envelope) {
+func (p *Proxy) startRelayMessage(c link.Conn, env *protocol.Envelope) {
 	var s protocol.WebSocketStart
 	if err := env.DecodePayload(&s); err != nil {
 		p.goSafe("proxy_error", func() {
@@ -69,7 +69,7 @@ func (p *Proxy) startRelayMessage(c controlplane.Conn, env *protocol.Envelope) {
 
 // startKubeRelay opens a kubectl relay. answer, when set, answers the
 // proxy_request that asked for it once the relay is registered.
-func (p *Proxy) startKubeRelay(c controlplane.Conn, s relaySpec, answer func()) {
+func (p *Proxy) startKubeRelay(c link.Conn, s relaySpec, answer func()) {
 	fail := func(msg string) {
 		p.m.finished("rejected", 0)
 		p.goSafe("relay error", func() {
@@ -248,7 +248,7 @@ func subprotocols(s relaySpec) []string {
 }
 
 // relayData routes proxy_websocket_data / ws_data (§5.1).
-func (p *Proxy) relayData(c controlplane.Conn, env *protocol.Envelope) {
+func (p *Proxy) relayData(c link.Conn, env *protocol.Envelope) {
 	var d protocol.WebSocketData
 	if err := env.DecodePayload(&d); err != nil {
 		p.log.Debug("bad relay data", logging.KeyErr, err)
@@ -276,7 +276,7 @@ func (p *Proxy) relayData(c controlplane.Conn, env *protocol.Envelope) {
 }
 
 // relayClose handles proxy_websocket_close / ws_close.
-func (p *Proxy) relayClose(c controlplane.Conn, env *protocol.Envelope) {
+func (p *Proxy) relayClose(c link.Conn, env *protocol.Envelope) {
 	var d protocol.WebSocketClose
 	_ = env.DecodePayload(&d)
 	if r := p.findRelay(c, firstNonEmpty(d.StreamID, env.RequestID), firstNonEmpty(d.RequestID, d.StreamID, env.RequestID)); r != nil {
@@ -285,7 +285,7 @@ func (p *Proxy) relayClose(c controlplane.Conn, env *protocol.Envelope) {
 }
 
 // findRelay: a kubectl relay by stream id first, else an app relay.
-func (p *Proxy) findRelay(c controlplane.Conn, streamID, appID string) *relay {
+func (p *Proxy) findRelay(c link.Conn, streamID, appID string) *relay {
 	gen := c.Generation()
 	p.mu.Lock()
 	defer p.mu.Unlock()

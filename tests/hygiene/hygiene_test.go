@@ -8,6 +8,7 @@ import (
 	"go/token"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -92,6 +93,34 @@ func TestImportRules(t *testing.T) {
 				if !strings.HasSuffix(rel, "test") {
 					t.Errorf("%s imports the reference control plane; only tests and cmd/pipeops-devplane may", rel)
 				}
+			}
+		}
+	}
+}
+
+// handlers ride on the control-plane connection; they and internal/controlplane
+// meet only in internal/link (and the daemon, which wires them).
+var handlers = []string{"internal/kubeproxy", "internal/tunnel", "internal/routesync"}
+
+// linkMayImport are the project packages the seam may import: wire types
+// and the leaves under them.
+var linkMayImport = []string{"internal/protocol", "internal/apitype", "internal/hostinfo"}
+
+func TestHandlersAndTheControlPlaneKnowEachOtherOnlyThroughLink(t *testing.T) {
+	for _, p := range listPackages(t) {
+		rel := strings.TrimPrefix(strings.TrimPrefix(p.ImportPath, module), "/")
+		for _, dep := range p.Deps { // Deps is transitive and excludes test files
+			if !strings.HasPrefix(dep, module+"/") {
+				continue
+			}
+			d := strings.TrimPrefix(dep, module+"/")
+			switch {
+			case slices.Contains(handlers, rel) && d == "internal/controlplane":
+				t.Errorf("%s imports internal/controlplane; a handler knows the connection only through internal/link", rel)
+			case rel == "internal/controlplane" && slices.Contains(handlers, d):
+				t.Errorf("internal/controlplane imports %s; it reaches handlers only through internal/link, wired by the daemon", d)
+			case rel == "internal/link" && !slices.Contains(linkMayImport, d):
+				t.Errorf("internal/link imports %s; the seam imports only %v", d, linkMayImport)
 			}
 		}
 	}

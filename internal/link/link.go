@@ -1,10 +1,11 @@
-// Package controlplane owns the agent's side of protocol.md §2–5 and §8: the
-// one outbound WebSocket (controller or gateway), registration and resume,
-// heartbeats, reconnect with backoff and generations, and the dispatch of
-// inbound messages to handlers. Handlers (the Kubernetes proxy, the yamux
-// tunnel, route sync) are reached only through the interfaces in this file;
-// the daemon wires the concrete ones.
-package controlplane
+// Package link is the seam between the control-plane connection and the
+// handlers that ride on it (the Kubernetes proxy, the yamux tunnel, route
+// sync): what a handler sees of one connection generation (Conn), how it
+// serves inbound messages (Handler) and how it hears of a new connection
+// (ConnectHook). internal/controlplane implements it; the handlers import
+// only this package and internal/protocol, never controlplane, and
+// controlplane imports none of them. The daemon wires the two together.
+package link
 
 import (
 	"context"
@@ -69,24 +70,3 @@ type Handler interface {
 // ConnectHook runs after every successful (re)connection, in its own
 // goroutine, e.g. the full ingress route sync (protocol.md §8.4).
 type ConnectHook func(ctx context.Context, c Conn)
-
-// Locality says where this VM is: register's server_ip, region,
-// cloud_provider and optional metadata (§4.1), and worker_join's server_url
-// (§4.2). The daemon wires internal/locality; without one the link uses
-// the outbound interface's address and the configured region and provider.
-type Locality interface {
-	// Locate may take seconds (public-address lookups) and never fails.
-	Locate(ctx context.Context) Location
-	// JoinServerURL is the URL the cluster's other VMs join through, "" if unknown.
-	JoinServerURL(ctx context.Context) string
-}
-
-// Location is Locality's answer for register.
-type Location struct {
-	ServerIP      string
-	Region        string
-	CloudProvider string
-	// Metadata holds the optional keys of §4.1 (country_code, region_name,
-	// country_name, network_org, network_asn, ip_intel_method); others are dropped.
-	Metadata map[string]string
-}
