@@ -20,7 +20,7 @@ var errRefused = errors.New("target not allowed")
 type session struct {
 	gen         uint64
 	ys          *yamux.Session
-	ws          *WSConn
+	fc          *FrameConn
 	udpFramed   bool
 	dialTimeout time.Duration
 }
@@ -52,11 +52,11 @@ func (m *Manager) Handle(c link.Conn, env *protocol.Envelope) {
 	}
 	m.sessions.Add(1) // under the lock Run takes before it waits, like streams
 	m.mu.Unlock()
-	ws := NewWSConn(c)
-	c.StartBinaryChannel(ws.Sink)
+	fc := NewFrameConn(c)
+	c.StartBinaryChannel(fc.Sink)
 	go func() {
 		defer m.sessions.Done()
-		m.runSession(c, ws, hello)
+		m.runSession(c, fc, hello)
 	}()
 }
 
@@ -87,7 +87,7 @@ func (m *Manager) yamuxConfig(yc *protocol.YamuxConfig) (*yamux.Config, time.Dur
 	return cfg, cfg.ConnectionWriteTimeout
 }
 
-func (m *Manager) runSession(c link.Conn, ws *WSConn, hello protocol.GatewayHello) {
+func (m *Manager) runSession(c link.Conn, fc *FrameConn, hello protocol.GatewayHello) {
 	log := m.log.With(logging.KeyGen, c.Generation())
 	ack := protocol.GatewayHelloAck{UseYamux: true}
 	framed := hello.UDPFraming == protocol.UDPFramingLengthPrefixed
@@ -99,17 +99,17 @@ func (m *Manager) runSession(c link.Conn, ws *WSConn, hello protocol.GatewayHell
 	cancel()
 	if err != nil {
 		log.Warn("could not acknowledge gateway_hello; no tunnel on this connection", logging.KeyErr, err)
-		_ = ws.Close()
+		_ = fc.Close()
 		return
 	}
 	cfg, dialTimeout := m.yamuxConfig(hello.YamuxConfig)
-	ys, err := yamux.Client(ws, cfg, m.budget.manager)
+	ys, err := yamux.Client(fc, cfg, m.budget.manager)
 	if err != nil {
 		log.Error("could not start the yamux session", logging.KeyErr, err)
-		_ = ws.Close()
+		_ = fc.Close()
 		return
 	}
-	s := &session{gen: c.Generation(), ys: ys, ws: ws, udpFramed: framed, dialTimeout: dialTimeout}
+	s := &session{gen: c.Generation(), ys: ys, fc: fc, udpFramed: framed, dialTimeout: dialTimeout}
 	m.mu.Lock()
 	old := m.cur
 	m.cur = s
@@ -149,7 +149,7 @@ func (m *Manager) runSession(c link.Conn, ws *WSConn, hello protocol.GatewayHell
 			m.serveStream(c.Context(), s, st)
 		}()
 	}
-	_ = ws.Close()
+	_ = fc.Close()
 	m.mu.Lock()
 	if m.cur == s {
 		m.cur = nil

@@ -1,6 +1,6 @@
 // Package tunnel is the agent's side of protocol.md §7: after the gateway's
 // `gateway_hello` it answers `gateway_hello_ack` and runs a yamux client over
-// the binary frames of the shared control-plane WebSocket (WSConn). The
+// the binary frames of the shared control-plane WebSocket (FrameConn). The
 // gateway opens every stream; each starts with a stream header naming a
 // target, which is either a named forward from the configuration or a
 // Kubernetes Service resolved through the API (§14.2), dialled under the

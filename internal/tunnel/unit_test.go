@@ -29,10 +29,10 @@ func (b *blockingBinary) SendBinary(ctx context.Context, data []byte) error {
 }
 func (b *blockingBinary) Context() context.Context { return b.ctx }
 
-func TestWSConnDeadlinesUnblockReadsAndWrites(t *testing.T) {
+func TestFrameConnDeadlinesUnblockReadsAndWrites(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	c := NewWSConn(&blockingBinary{ctx: ctx, block: true})
+	c := NewFrameConn(&blockingBinary{ctx: ctx, block: true})
 
 	t.Run("a read past its deadline times out", func(t *testing.T) {
 		_ = c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
@@ -95,9 +95,9 @@ func TestWSConnDeadlinesUnblockReadsAndWrites(t *testing.T) {
 	})
 }
 
-func TestWSConnDeliversQueuedFramesInOrderThenEOF(t *testing.T) {
+func TestFrameConnDeliversQueuedFramesInOrderThenEOF(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
-	c := NewWSConn(&blockingBinary{ctx: ctx, frames: make(chan []byte, 4)})
+	c := NewFrameConn(&blockingBinary{ctx: ctx, frames: make(chan []byte, 4)})
 	c.Sink([]byte("ab"))
 	c.Sink([]byte("cde"))
 	cancel() // the connection ends; queued bytes still arrive
@@ -206,9 +206,9 @@ type releasingBinary struct {
 
 func (r *releasingBinary) ReleaseBinary(data []byte) { r.released = append(r.released, data) }
 
-func TestWSConnHandsEveryFrameBackOnceItWasReadOrDropped(t *testing.T) {
+func TestFrameConnHandsEveryFrameBackOnceItWasReadOrDropped(t *testing.T) {
 	bin := &releasingBinary{blockingBinary: blockingBinary{ctx: context.Background()}}
-	c := NewWSConn(bin)
+	c := NewFrameConn(bin)
 	c.Sink([]byte("abc"))
 	c.Sink([]byte("de"))
 	buf := make([]byte, 2)

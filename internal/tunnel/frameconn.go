@@ -22,13 +22,13 @@ type Binary interface {
 	Context() context.Context
 }
 
-// WSConn is a net.Conn over the binary frames of a shared WebSocket
+// FrameConn is a net.Conn over the binary frames of a shared WebSocket
 // (protocol.md §7.1): Sink receives every inbound binary frame, in order,
 // and Write sends one binary frame per call through the connection's single
 // writer. Frame boundaries carry no meaning. Deadlines are real: a Read or
 // Write blocked past its deadline returns os.ErrDeadlineExceeded, also when
 // the deadline is moved while it waits.
-type WSConn struct {
+type FrameConn struct {
 	bin Binary
 
 	release func([]byte) // hands a frame back (link.BinaryReleaser), or drops it
@@ -48,9 +48,9 @@ type WSConn struct {
 	writeMu sync.Mutex
 }
 
-// NewWSConn wraps bin. Call Sink for every inbound binary frame.
-func NewWSConn(bin Binary) *WSConn {
-	c := &WSConn{bin: bin, readable: make(chan struct{}, 1), space: make(chan struct{}, 1),
+// NewFrameConn wraps bin. Call Sink for every inbound binary frame.
+func NewFrameConn(bin Binary) *FrameConn {
+	c := &FrameConn{bin: bin, readable: make(chan struct{}, 1), space: make(chan struct{}, 1),
 		rd: newDeadline(), wd: newDeadline(), done: make(chan struct{}), writes: map[*int]context.CancelFunc{}}
 	c.wd.onExpire = c.cancelWrites
 	c.release = func([]byte) {}
@@ -60,7 +60,7 @@ func NewWSConn(bin Binary) *WSConn {
 	return c
 }
 
-func (c *WSConn) cancelWrites() {
+func (c *FrameConn) cancelWrites() {
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
 	for _, cancel := range c.writes {
@@ -80,7 +80,7 @@ func signal(ch chan struct{}) {
 // catches up or the connection ends. A frame read to its end goes back to
 // the connection when it takes frames back (link.BinaryReleaser).
 // The queue counts what frames hold (their capacity), not only their bytes.
-func (c *WSConn) Sink(data []byte) {
+func (c *FrameConn) Sink(data []byte) {
 	if len(data) == 0 {
 		c.release(data)
 		return
@@ -112,7 +112,7 @@ func (c *WSConn) Sink(data []byte) {
 
 // Read reads queued inbound bytes. It returns io.EOF once the connection
 // has ended and everything queued was read.
-func (c *WSConn) Read(b []byte) (int, error) {
+func (c *FrameConn) Read(b []byte) (int, error) {
 	for {
 		c.mu.Lock()
 		if c.closed {
@@ -160,7 +160,7 @@ func (c *WSConn) Read(b []byte) (int, error) {
 
 // Write sends b as one binary frame. SendBinary returns once the frame was
 // written, so b is not retained.
-func (c *WSConn) Write(b []byte) (int, error) {
+func (c *FrameConn) Write(b []byte) (int, error) {
 	select {
 	case <-c.done:
 		return 0, net.ErrClosed
@@ -203,7 +203,7 @@ func (c *WSConn) Write(b []byte) (int, error) {
 	return 0, err
 }
 
-func (c *WSConn) isClosed() bool { return isClosedChan(c.done) }
+func (c *FrameConn) isClosed() bool { return isClosedChan(c.done) }
 
 func isClosedChan(ch <-chan struct{}) bool {
 	select {
@@ -215,7 +215,7 @@ func isClosedChan(ch <-chan struct{}) bool {
 }
 
 // Close ends the adapter (not the WebSocket, which carries other traffic).
-func (c *WSConn) Close() error {
+func (c *FrameConn) Close() error {
 	c.once.Do(func() {
 		c.mu.Lock()
 		c.closed = true
@@ -232,21 +232,21 @@ func (c *WSConn) Close() error {
 }
 
 // LocalAddr and RemoteAddr are placeholders: the stream has no addresses.
-func (c *WSConn) LocalAddr() net.Addr  { return wsAddr("agent") }
-func (c *WSConn) RemoteAddr() net.Addr { return wsAddr("gateway") }
+func (c *FrameConn) LocalAddr() net.Addr  { return wsAddr("agent") }
+func (c *FrameConn) RemoteAddr() net.Addr { return wsAddr("gateway") }
 
 // SetDeadline sets both deadlines.
-func (c *WSConn) SetDeadline(t time.Time) error {
+func (c *FrameConn) SetDeadline(t time.Time) error {
 	c.rd.set(t)
 	c.wd.set(t)
 	return nil
 }
 
 // SetReadDeadline sets the read deadline; it also wakes a blocked Read.
-func (c *WSConn) SetReadDeadline(t time.Time) error { c.rd.set(t); return nil }
+func (c *FrameConn) SetReadDeadline(t time.Time) error { c.rd.set(t); return nil }
 
 // SetWriteDeadline sets the write deadline; it also cancels a blocked Write.
-func (c *WSConn) SetWriteDeadline(t time.Time) error { c.wd.set(t); return nil }
+func (c *FrameConn) SetWriteDeadline(t time.Time) error { c.wd.set(t); return nil }
 
 type wsAddr string
 
