@@ -21,6 +21,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/dynamic"
+
+	"github.com/pipeops/pipeops-vm-agent/internal/logging"
 )
 
 //go:generate go run ../../scripts/gencrds
@@ -137,7 +139,7 @@ func (m *Engine) ensurePrometheusCRDs(ctx context.Context) (string, error) {
 		if err := m.waitEstablished(ctx, res, applied); err != nil {
 			return "", err
 		}
-		m.log.Info("prometheus-operator CRDs applied", "version", PrometheusOperatorVersion, "count", len(applied))
+		m.log.Info("prometheus-operator CRDs applied", logging.KeyVersion, PrometheusOperatorVersion, logging.KeyCount, len(applied))
 	}
 	why := "prometheus-operator " + PrometheusOperatorVersion + " CRDs"
 	if len(newer) > 0 {

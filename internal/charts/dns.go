@@ -45,7 +45,7 @@ func (m *Engine) reconcileDNS(ctx context.Context, c *Component, cs kubernetes.I
 	}
 	if res.Changed {
 		m.log.Info("CoreDNS rewrite applied", "form", res.Form, "restarted", res.Restarted,
-			logging.KeyRelease, t.ConfigMap, "namespace", t.Namespace)
+			logging.KeyRelease, t.ConfigMap, logging.KeyNamespace, t.Namespace)
 	}
 	m.setRelease(c, apitype.ReleaseReady, res.String(), nil)
 	return nil
@@ -59,7 +59,7 @@ func (m *Engine) undoDNS(ctx context.Context, c *Component, cs kubernetes.Interf
 		m.setRelease(c, apitype.ReleaseFailed, err.Error(), nil)
 		return err
 	}
-	m.log.Info("CoreDNS rewrite removed", logging.KeyRelease, t.ConfigMap, "namespace", t.Namespace)
+	m.log.Info("CoreDNS rewrite removed", logging.KeyRelease, t.ConfigMap, logging.KeyNamespace, t.Namespace)
 	m.setRelease(c, apitype.ReleaseUninstalled, "rewrite removed; \"pipeopsctl monitoring install\" puts it back", &monitor.ReleaseInfo{})
 	return nil
 }

@@ -180,8 +180,8 @@ func (m *Engine) apply(ctx context.Context, c *Component, h *helmEnv, src source
 		m.setRelease(c, apitype.ReleaseFailed, err.Error(), nil)
 		return nil, err
 	}
-	m.log.Info("release "+done, logging.KeyRelease, c.Release, "namespace", c.Namespace,
-		"chart", ch.Metadata.Name, "version", ch.Metadata.Version, "revision", out.Version, "why", why)
+	m.log.Info("release "+done, logging.KeyRelease, c.Release, logging.KeyNamespace, c.Namespace,
+		"chart", ch.Metadata.Name, logging.KeyVersion, ch.Metadata.Version, logging.KeyRevision, out.Version, "why", why)
 	return out, nil
 }
 
@@ -251,11 +251,11 @@ func (m *Engine) recover(c *Component, h *helmEnv, rel *release.Release) (*relea
 	switch {
 	case st == release.StatusFailed && good != nil:
 		m.log.Warn("release failed at its last revision; upgrading it again", logging.KeyRelease, c.Release,
-			"namespace", c.Namespace, "revision", rel.Version, "last_good_revision", good.Version)
+			logging.KeyNamespace, c.Namespace, logging.KeyRevision, rel.Version, "last_good_revision", good.Version)
 		return rel, nil
 	case st.IsPending() && good != nil:
 		m.log.Warn("release was left "+st.String()+" (an interrupted Helm action); rolling back", logging.KeyRelease, c.Release,
-			"namespace", c.Namespace, "revision", rel.Version, "to_revision", good.Version)
+			logging.KeyNamespace, c.Namespace, logging.KeyRevision, rel.Version, "to_revision", good.Version)
 		m.setRelease(c, apitype.ReleaseInstalling, fmt.Sprintf("recovering from %s: rolling back to revision %d", st, good.Version), nil)
 		// Helm refuses to act on a pending release; mark it failed first.
 		if err := h.markFailed(rel, "interrupted; marked failed by pipeops-agent"); err != nil {
@@ -267,7 +267,7 @@ func (m *Engine) recover(c *Component, h *helmEnv, rel *release.Release) (*relea
 		return h.last(c.Namespace, c.Release)
 	}
 	m.log.Warn("release was left "+st.String()+" with no good revision; reinstalling", logging.KeyRelease, c.Release,
-		"namespace", c.Namespace, "revision", rel.Version)
+		logging.KeyNamespace, c.Namespace, logging.KeyRevision, rel.Version)
 	m.setRelease(c, apitype.ReleaseInstalling, fmt.Sprintf("recovering from %s: reinstalling", st), nil)
 	if err := h.uninstall(c.Namespace, c.Release, m.opts.Timeout); err != nil {
 		return nil, fmt.Errorf("uninstall %s/%s left %s: %w", c.Namespace, c.Release, st, err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/pipeops/pipeops-vm-agent/internal/logging"
 	"github.com/pipeops/pipeops-vm-agent/internal/monitor"
 )
 
@@ -36,7 +37,7 @@ func (m *Engine) adoptSecret(key, value string) {
 		return
 	}
 	if _, err := m.sink.PutSecret(key, value, "adopted from the existing release"); err != nil {
-		m.log.Warn("cannot persist the adopted credential", "key", key, "err", err)
+		m.log.Warn("cannot persist the adopted credential", "key", key, logging.KeyErr, err)
 	}
 }
 
@@ -95,7 +96,7 @@ func (m *Engine) endpointFor(name string, c *Component, manifest string) (Endpoi
 		"grafana": monitor.SecretGrafanaPassword}[name]
 	pw, err := m.secret(key)
 	if err != nil {
-		m.log.Warn("cannot persist a monitoring credential; not advertising it", "component", name, "err", err)
+		m.log.Warn("cannot persist a monitoring credential; not advertising it", logging.KeyComponent, name, logging.KeyErr, err)
 		return Endpoint{}, false
 	}
 	u := m.serviceURL(pick.Name, pick.Namespace, port)

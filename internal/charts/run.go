@@ -106,7 +106,7 @@ func (m *Engine) Uninstall(ctx context.Context, s monitor.Sink) error {
 			errs = append(errs, err)
 			continue
 		}
-		m.log.Info("release uninstalled", logging.KeyRelease, c.Release, "namespace", c.Namespace)
+		m.log.Info("release uninstalled", logging.KeyRelease, c.Release, logging.KeyNamespace, c.Namespace)
 		m.setRelease(c, apitype.ReleaseUninstalled, "\"pipeopsctl monitoring install\" installs it again", &monitor.ReleaseInfo{})
 	}
 	return errors.Join(errs...)

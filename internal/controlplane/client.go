@@ -274,7 +274,7 @@ func (c *Client) dial(ctx context.Context, mode, url string) (*conn, error) {
 	c.mu.Lock()
 	c.cur = cn
 	c.mu.Unlock()
-	c.log.Info("connected to control plane", "mode", mode, logging.KeyURL, redactURL(url), logging.KeyGen, gen)
+	c.log.Info("connected to control plane", logging.KeyMode, mode, logging.KeyURL, redactURL(url), logging.KeyGen, gen)
 	return cn, nil
 }
 

@@ -27,7 +27,7 @@ func (c *Client) handleText(cn *conn, data []byte) {
 		c.metrics.malformed.Inc()
 		if ok, n := c.limiter.Allow("malformed"); ok {
 			c.log.Warn("ignored a malformed message from the control plane", logging.KeyErr, truncate(err.Error(), 200),
-				"bytes", len(data), "repeats_suppressed", n, logging.KeyGen, cn.gen)
+				"bytes", len(data), logging.KeyRepeatsSuppressed, n, logging.KeyGen, cn.gen)
 		}
 		return
 	}
@@ -37,8 +37,8 @@ func (c *Client) handleText(cn *conn, data []byte) {
 	defer func() {
 		if r := recover(); r != nil {
 			c.metrics.panics.Inc()
-			c.log.Error("message handler panicked; message dropped", "type", env.Type, logging.KeyRequestID, env.RequestID,
-				"panic", fmt.Sprint(r), logging.KeyGen, cn.gen)
+			c.log.Error("message handler panicked; message dropped", logging.KeyType, env.Type, logging.KeyRequestID, env.RequestID,
+				logging.KeyPanic, fmt.Sprint(r), logging.KeyGen, cn.gen)
 		}
 	}()
 	c.dispatch(cn, env)
@@ -51,14 +51,14 @@ func (c *Client) dispatch(cn *conn, env *protocol.Envelope) {
 	switch env.Type {
 	case protocol.TypeRegisterSuccess, protocol.TypeRegisterInProgress:
 		if !cn.deliverRegister(env) {
-			c.log.Debug("ignored an unexpected registration reply", "type", env.Type, logging.KeyRequestID, env.RequestID)
+			c.log.Debug("ignored an unexpected registration reply", logging.KeyType, env.Type, logging.KeyRequestID, env.RequestID)
 		}
 		return
 	case protocol.TypeError:
 		c.handleError(cn, env)
 		return
 	case protocol.TypeHeartbeatAck, protocol.TypePong:
-		c.log.Debug("control plane acknowledged", "type", env.Type)
+		c.log.Debug("control plane acknowledged", logging.KeyType, env.Type)
 		return
 	case protocol.TypePing:
 		cn.sendLater(protocol.TypePong, env.RequestID, map[string]string{"timestamp": time.Now().UTC().Format(time.RFC3339)})
@@ -78,7 +78,7 @@ func (c *Client) dispatch(cn *conn, env *protocol.Envelope) {
 	}
 	c.metrics.unknown.Inc()
 	if cn.firstUnknown(env.Type) {
-		c.log.Info("unknown message type from the control plane; answering protocol_fallback", "type", truncate(env.Type, 64))
+		c.log.Info("unknown message type from the control plane; answering protocol_fallback", logging.KeyType, truncate(env.Type, 64))
 		payload := map[string]any{
 			"agent_version":    version.Version,
 			"unknown_type":     env.Type,

@@ -80,7 +80,7 @@ func (c *Client) contribute(ctx context.Context, fn func(context.Context, *proto
 	defer func() {
 		if r := recover(); r != nil {
 			c.metrics.panics.Inc()
-			c.log.Error("heartbeat contributor panicked", "panic", fmt.Sprint(r))
+			c.log.Error("heartbeat contributor panicked", logging.KeyPanic, fmt.Sprint(r))
 		}
 	}()
 	fn(ctx, hb)
@@ -108,7 +108,7 @@ func (c *Client) telemetry(ctx context.Context) Telemetry {
 	defer c.mu.Unlock()
 	if err != nil {
 		if ok, n := c.limiter.Allow("telemetry: " + err.Error()); ok {
-			c.log.Warn("cluster telemetry unavailable; sending the last known figures", logging.KeyErr, err, "repeats_suppressed", n)
+			c.log.Warn("cluster telemetry unavailable; sending the last known figures", logging.KeyErr, err, logging.KeyRepeatsSuppressed, n)
 		}
 		return c.lastTel
 	}

@@ -74,7 +74,7 @@ func (c *Client) register(ctx context.Context, cn *conn, st state.State, k8sVers
 				c.metrics.registrations.Inc()
 				c.updateLink(func(l *apitype.LinkStatus) { l.Registered = true; l.Registrations++ })
 				c.log.Info("registered with the control plane", logging.KeyClusterID, rs.ClusterID,
-					"mode", reg.Metadata["registration_mode"], "gateway", rs.GatewayWSURL != "")
+					logging.KeyMode, reg.Metadata["registration_mode"], "gateway", rs.GatewayWSURL != "")
 				return &rs, nil
 			}
 		}

@@ -108,7 +108,7 @@ func (c *Client) noteFailure(err error, delay time.Duration) {
 	})
 	c.notReady(fmt.Sprintf("reconnecting in %s: %s", delay.Round(100*time.Millisecond), msg))
 	if ok, n := c.limiter.Allow(msg); ok {
-		c.log.Warn("control-plane link down; retrying", logging.KeyErr, msg, logging.KeyDelay, delay.Round(time.Millisecond).String(), "repeats_suppressed", n)
+		c.log.Warn("control-plane link down; retrying", logging.KeyErr, msg, logging.KeyDelay, delay.Round(time.Millisecond).String(), logging.KeyRepeatsSuppressed, n)
 	}
 }
 
@@ -226,7 +226,7 @@ func (c *Client) serve(ctx context.Context, cn *conn) outcome {
 	end := func(err error) outcome {
 		select {
 		case reason := <-cn.reregister:
-			c.log.Warn("control plane no longer knows this cluster; registering again", "reason", reason)
+			c.log.Warn("control plane no longer knows this cluster; registering again", logging.KeyReason, reason)
 			c.clearRegistration()
 			err = fmt.Errorf("%w (%s)", errReregister, reason)
 		default:
@@ -334,7 +334,7 @@ func (c *Client) runHook(cn *conn, h link.ConnectHook) {
 	defer func() {
 		if r := recover(); r != nil {
 			c.metrics.panics.Inc()
-			c.log.Error("connect hook panicked", "panic", fmt.Sprint(r), logging.KeyGen, cn.gen)
+			c.log.Error("connect hook panicked", logging.KeyPanic, fmt.Sprint(r), logging.KeyGen, cn.gen)
 		}
 	}()
 	h(cn.ctx, cn)

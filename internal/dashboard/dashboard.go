@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pipeops/pipeops-vm-agent/internal/apitype"
+	"github.com/pipeops/pipeops-vm-agent/internal/logging"
 	"github.com/pipeops/pipeops-vm-agent/internal/statusserver"
 )
 
@@ -125,7 +126,7 @@ func New(o Options) *Server {
 		}
 		for _, c := range []prometheus.Collector{m.viewers, m.dropped, m.snapshots} {
 			if err := o.Registerer.Register(c); err != nil {
-				o.Log.Warn("register dashboard metric", "err", err)
+				o.Log.Warn("register dashboard metric", logging.KeyErr, err)
 			}
 		}
 		s.metrics = m
@@ -242,7 +243,7 @@ func (s *Server) viewerClosed(transport string, v *viewer) {
 		s.metrics.viewers.WithLabelValues(transport).Dec()
 	}
 	if r := s.hub.closedReason(v); r != dropUnsubbed && r != dropShutdown {
-		s.o.Log.Info("dashboard viewer dropped", "transport", transport, "reason", r)
+		s.o.Log.Info("dashboard viewer dropped", "transport", transport, logging.KeyReason, r)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/pipeops/pipeops-vm-agent/internal/apitype"
+	"github.com/pipeops/pipeops-vm-agent/internal/logging"
 )
 
 // How much history the page gets with each snapshot.
@@ -136,7 +137,7 @@ func (s *Server) produce(ctx context.Context) *Event {
 	snap := s.sampler.sample(st, now)
 	data, err := json.Marshal(snap)
 	if err != nil { // cannot happen with these types; keep the last good snapshot
-		s.o.Log.Warn("encode dashboard snapshot", "err", err)
+		s.o.Log.Warn("encode dashboard snapshot", logging.KeyErr, err)
 		return s.hub.latest()
 	}
 	s.lastProduced = now

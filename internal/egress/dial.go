@@ -62,7 +62,7 @@ func (p *Policy) Refused(re *RefusedError) {
 	p.refused.WithLabelValues(string(re.Reason)).Inc()
 	if ok, suppressed := p.limiter.Allow(re.Target + "|" + re.Addr.String()); ok {
 		p.log.Warn("refused a target named by the control plane or a cluster object",
-			"target", re.Target, "addr", re.Addr.String(), "reason", string(re.Reason),
+			"target", re.Target, logging.KeyAddr, re.Addr.String(), logging.KeyReason, string(re.Reason),
 			"allow_with", ConfigKey, logging.KeyCount, suppressed)
 	}
 }

@@ -102,7 +102,7 @@ func (m *Manager) ensureCredentials(ctx context.Context) error {
 			m.setCreds(creds{token: configured, caData: ca, source: TokenFromConfig, issued: m.now(), verified: true})
 			return nil
 		}
-		m.log.Warn("configured kubernetes.service_token failed the check; minting the agent's own token instead", "reason", why)
+		m.log.Warn("configured kubernetes.service_token failed the check; minting the agent's own token instead", logging.KeyReason, why)
 	}
 
 	next, caPEM, err := m.mint(ctx, cs, cur)
@@ -128,10 +128,10 @@ func (m *Manager) ensureCredentials(ctx context.Context) error {
 		next.verified = ok
 		if !ok {
 			if configured != "" {
-				m.log.Warn("neither the configured nor the minted token may create namespaces; sending the configured one as a last resort", "reason", why)
+				m.log.Warn("neither the configured nor the minted token may create namespaces; sending the configured one as a last resort", logging.KeyReason, why)
 				next = creds{token: configured, caData: ca, source: TokenFromConfig, issued: m.now()}
 			} else {
-				m.log.Warn("the minted ServiceAccount token may not create namespaces; sending it anyway as a last resort", "reason", why)
+				m.log.Warn("the minted ServiceAccount token may not create namespaces; sending it anyway as a last resort", logging.KeyReason, why)
 			}
 		}
 	}
@@ -257,7 +257,7 @@ func (m *Manager) setCreds(c creds) {
 	m.readyOnce.Do(func() { close(m.ready) })
 	m.save()
 	if !first {
-		m.log.Info("kubernetes credentials changed; the control-plane link registers again", "source", c.source, logging.KeyState, "rotated")
+		m.log.Info("kubernetes credentials changed; the control-plane link registers again", logging.KeySource, c.source, logging.KeyState, "rotated")
 	}
 }
 

@@ -175,7 +175,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		if err == nil {
 			m.setAdmin(admin, src)
 			m.forgetOtherCluster(admin.Host)
-			m.log.Info("using kubeconfig", logging.KeyPath, src.Path, "source", src.Source, logging.KeyURL, admin.Host)
+			m.log.Info("using kubeconfig", logging.KeyPath, src.Path, logging.KeySource, src.Source, logging.KeyURL, admin.Host)
 			break
 		}
 		m.fail(err.Error())
@@ -277,7 +277,7 @@ func (m *Manager) step(ctx context.Context) bool {
 			return false
 		}
 		if n > 0 {
-			m.log.Info("reconciled the agent's ServiceAccount and RBAC", logging.KeyCount, n, "namespace", m.names.Namespace)
+			m.log.Info("reconciled the agent's ServiceAccount and RBAC", logging.KeyCount, n, logging.KeyNamespace, m.names.Namespace)
 			m.metrics.reconciled.Add(float64(n))
 		}
 		m.mu.Lock()

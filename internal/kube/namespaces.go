@@ -82,12 +82,12 @@ func (b *binder) next(ctx context.Context) bool {
 	case apierrors.IsNotFound(err) || apierrors.IsForbidden(err) && strings.Contains(err.Error(), "being terminated"):
 		b.queue.Forget(ns) // the namespace went away
 	case err != nil:
-		b.log.Warn("cannot grant the control plane access to a namespace; retrying", "namespace", ns, logging.KeyErr, err)
+		b.log.Warn("cannot grant the control plane access to a namespace; retrying", logging.KeyNamespace, ns, logging.KeyErr, err)
 		b.queue.AddRateLimited(ns)
 	default:
 		b.queue.Forget(ns)
 		if changed {
-			b.log.Info("granted the control plane's workload role in a namespace", "namespace", ns, "rolebinding", b.names.WorkloadRole())
+			b.log.Info("granted the control plane's workload role in a namespace", logging.KeyNamespace, ns, "rolebinding", b.names.WorkloadRole())
 		}
 	}
 	return true
@@ -106,10 +106,10 @@ func (b *binder) unbindProtected(ctx context.Context) {
 			continue
 		}
 		if err := b.admin.RbacV1().RoleBindings(rb.Namespace).Delete(ctx, rb.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
-			b.log.Warn("cannot remove the workload role from a protected namespace", "namespace", rb.Namespace, logging.KeyErr, err)
+			b.log.Warn("cannot remove the workload role from a protected namespace", logging.KeyNamespace, rb.Namespace, logging.KeyErr, err)
 			continue
 		}
-		b.log.Info("removed the control plane's workload role from a protected namespace", "namespace", rb.Namespace)
+		b.log.Info("removed the control plane's workload role from a protected namespace", logging.KeyNamespace, rb.Namespace)
 	}
 }
 
@@ -173,7 +173,7 @@ func (h *namespaceCreateHook) RoundTrip(req *http.Request) (*http.Response, erro
 	defer cancel()
 	if err := h.bind(ctx, name); err != nil {
 		h.log.Warn("namespace created through the proxy, but granting the workload role failed; the watch retries",
-			"namespace", name, logging.KeyErr, err)
+			logging.KeyNamespace, name, logging.KeyErr, err)
 	}
 	return resp, nil
 }

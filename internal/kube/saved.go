@@ -88,7 +88,7 @@ func (m *Manager) checkSaved(ctx context.Context, cur creds, configured, ca stri
 	}
 	m.clearProvisional()
 	if !ok {
-		m.log.Info("the saved Kubernetes token is no longer accepted; getting a new one (the control-plane link registers again)", "reason", why)
+		m.log.Info("the saved Kubernetes token is no longer accepted; getting a new one (the control-plane link registers again)", logging.KeyReason, why)
 		return false, nil
 	}
 	cur.verified = true
@@ -96,7 +96,7 @@ func (m *Manager) checkSaved(ctx context.Context, cur creds, configured, ca stri
 		cur.caData = ca
 	}
 	m.setCreds(cur)
-	m.log.Info("reusing the saved Kubernetes token", "source", cur.source)
+	m.log.Info("reusing the saved Kubernetes token", logging.KeySource, cur.source)
 	return true, nil
 }
 

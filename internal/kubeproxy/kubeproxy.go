@@ -197,8 +197,8 @@ func (p *Proxy) Types() []string {
 func (p *Proxy) Handle(c link.Conn, env *protocol.Envelope) {
 	defer func() {
 		if r := recover(); r != nil {
-			p.log.Error("proxy handler panicked", "type", env.Type, logging.KeyRequestID, env.RequestID,
-				logging.KeyErr, fmt.Sprint(r), "stack", string(debug.Stack()))
+			p.log.Error("proxy handler panicked", logging.KeyType, env.Type, logging.KeyRequestID, env.RequestID,
+				logging.KeyErr, fmt.Sprint(r), logging.KeyStack, string(debug.Stack()))
 		}
 	}()
 	switch env.Type {
@@ -238,7 +238,7 @@ func (p *Proxy) goSafe(what string, fn func()) {
 		defer p.owned.done()
 		defer func() {
 			if r := recover(); r != nil {
-				p.log.Error("proxy goroutine panicked", "what", what, logging.KeyErr, fmt.Sprint(r), "stack", string(debug.Stack()))
+				p.log.Error("proxy goroutine panicked", "what", what, logging.KeyErr, fmt.Sprint(r), logging.KeyStack, string(debug.Stack()))
 			}
 		}()
 		fn()

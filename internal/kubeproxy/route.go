@@ -177,7 +177,7 @@ func (p *Proxy) serviceTarget(ctx context.Context, req *protocol.ProxyRequest, r
 			setPath(u, "", path, req.Path)
 			return t, nil
 		}
-		p.log.Debug("service not resolved; using the API server service proxy", "service", name, logging.KeyErr, err)
+		p.log.Debug("service not resolved; using the API server service proxy", logging.KeyService, name, logging.KeyErr, err)
 	}
 	kc, err := p.clients.kube(p.o.RESTConfig())
 	if err != nil {

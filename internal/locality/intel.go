@@ -9,6 +9,8 @@ import (
 	"net/url"
 	"strings"
 	"unicode"
+
+	"github.com/pipeops/pipeops-vm-agent/internal/logging"
 )
 
 // maxIntelBody bounds the ip-intel answer (a few hundred bytes in practice).
@@ -55,7 +57,7 @@ func (l *Locator) intelFor(ctx context.Context, ip string) *Intel {
 	l.mu.Unlock()
 	info, err := l.fetchIntel(ctx, ip)
 	if err != nil {
-		l.o.Log.Warn("ip-intel lookup failed; registering without it", "err", err)
+		l.o.Log.Warn("ip-intel lookup failed; registering without it", logging.KeyErr, err)
 		return nil
 	}
 	l.mu.Lock()

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/pipeops/pipeops-vm-agent/internal/hostinfo"
+	"github.com/pipeops/pipeops-vm-agent/internal/logging"
 	"github.com/pipeops/pipeops-vm-agent/internal/state"
 )
 
@@ -179,7 +180,7 @@ func (l *Locator) Locate(ctx context.Context) Location {
 		}
 		provider = providerFromID(n.ProviderID)
 	} else if !errors.Is(err, errNoNode) {
-		l.o.Log.Debug("node facts unavailable for the registration", "err", err)
+		l.o.Log.Debug("node facts unavailable for the registration", logging.KeyErr, err)
 	}
 	if provider == "" && l.o.CloudMetadata {
 		if p, r := l.cloudFacts(ctx); p != "" {

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pipeops/pipeops-vm-agent/internal/logging"
 	"github.com/pipeops/pipeops-vm-agent/internal/state"
 )
 
@@ -128,6 +129,6 @@ func (l *Locator) storeIP(ip string) {
 		return nil
 	})
 	if err != nil {
-		l.o.Log.Warn("cannot cache the public address in the state file", "err", err)
+		l.o.Log.Warn("cannot cache the public address in the state file", logging.KeyErr, err)
 	}
 }

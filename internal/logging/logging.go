@@ -31,6 +31,23 @@ const (
 	KeyField     = "field"
 	KeyFile      = "file"
 	KeyGen       = "generation"
+
+	KeyNamespace         = "namespace"
+	KeyReason            = "reason"
+	KeyType              = "type" // a protocol message type
+	KeyPanic             = "panic"
+	KeyStack             = "stack"
+	KeyRepeatsSuppressed = "repeats_suppressed"
+	KeyAddr              = "addr"
+	KeyHost              = "host"
+	KeyService           = "service"
+	KeyMode              = "mode"
+	KeySource            = "source"
+	KeyVersion           = "version"
+	KeyRevision          = "revision" // a Helm release revision
+	KeyIngress           = "ingress"
+	KeyIngresses         = "ingresses"
+	KeyRoutingMode       = "routing_mode"
 )
 
 // Format names accepted in config.

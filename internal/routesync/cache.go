@@ -12,6 +12,8 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	netlisters "k8s.io/client-go/listers/networking/v1"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/pipeops/pipeops-vm-agent/internal/logging"
 )
 
 // byBackend indexes ingresses by the namespace/name of the Services they use.
@@ -97,7 +99,7 @@ func (c *caches) list(namespace string, sel labels.Selector) []*corev1.Service {
 func (s *Syncer) onIngress(obj any) {
 	key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
 	if err != nil {
-		s.log.Warn("ingress event without a key", "err", err)
+		s.log.Warn("ingress event without a key", logging.KeyErr, err)
 		return
 	}
 	s.q.Add(key)

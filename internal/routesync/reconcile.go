@@ -9,6 +9,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/pipeops/pipeops-vm-agent/internal/logging"
 	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
 )
 
@@ -26,7 +27,7 @@ func (s *Syncer) processNext(ctx context.Context) bool {
 	defer s.q.Done(key)
 	defer func() {
 		if p := recover(); p != nil { // never let one bad object stop route sync
-			s.log.Error("route sync: recovered from panic", "key", key, "panic", p)
+			s.log.Error("route sync: recovered from panic", "key", key, logging.KeyPanic, p)
 		}
 	}()
 	switch key {
@@ -65,7 +66,7 @@ func (s *Syncer) detect() {
 	s.ctrlSeen = s.ctrlSeen || ctrl.found()
 	s.mu.Unlock()
 	if first || changed {
-		s.log.Info("ingress controller detected", "controller", ctrl.String(), "routing_mode", rt.Mode,
+		s.log.Info("ingress controller detected", "controller", ctrl.String(), logging.KeyRoutingMode, rt.Mode,
 			"public_endpoint", rt.PublicEndpoint)
 	}
 	if !ctrl.found() && time.Since(s.start) < s.opt.DetectTimeout {
@@ -108,7 +109,7 @@ func (s *Syncer) fullSync(ctx context.Context) {
 		if IsPermanent(err) {
 			delay = s.opt.PermanentRetry
 		}
-		s.log.Warn("route sync failed; retrying", "err", err, "delay", delay.Round(time.Millisecond))
+		s.log.Warn("route sync failed; retrying", logging.KeyErr, err, logging.KeyDelay, delay.Round(time.Millisecond))
 		s.q.AddAfter(fullSyncKey, delay)
 		return
 	}
@@ -122,7 +123,7 @@ func (s *Syncer) fullSync(ctx context.Context) {
 			n++
 		}
 	}
-	s.log.Info("routes synced", "ingresses", len(body.Ingresses), "routes", n, "routing_mode", rt.Mode)
+	s.log.Info("routes synced", logging.KeyIngresses, len(body.Ingresses), "routes", n, logging.KeyRoutingMode, rt.Mode)
 }
 
 // computeAll reads every managed ingress from the cache and makes it the desired state.
@@ -207,14 +208,14 @@ func (s *Syncer) syncIngress(ctx context.Context, key string) {
 			s.q.Forget(key)
 			if IsPermanent(err) {
 				s.log.Warn("route rejected by the control plane; not retried until the next full sync",
-					"ingress", key, "host", h, "err", err)
+					logging.KeyIngress, key, logging.KeyHost, h, logging.KeyErr, err)
 				continue
 			}
 			// The control plane is unreachable or failing: fall back to a
 			// full sync with backoff rather than retrying ingress by ingress.
 			delay := s.bo.Next()
-			s.log.Warn("route registration failed; full sync scheduled", "ingress", key, "host", h, "err", err,
-				"delay", delay.Round(time.Millisecond))
+			s.log.Warn("route registration failed; full sync scheduled", logging.KeyIngress, key, logging.KeyHost, h, logging.KeyErr, err,
+				logging.KeyDelay, delay.Round(time.Millisecond))
 			s.fullGen.Add(1)
 			s.q.AddAfter(fullSyncKey, delay)
 			return

@@ -25,6 +25,7 @@ import (
 	"github.com/pipeops/pipeops-vm-agent/internal/apitype"
 	"github.com/pipeops/pipeops-vm-agent/internal/backoff"
 	"github.com/pipeops/pipeops-vm-agent/internal/health"
+	"github.com/pipeops/pipeops-vm-agent/internal/logging"
 )
 
 // HealthCondition is the (not required) health condition routesync reports.
@@ -176,7 +177,7 @@ func (s *Syncer) Run(ctx context.Context) error {
 	if !s.cache.wait(ctx) {
 		return nil
 	}
-	s.log.Info("ingress cache synced", "ingresses", s.cache.ingressCount())
+	s.log.Info("ingress cache synced", logging.KeyIngresses, s.cache.ingressCount())
 	s.q.Add(detectKey)
 	s.Resync()
 	go func() {

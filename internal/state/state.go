@@ -130,7 +130,7 @@ func Open(dir string, log *slog.Logger) (*Store, error) {
 		if rerr := os.Rename(s.Path(), aside); rerr != nil {
 			return nil, fmt.Errorf("state file %s is corrupt (%v) and could not be moved aside: %w", s.Path(), err, rerr)
 		}
-		if log != nil {
+		if log != nil { // raw keys (logging.KeyFile, logging.KeyErr): state is a stdlib-only leaf
 			log.Error("state file was corrupt; moved it aside and starting with empty state (the agent will register again)",
 				"file", s.Path(), "moved_to", aside, "err", err)
 		}

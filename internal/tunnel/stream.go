@@ -24,7 +24,7 @@ func (m *Manager) serveStream(ctx context.Context, s *session, st *yamux.Stream)
 	defer func() { m.m.streamEnded(time.Since(start).Seconds()) }()
 	defer func() {
 		if r := recover(); r != nil {
-			m.log.Error("tunnel stream handler panicked; stream reset", "panic", fmt.Sprint(r))
+			m.log.Error("tunnel stream handler panicked; stream reset", logging.KeyPanic, fmt.Sprint(r))
 			_ = st.Reset()
 		}
 	}()
@@ -38,7 +38,7 @@ func (m *Manager) serveStream(ctx context.Context, s *session, st *yamux.Stream)
 		return
 	}
 	_ = st.SetReadDeadline(time.Time{})
-	log := m.log.With("service", h.Name, "namespace", h.Namespace, "port", h.Port, "tunnel_id", h.TunnelID)
+	log := m.log.With(logging.KeyService, h.Name, logging.KeyNamespace, h.Namespace, "port", h.Port, "tunnel_id", h.TunnelID)
 	if a := h.Anomaly(); a != "" {
 		log.Warn("unusual tunnel stream header; accepting it as the reference does", "anomaly", a)
 	}
@@ -63,7 +63,7 @@ func (m *Manager) serveStream(ctx context.Context, s *session, st *yamux.Stream)
 		_ = st.Close() // §7.3: close, no message on the wire
 		return
 	}
-	log.Debug("tunnel stream connected", "addr", addr, "network", network)
+	log.Debug("tunnel stream connected", logging.KeyAddr, addr, "network", network)
 	if h.IsUDP() {
 		err = m.relayUDP(st, target, s.udpFramed)
 	} else {

@@ -26,6 +26,7 @@ import (
 
 	"github.com/pipeops/pipeops-vm-agent/internal/apitype"
 	"github.com/pipeops/pipeops-vm-agent/internal/health"
+	"github.com/pipeops/pipeops-vm-agent/internal/logging"
 )
 
 // Defaults (protocol.md §7.1, issue 6).
@@ -138,7 +139,7 @@ func (m *Manager) SetServiceForward(name, namespace, service string, port int) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if f, ok := m.forwards[name]; ok && f.fromConfigure {
-		m.log.Info("tunnel forward already configured; keeping the configured address", "forward", name, "addr", f.addr)
+		m.log.Info("tunnel forward already configured; keeping the configured address", "forward", name, logging.KeyAddr, f.addr)
 		return
 	}
 	m.forwards[name] = forward{ns: namespace, svc: service, port: port}
