@@ -3,6 +3,7 @@ package controlplane
 import (
 	"context"
 	"encoding/json"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -61,9 +62,20 @@ func TestUnknownTypesGetOneProtocolFallbackEach(t *testing.T) {
 		}
 	}
 	testbin.Eventually(t, 5*time.Second, "two fallbacks", func() bool { mu.Lock(); defer mu.Unlock(); return len(got) >= 2 })
-	time.Sleep(100 * time.Millisecond) // a third one would arrive in this window
+	// One more unknown type is the barrier: the agent reads messages in
+	// order and decides on a fallback as it reads each, so a third fallback
+	// for the types above would have been sent before the barrier's.
+	if err := sess.Send(ctx, "barrier", "r-91", nil); err != nil {
+		t.Fatal(err)
+	}
+	testbin.Eventually(t, 5*time.Second, "the barrier's fallback", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.ContainsFunc(got, func(m map[string]any) bool { return m["unknown_type"] == "barrier" })
+	})
 	mu.Lock()
 	defer mu.Unlock()
+	got = slices.DeleteFunc(got, func(m map[string]any) bool { return m["unknown_type"] == "barrier" })
 	types := map[any]bool{}
 	for _, g := range got {
 		types[g["unknown_type"]] = true

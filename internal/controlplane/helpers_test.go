@@ -127,16 +127,9 @@ func (p *plane) restart() {
 	p.t.Helper()
 	var ln net.Listener
 	var err error
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if ln, err = net.Listen("tcp", p.addr); err == nil || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if err != nil {
-		p.t.Fatal(err)
-	}
+	testbin.Eventually(p.t, 5*time.Second, "listening again on "+p.addr,
+		func() bool { ln, err = net.Listen("tcp", p.addr); return err == nil },
+		func() string { return err.Error() })
 	p.serve(ln)
 }
 

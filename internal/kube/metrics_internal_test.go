@@ -12,6 +12,8 @@ import (
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+
+	"github.com/pipeops/pipeops-vm-agent/tests/testbin"
 )
 
 // fakeAPI serves just enough of the Kubernetes API for the telemetry
@@ -93,13 +95,7 @@ func TestUsageComesFromTheMetricsAPIWhenServedAndFromRequestsOtherwise(t *testin
 			tel := newTelemetry(cs, time.Now, time.Minute, time.Minute)
 			tel.hostname, tel.local = "", func() map[string]bool { return nil } // neither node is this machine
 			tel.start(ctx)
-			deadline := time.Now().Add(10 * time.Second)
-			for !tel.synced() {
-				if time.Now().After(deadline) {
-					t.Fatal("informers did not sync against the fake API")
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
+			testbin.Eventually(t, 10*time.Second, "the informers synced against the fake API", tel.synced)
 			got, err := tel.get(ctx)
 			if err != nil || got != tt.want {
 				t.Fatalf("telemetry = %+v, %v; want %+v", got, err, tt.want)
@@ -125,13 +121,7 @@ func TestTheNodeTheAgentRunsOnReportsProcAndTheOthersTheMetricsAPI(t *testing.T)
 	tel.hostname, tel.local = "", func() map[string]bool { return map[string]bool{"192.0.2.97": true} }
 	tel.start(ctx)
 	defer func() { cancel(); tel.factory.Shutdown() }()
-	deadline := time.Now().Add(10 * time.Second)
-	for !tel.synced() {
-		if time.Now().After(deadline) {
-			t.Fatal("informers did not sync against the fake API")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testbin.Eventually(t, 10*time.Second, "the informers synced against the fake API", tel.synced)
 	now = now.Add(2 * time.Second) // past the first CPU interval
 	got, err := tel.get(ctx)
 	if err != nil {

@@ -476,13 +476,10 @@ func TestALostConnectionCancelsItsRequestsAndSendsNothing(t *testing.T) {
 		}
 	}
 	c.cancel() // the connection ends
-	deadline := time.Now().Add(10 * time.Second)
-	for (ended.Load() != 3 || p.InFlight() != 0) && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if ended.Load() != 3 || p.InFlight() != 0 {
-		t.Fatalf("backend ended %d of 3, %d still in flight; want all cancelled", ended.Load(), p.InFlight())
-	}
+	testbin.Eventually(t, 10*time.Second, "every watch cancelled", func() bool { return ended.Load() == 3 && p.InFlight() == 0 },
+		func() string {
+			return fmt.Sprintf("backend ended %d of 3, %d still in flight", ended.Load(), p.InFlight())
+		})
 	c.expectNone(t, 100*time.Millisecond)
 }
 

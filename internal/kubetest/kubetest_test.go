@@ -2,6 +2,7 @@ package kubetest_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/pipeops/pipeops-vm-agent/internal/kubetest"
+	"github.com/pipeops/pipeops-vm-agent/tests/testbin"
 )
 
 func TestMain(m *testing.M) { kubetest.Main(m) }
@@ -59,20 +61,14 @@ func TestFullClusterRunsADeploymentToReady(t *testing.T) {
 	if _, err := env.Client.AppsV1().Deployments(env.Namespace).Create(ctx, dep, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		d, err := env.Client.AppsV1().Deployments(env.Namespace).Get(ctx, "web", metav1.GetOptions{})
-		if err != nil {
+	var d *appsv1.Deployment
+	testbin.Eventually(t, 60*time.Second, "the deployment's two replicas ready", func() bool {
+		var err error
+		if d, err = env.Client.AppsV1().Deployments(env.Namespace).Get(ctx, "web", metav1.GetOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		if d.Status.ReadyReplicas == 2 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("deployment not ready after 60s: %+v", d.Status)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return d.Status.ReadyReplicas == 2
+	}, func() string { return fmt.Sprintf("status %+v", d.Status) })
 }
 
 func TestAPrivateClusterSurvivesAnAPIServerRestart(t *testing.T) {

@@ -217,8 +217,13 @@ func TestUninstallSuspendsTheLoopUntilInstall(t *testing.T) {
 		t.Errorf("OnEndpoints calls = %d; want 2 (ready, then none)", rec.count())
 	}
 	rounds, _ := b.counts()
-	m.Kick() // a suspended manager does not reinstall on its own
-	time.Sleep(100 * time.Millisecond)
+	// A suspended manager does not reinstall on its own. Run takes a kick
+	// only between rounds, so once a second kick is taken the round the
+	// first one started has finished.
+	for _, which := range []string{"first", "second"} {
+		m.Kick()
+		testbin.Eventually(t, 5*time.Second, "the "+which+" kick taken", func() bool { return len(m.kick) == 0 })
+	}
 	if r, _ := b.counts(); r != rounds {
 		t.Errorf("rounds while suspended: %d → %d; want none", rounds, r)
 	}

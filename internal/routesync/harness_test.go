@@ -2,6 +2,7 @@ package routesync
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/http"
 	"slices"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/pipeops/pipeops-vm-agent/internal/devplane"
 	"github.com/pipeops/pipeops-vm-agent/internal/kubetest"
+	"github.com/pipeops/pipeops-vm-agent/tests/testbin"
 )
 
 func TestMain(m *testing.M) { kubetest.Main(m) }
@@ -71,18 +73,12 @@ func (c *controlPlane) stop() {
 // restart listens on the same address again.
 func (c *controlPlane) restart(t *testing.T) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		ln, err := net.Listen("tcp", c.addr)
-		if err == nil {
-			c.serve(ln)
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("listen again on %s: %v", c.addr, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	var ln net.Listener
+	var err error
+	testbin.Eventually(t, 10*time.Second, "listening again on "+c.addr,
+		func() bool { ln, err = net.Listen("tcp", c.addr); return err == nil },
+		func() string { return err.Error() })
+	c.serve(ln)
 }
 
 // routeSet renders the registry as sorted "host/path" strings.
@@ -102,28 +98,17 @@ func (c *controlPlane) waitRoutes(t *testing.T, within time.Duration, want ...st
 		want = []string{}
 	}
 	start := time.Now()
-	for {
-		got := c.routeSet()
-		if slices.Equal(got, want) {
-			return time.Since(start)
-		}
-		if time.Since(start) > within {
-			t.Fatalf("registry did not converge within %v: got %v, want %v (calls %v)", within, got, want, c.dp.RouteCalls())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	var got []string
+	testbin.Eventually(t, within, fmt.Sprintf("the registry to hold %v", want),
+		func() bool { got = c.routeSet(); return slices.Equal(got, want) },
+		func() string { return fmt.Sprintf("got %v (calls %v)", got, c.dp.RouteCalls()) })
+	return time.Since(start)
 }
 
 // waitFor polls cond until it holds.
 func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", within, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testbin.Eventually(t, within, what, cond)
 }
 
 // testOptions scope a syncer to the test's namespace: its controller is

@@ -3,6 +3,7 @@ package svcresolve
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/pipeops/pipeops-vm-agent/internal/egress"
 	"github.com/pipeops/pipeops-vm-agent/internal/kubetest"
+	"github.com/pipeops/pipeops-vm-agent/tests/testbin"
 )
 
 func TestMain(m *testing.M) { kubetest.Main(m) }
@@ -66,19 +68,14 @@ func createSlice(t *testing.T, cs kubernetes.Interface, ns, svc, name string, po
 // resolveEventually retries until the informers saw the objects.
 func resolveEventually(t *testing.T, r *Resolver, network, ns, name string, port int, want string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
 	var got string
 	var err error
-	for time.Now().Before(deadline) {
+	testbin.Eventually(t, 10*time.Second, fmt.Sprintf("Resolve(%s/%s:%d %s) = %q", ns, name, port, network, want), func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
 		got, err = r.ResolveNetwork(ctx, network, ns, name, port)
-		cancel()
-		if err == nil && got == want {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("Resolve(%s/%s:%d %s) = %q, %v; want %q", ns, name, port, network, got, err, want)
+		return err == nil && got == want
+	}, func() string { return fmt.Sprintf("got %q, %v", got, err) })
 }
 
 func TestServicesResolveToClusterIPEndpointsOrExternalNames(t *testing.T) {

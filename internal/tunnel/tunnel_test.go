@@ -125,7 +125,7 @@ func TestAnIdleStreamIsClosedAfterTheInactivityTimeout(t *testing.T) {
 			t.Fatalf("stream closed while active (round %d): %v", i, err)
 		}
 		last = time.Now()
-		time.Sleep(150 * time.Millisecond)
+		time.Sleep(150 * time.Millisecond) // what is tested: a pause shorter than the timeout between bursts of traffic, not a wait for a condition
 	}
 	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if _, err := c.Read(make([]byte, 1)); err != io.EOF {

@@ -7,8 +7,12 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/pipeops/pipeops-vm-agent/tests/testbin"
 )
 
 // blockingBinary is a narrow fake of the control-plane connection whose
@@ -28,6 +32,21 @@ func (b *blockingBinary) SendBinary(ctx context.Context, data []byte) error {
 	return nil
 }
 func (b *blockingBinary) Context() context.Context { return b.ctx }
+
+// blockedIn reports whether a goroutine is parked (on a channel or a
+// select) with fn on its stack, e.g. a Read waiting for data.
+func blockedIn(fn string) bool {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		header, _, _ := strings.Cut(g, "\n")
+		parked := strings.Contains(header, "[select") || strings.Contains(header, "[chan receive") || strings.Contains(header, "[chan send")
+		if parked && strings.Contains(g, fn) {
+			return true
+		}
+	}
+	return false
+}
 
 func TestFrameConnDeadlinesUnblockReadsAndWrites(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
@@ -49,7 +68,7 @@ func TestFrameConnDeadlinesUnblockReadsAndWrites(t *testing.T) {
 		_ = c.SetReadDeadline(time.Time{})
 		done := make(chan error, 1)
 		go func() { _, err := c.Read(make([]byte, 10)); done <- err }()
-		time.Sleep(20 * time.Millisecond)
+		testbin.Eventually(t, 5*time.Second, "the read blocked", func() bool { return blockedIn("(*FrameConn).Read") })
 		_ = c.SetReadDeadline(time.Now().Add(-time.Second))
 		select {
 		case err := <-done:
@@ -82,7 +101,7 @@ func TestFrameConnDeadlinesUnblockReadsAndWrites(t *testing.T) {
 		_ = c.SetWriteDeadline(time.Time{})
 		done := make(chan error, 1)
 		go func() { _, err := c.Write([]byte("x")); done <- err }()
-		time.Sleep(20 * time.Millisecond)
+		testbin.Eventually(t, 5*time.Second, "the write blocked", func() bool { return blockedIn("(*FrameConn).Write") })
 		_ = c.Close()
 		select {
 		case err := <-done:

@@ -85,22 +85,18 @@ func is(want string) func(string) bool { return func(s string) bool { return s =
 // waitHTTP polls url until it answers (any status) or the process exits.
 func waitHTTP(t *testing.T, p *testbin.Proc, url string) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	testbin.Eventually(t, 20*time.Second, p.Name+" answering at "+url, func() bool {
 		if r, err := http.Get(url); err == nil {
 			r.Body.Close()
-			return
+			return true
 		}
 		select {
 		case <-p.Done():
 			t.Fatalf("%s exited early: %v\n%s", p.Name, p.Err(), p.Out.String())
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s did not answer at %s\n%s", p.Name, url, p.Out.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return false
+	}, p.Out.String)
 }
 
 // startDevplane runs the reference control plane binary on a free port.

@@ -4,8 +4,10 @@ package hygiene
 
 import (
 	"encoding/json"
+	"go/ast"
 	"go/parser"
 	"go/token"
+	"io/fs"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -141,6 +143,67 @@ func TestTheDaemonStaysSmall(t *testing.T) {
 			t.Errorf("pipeops-agent links %s; Helm belongs in cmd/pipeops-agent-helm (internal/monitor.Exec)", dep)
 		case dep == "text/template", dep == "html/template", dep == "github.com/urfave/cli/v2":
 			t.Errorf("pipeops-agent links %s; it disables the linker's method pruning", dep)
+		}
+	}
+}
+
+// sleepsAllowed are the test sleeps that are part of what is tested (time
+// that must pass), not waits for a condition; each carries a comment saying
+// so. daemon/ and scripts/ are not checked yet.
+var sleepsAllowed = map[string]int{
+	"internal/tunnel/tunnel_test.go":       1, // traffic with pauses shorter than the inactivity timeout
+	"internal/routesync/routesync_test.go": 1, // the control-plane outage itself
+}
+
+// TestTestsWaitOnConditionsNotSleeps counts time.Sleep in test files: a
+// test waits for what it needs (testbin.Eventually), so it is neither slow
+// on a fast machine nor flaky on a busy one.
+func TestTestsWaitOnConditionsNotSleeps(t *testing.T) {
+	root, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}").Output()
+	if err != nil {
+		t.Fatalf("go list -m: %v", err)
+	}
+	dir := strings.TrimSpace(string(root))
+	found := map[string]int{}
+	err = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, path)
+		if d.IsDir() {
+			if rel == "daemon" || rel == "scripts" || d.Name() == "testdata" || strings.HasPrefix(d.Name(), ".") && rel != "." {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !strings.HasSuffix(path, "_test.go") {
+			return nil
+		}
+		f, err := parser.ParseFile(token.NewFileSet(), path, nil, 0)
+		if err != nil {
+			return err
+		}
+		ast.Inspect(f, func(n ast.Node) bool {
+			if sel, ok := n.(*ast.SelectorExpr); ok && sel.Sel.Name == "Sleep" {
+				if x, ok := sel.X.(*ast.Ident); ok && x.Name == "time" {
+					found[filepath.ToSlash(rel)]++
+				}
+			}
+			return true
+		})
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for file, n := range found {
+		if n > sleepsAllowed[file] {
+			t.Errorf("%s calls time.Sleep %d times (%d allowed): wait on the condition instead (testbin.Eventually)", file, n, sleepsAllowed[file])
+		}
+	}
+	for file, n := range sleepsAllowed {
+		if found[file] < n {
+			t.Errorf("%s calls time.Sleep %d times, fewer than the %d allowed: lower its entry in sleepsAllowed", file, found[file], n)
 		}
 	}
 }

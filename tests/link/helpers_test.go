@@ -64,22 +64,14 @@ func (p *devplaneProc) url() string { return fmt.Sprintf("%s://%s:%d", p.scheme,
 func (p *devplaneProc) start() {
 	p.t.Helper()
 	args := append([]string{"--listen", fmt.Sprintf("%s:%d", p.host, p.port), "--token", token, "--log-level", "debug"}, p.extra...)
-	for i := 0; i < 50; i++ { // the port may still be in TIME_WAIT-free limbo for a moment
-		p.proc = testbin.StartTo(p.t, p.out, p.bin, nil, args...)
-		if p.waitListening() {
-			return
+	var started time.Time
+	testbin.Eventually(p.t, 60*time.Second, fmt.Sprintf("devplane listening on port %d", p.port), func() bool {
+		if p.proc == nil {
+			p.proc, started = testbin.StartTo(p.t, p.out, p.bin, nil, args...), time.Now()
 		}
-		p.kill()
-		time.Sleep(50 * time.Millisecond)
-	}
-	p.t.Fatalf("devplane did not start listening on port %d", p.port)
-}
-
-func (p *devplaneProc) waitListening() bool {
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
 		select {
-		case <-p.proc.Done():
+		case <-p.proc.Done(): // the port may still be in TIME_WAIT-free limbo for a moment: start again
+			p.kill()
 			return false
 		default:
 		}
@@ -88,9 +80,11 @@ func (p *devplaneProc) waitListening() bool {
 			c.Close()
 			return true
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return false
+		if time.Since(started) > 5*time.Second { // alive but not listening: start again
+			p.kill()
+		}
+		return false
+	})
 }
 
 // kill ends the process at once, like a crash.

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pipeops/pipeops-vm-agent/internal/apitype"
 	"github.com/pipeops/pipeops-vm-agent/internal/devplane"
 	"github.com/pipeops/pipeops-vm-agent/internal/kubetest"
 	"github.com/pipeops/pipeops-vm-agent/tests/testbin"
@@ -79,7 +80,10 @@ func TestTheAgentSurvivesTwentyControlPlaneRestartsWithFlatGoroutines(t *testing
 	var baseline int
 	for i := 0; i < 20; i++ {
 		dp.kill()
-		time.Sleep(100 * time.Millisecond) // the agent notices and starts backing off
+		testbin.Eventually(t, 10*time.Second, "the agent noticed the devplane gone", func() bool {
+			st, err := a.status()
+			return err == nil && st.Link.State != apitype.LinkConnected
+		})
 		dp.start()
 		back := time.Now()
 		// The restarted devplane forgot the cluster: the gateway answers
