@@ -27,7 +27,6 @@ import (
 	"github.com/pipeops/pipeops-vm-agent/internal/hostinfo"
 	"github.com/pipeops/pipeops-vm-agent/internal/kube"
 	"github.com/pipeops/pipeops-vm-agent/internal/kubeproxy"
-	seam "github.com/pipeops/pipeops-vm-agent/internal/link"
 	"github.com/pipeops/pipeops-vm-agent/internal/localapi"
 	"github.com/pipeops/pipeops-vm-agent/internal/logging"
 	"github.com/pipeops/pipeops-vm-agent/internal/monitor"
@@ -237,7 +236,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Daemon, error) {
 	if routes != nil {
 		// Every (re)connection may follow a control-plane restart that lost
 		// the routes: send the full set again (§9.2).
-		link.OnConnect(func(context.Context, seam.Conn) { routes.Resync() })
+		link.OnConnect(func(context.Context, protocol.Conn) { routes.Resync() })
 		link.AddHeartbeatContributor(func(_ context.Context, hb *protocol.Heartbeat) {
 			hb.Metadata.GatewayRoutes = routes.RouteCount() // managed routes only (§13.11)
 			hb.Metadata.IsPrivate = routes.IsPrivate()

@@ -2,9 +2,9 @@
 // one outbound WebSocket (controller or gateway), registration and resume,
 // heartbeats, reconnect with backoff and generations, and the dispatch of
 // inbound messages to handlers. Handlers (the Kubernetes proxy, the yamux
-// tunnel, route sync) see a connection only through the interfaces of
-// internal/link, which this package implements; the daemon wires the
-// concrete ones.
+// tunnel, route sync) see a connection only through protocol.Conn, which
+// this package implements, and serve messages as protocol.Handler; the
+// daemon wires the concrete ones.
 package controlplane
 
 import (
@@ -22,7 +22,6 @@ import (
 	"github.com/pipeops/pipeops-vm-agent/internal/apitype"
 	"github.com/pipeops/pipeops-vm-agent/internal/config"
 	"github.com/pipeops/pipeops-vm-agent/internal/health"
-	"github.com/pipeops/pipeops-vm-agent/internal/link"
 	"github.com/pipeops/pipeops-vm-agent/internal/logging"
 	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
 	"github.com/pipeops/pipeops-vm-agent/internal/state"
@@ -120,8 +119,8 @@ type Client struct {
 	lp           *health.Loop // the link supervisor's watch
 
 	hmu          sync.RWMutex
-	handlers     map[string]link.Handler
-	hooks        []link.ConnectHook
+	handlers     map[string]protocol.Handler
+	hooks        []protocol.ConnectHook
 	contributors []func(ctx context.Context, hb *protocol.Heartbeat)
 	drainers     []func(ctx context.Context)
 
@@ -151,7 +150,7 @@ func New(o Options) (*Client, error) {
 	c := &Client{
 		cfg: o.Config, agentID: o.AgentID, st: o.State, health: o.Health, log: log, cluster: o.Cluster,
 		dialer: d, metrics: newMetrics(o.Metrics), limiter: logging.NewLimiter(5*time.Minute, nil),
-		k3sPath: o.K3sTokenPath, locality: o.Locality, handlers: map[string]link.Handler{},
+		k3sPath: o.K3sTokenPath, locality: o.Locality, handlers: map[string]protocol.Handler{},
 		pingEvery: orDefault(o.PingInterval, 10*time.Second), readTimeout: orDefault(o.ReadTimeout, 60*time.Second),
 		registerTimeout: orDefault(o.RegisterTimeout, 30*time.Second), jitter: o.Jitter,
 		gatewayFallback: orDefault(o.GatewayFallback, 2*time.Minute), drainTimeout: orDefault(o.DrainTimeout, 10*time.Second),
@@ -173,7 +172,7 @@ func orDefault(d, def time.Duration) time.Duration {
 
 // Register adds a handler for the types it lists. A later registration of
 // the same type replaces the earlier one. Safe at any time.
-func (c *Client) Register(h link.Handler) {
+func (c *Client) Register(h protocol.Handler) {
 	c.hmu.Lock()
 	defer c.hmu.Unlock()
 	for _, t := range h.Types() {
@@ -183,7 +182,7 @@ func (c *Client) Register(h link.Handler) {
 
 // OnConnect adds a hook run (in its own goroutine) after every successful
 // connection, once the first heartbeat went out.
-func (c *Client) OnConnect(h link.ConnectHook) {
+func (c *Client) OnConnect(h protocol.ConnectHook) {
 	c.hmu.Lock()
 	defer c.hmu.Unlock()
 	c.hooks = append(c.hooks, h)

@@ -16,7 +16,6 @@ import (
 	"github.com/pipeops/pipeops-vm-agent/internal/config"
 	"github.com/pipeops/pipeops-vm-agent/internal/devplane"
 	"github.com/pipeops/pipeops-vm-agent/internal/health"
-	"github.com/pipeops/pipeops-vm-agent/internal/link"
 	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
 	"github.com/pipeops/pipeops-vm-agent/internal/state"
 	"github.com/pipeops/pipeops-vm-agent/tests/testbin"
@@ -241,7 +240,7 @@ func TestReconnectCallsHooksWithANewGenerationAndHeartbeatsAtOnce(t *testing.T) 
 	a := newAgent(t, testConfig(p.url()), nil, &fakeCluster{version: "v1.36.3"}, nil)
 	var mu sync.Mutex
 	var gens []uint64
-	a.c.OnConnect(func(ctx context.Context, c link.Conn) {
+	a.c.OnConnect(func(ctx context.Context, c protocol.Conn) {
 		mu.Lock()
 		gens = append(gens, c.Generation())
 		mu.Unlock()
@@ -422,7 +421,7 @@ func TestAConnectionsGoroutinesAreJoinedBeforeTheNextConnection(t *testing.T) {
 	a := newAgent(t, testConfig(p.url()), nil, &fakeCluster{version: "v1.36.3"}, nil)
 	var slowHookDone, early atomic.Bool
 	slowGen := atomic.Uint64{}
-	a.c.OnConnect(func(ctx context.Context, c link.Conn) {
+	a.c.OnConnect(func(ctx context.Context, c protocol.Conn) {
 		slowGen.CompareAndSwap(0, c.Generation())
 		<-ctx.Done()
 		if c.Generation() == slowGen.Load() {
@@ -471,10 +470,10 @@ func TestShutdownDrainsWhileTheConnectionCanStillCarryAnswers(t *testing.T) {
 	p := startPlane(t)
 	a := newAgent(t, testConfig(p.url()), nil, &fakeCluster{version: "v1.36.3"}, nil)
 	var live atomic.Value
-	a.c.OnConnect(func(_ context.Context, c link.Conn) { live.Store(c) })
+	a.c.OnConnect(func(_ context.Context, c protocol.Conn) { live.Store(c) })
 	sent := make(chan error, 1)
 	a.c.OnShutdown(func(ctx context.Context) {
-		c, _ := live.Load().(link.Conn)
+		c, _ := live.Load().(protocol.Conn)
 		if c == nil {
 			sent <- errors.New("no connection")
 			return

@@ -13,7 +13,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pipeops/pipeops-vm-agent/internal/health"
-	"github.com/pipeops/pipeops-vm-agent/internal/link"
 	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
 	"github.com/pipeops/pipeops-vm-agent/internal/wsconn"
 )
@@ -47,7 +46,7 @@ type outFrame struct {
 	done chan error // nil for fire-and-forget control frames
 }
 
-// conn is one connection generation. It implements link.Conn. It owns exactly
+// conn is one connection generation. It implements protocol.Conn. It owns exactly
 // one reader goroutine, one writer goroutine and one pinger.
 type conn struct {
 	gen    uint64
@@ -153,11 +152,11 @@ func (cn *conn) Send(ctx context.Context, typ, requestID string, payload any) er
 	return cn.write(ctx, websocket.TextMessage, b)
 }
 
-var _ link.BatchSender = (*conn)(nil)
+var _ protocol.BatchSender = (*conn)(nil)
 
 // SendBatch writes several JSON envelopes, in order, as one queued frame of
 // the single writer: one hand-off and usually one socket write for all.
-func (cn *conn) SendBatch(ctx context.Context, msgs ...link.Message) error {
+func (cn *conn) SendBatch(ctx context.Context, msgs ...protocol.Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
@@ -323,7 +322,7 @@ func (cn *conn) pingLoop(every time.Duration) {
 	}
 }
 
-var _ link.BinaryReleaser = (*conn)(nil)
+var _ protocol.BinaryReleaser = (*conn)(nil)
 
 // ReleaseBinary takes back a binary frame the sink is done with.
 func (cn *conn) ReleaseBinary(data []byte) { wsconn.Release(data) }

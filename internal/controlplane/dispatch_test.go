@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/pipeops/pipeops-vm-agent/internal/devplane"
-	"github.com/pipeops/pipeops-vm-agent/internal/link"
 	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
 	"github.com/pipeops/pipeops-vm-agent/tests/testbin"
 )
@@ -18,7 +17,7 @@ import (
 type panicky struct{ calls chan string }
 
 func (panicky) Types() []string { return []string{"proxy_request"} }
-func (p panicky) Handle(c link.Conn, env *protocol.Envelope) {
+func (p panicky) Handle(c protocol.Conn, env *protocol.Envelope) {
 	p.calls <- env.RequestID
 	if env.RequestID == "boom" {
 		panic("handler bug")
@@ -157,9 +156,9 @@ func TestApplicationPingIsAnsweredWithPongAndLegacyTunnelsAreRefused(t *testing.
 }
 
 func TestTheBinaryChannelAndLegacyBodyFramesGoWhereTheyBelong(t *testing.T) {
-	conns := make(chan link.Conn, 1)
+	conns := make(chan protocol.Conn, 1)
 	_, _, sess := connected(t, &fakeCluster{version: "v1.36.3"}, func(a *agent) {
-		a.c.OnConnect(func(_ context.Context, c link.Conn) { conns <- c })
+		a.c.OnConnect(func(_ context.Context, c protocol.Conn) { conns <- c })
 	})
 	c := <-conns
 	body, cancel := c.ExpectBinaryBody("r-1")

@@ -12,8 +12,8 @@ import (
 
 	"github.com/pipeops/pipeops-vm-agent/internal/apitype"
 	"github.com/pipeops/pipeops-vm-agent/internal/backoff"
-	"github.com/pipeops/pipeops-vm-agent/internal/link"
 	"github.com/pipeops/pipeops-vm-agent/internal/logging"
+	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
 	"github.com/pipeops/pipeops-vm-agent/internal/state"
 )
 
@@ -242,7 +242,7 @@ func (c *Client) serve(ctx context.Context, cn *conn) outcome {
 	}
 	c.limiter.Reset()
 	c.hmu.RLock()
-	hooks := append([]link.ConnectHook(nil), c.hooks...)
+	hooks := append([]protocol.ConnectHook(nil), c.hooks...)
 	c.hmu.RUnlock()
 	for _, h := range hooks {
 		cn.goOwned(func() { c.runHook(cn, h) })
@@ -330,7 +330,7 @@ func (c *Client) credentialsChanged() <-chan struct{} {
 	return c.credsWait
 }
 
-func (c *Client) runHook(cn *conn, h link.ConnectHook) {
+func (c *Client) runHook(cn *conn, h protocol.ConnectHook) {
 	defer func() {
 		if r := recover(); r != nil {
 			c.metrics.panics.Inc()

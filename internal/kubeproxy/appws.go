@@ -11,14 +11,13 @@ import (
 
 	"github.com/gorilla/websocket"
 
-	"github.com/pipeops/pipeops-vm-agent/internal/link"
 	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
 )
 
 // startWebSocket handles a proxy_request that is a WebSocket (§6.3 rule 2):
 // a Kubernetes path without service info is a kubectl relay answered at
 // once with 200; anything else is an app-service relay (§6.7).
-func (p *Proxy) startWebSocket(c link.Conn, id string, req *protocol.ProxyRequest) {
+func (p *Proxy) startWebSocket(c protocol.Conn, id string, req *protocol.ProxyRequest) {
 	streaming := req.SupportsResponseStreaming
 	hasSvc := req.ServiceName != "" || req.Namespace != "" || req.ServicePort != 0
 	dl, err := p.deadline(req, true)
@@ -76,7 +75,7 @@ func (p *Proxy) startWebSocket(c link.Conn, id string, req *protocol.ProxyReques
 
 // answer sends a complete response in the request's mode; false when the
 // connection is gone.
-func answer(c link.Conn, id string, streaming bool, status int, h http.Header, body string) bool {
+func answer(c protocol.Conn, id string, streaming bool, status int, h http.Header, body string) bool {
 	headers := responseHeaders(h, status)
 	if streaming {
 		if c.Send(c.Context(), protocol.TypeProxyResponseHeader, id, protocol.ProxyResponseHeader{Status: status, Headers: headers}) != nil {

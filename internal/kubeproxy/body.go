@@ -6,7 +6,6 @@ import (
 	"io"
 	"time"
 
-	"github.com/pipeops/pipeops-vm-agent/internal/link"
 	"github.com/pipeops/pipeops-vm-agent/internal/logging"
 	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
 )
@@ -86,7 +85,7 @@ func (b *bodyPipe) finish() {
 }
 
 // requestChunk appends a proxy_request_chunk to its call's body.
-func (p *Proxy) requestChunk(c link.Conn, env *protocol.Envelope) {
+func (p *Proxy) requestChunk(c protocol.Conn, env *protocol.Envelope) {
 	cl := p.lookupCall(c, env.RequestID)
 	if cl == nil || cl.body == nil {
 		p.log.Debug("request chunk for no streamed request", logging.KeyRequestID, env.RequestID)
@@ -109,13 +108,13 @@ func (p *Proxy) requestChunk(c link.Conn, env *protocol.Envelope) {
 }
 
 // requestEnd ends a streamed body.
-func (p *Proxy) requestEnd(c link.Conn, env *protocol.Envelope) {
+func (p *Proxy) requestEnd(c protocol.Conn, env *protocol.Envelope) {
 	if cl := p.lookupCall(c, env.RequestID); cl != nil && cl.body != nil {
 		cl.body.finish()
 	}
 }
 
-func (p *Proxy) lookupCall(c link.Conn, id string) *call {
+func (p *Proxy) lookupCall(c protocol.Conn, id string) *call {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.calls[callKey{c.Generation(), id}]

@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pipeops/pipeops-vm-agent/internal/link"
 	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
 )
 
@@ -28,8 +27,8 @@ type fakeConn struct {
 }
 
 var (
-	_ link.Conn        = (*fakeConn)(nil)
-	_ link.BatchSender = (*fakeConn)(nil)
+	_ protocol.Conn        = (*fakeConn)(nil)
+	_ protocol.BatchSender = (*fakeConn)(nil)
 )
 
 var errConnClosed = errors.New("fake connection closed")
@@ -66,7 +65,7 @@ func (f *fakeConn) Send(ctx context.Context, typ, requestID string, payload any)
 }
 
 // SendBatch records the batch and sends its messages in order.
-func (f *fakeConn) SendBatch(ctx context.Context, msgs ...link.Message) error {
+func (f *fakeConn) SendBatch(ctx context.Context, msgs ...protocol.Message) error {
 	types := make([]string, len(msgs))
 	for i, m := range msgs {
 		types[i] = m.Type

@@ -12,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/pipeops/pipeops-vm-agent/internal/link"
 	"github.com/pipeops/pipeops-vm-agent/internal/logging"
 	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
 )
@@ -26,7 +25,7 @@ const binaryBodyWait = 30 * time.Second
 
 // startRequest handles proxy_request on the reader goroutine: decode,
 // classify, take a slot, register, and start the backend call.
-func (p *Proxy) startRequest(c link.Conn, env *protocol.Envelope) {
+func (p *Proxy) startRequest(c protocol.Conn, env *protocol.Envelope) {
 	received := env.Received
 	if received.IsZero() { // not from a connection's reader (tests)
 		received = p.o.Now()
@@ -111,13 +110,13 @@ func (p *Proxy) startRequest(c link.Conn, env *protocol.Envelope) {
 
 // replyLater sends an error for a request that never started, off the
 // reader goroutine.
-func (p *Proxy) replyLater(c link.Conn, id string, streaming bool, msg string) {
+func (p *Proxy) replyLater(c protocol.Conn, id string, streaming bool, msg string) {
 	p.m.finished("rejected", 0)
 	p.goSafe("proxy_error", func() { sendFailure(c, id, streaming, msg) })
 }
 
 // sendFailure is the failure message of the request's response mode (§6.5).
-func sendFailure(c link.Conn, id string, streaming bool, msg string) {
+func sendFailure(c protocol.Conn, id string, streaming bool, msg string) {
 	if streaming {
 		_ = c.Send(c.Context(), protocol.TypeProxyResponseAbort, id, protocol.ProxyResponseAbort{Error: msg})
 		return
@@ -162,7 +161,7 @@ func isLongLived(req *protocol.ProxyRequest) bool {
 }
 
 // serveHTTP runs one backend call and answers it.
-func (p *Proxy) serveHTTP(ctx context.Context, c link.Conn, id string, req *protocol.ProxyRequest, path string, body io.Reader, binary <-chan []byte, received time.Time) {
+func (p *Proxy) serveHTTP(ctx context.Context, c protocol.Conn, id string, req *protocol.ProxyRequest, path string, body io.Reader, binary <-chan []byte, received time.Time) {
 	start := p.o.Now()
 	out := &responder{p: p, c: c, id: id, streaming: req.SupportsResponseStreaming, ctx: ctx, received: received}
 	dl, err := p.deadline(req, false)
@@ -350,7 +349,7 @@ func connectionTokens(h protocol.Headers) map[string]bool {
 
 // errorsIsQuiet reports whether a call ended because the control plane
 // cancelled it or its connection ended; nothing more is sent then (§6.6).
-func errorsIsQuiet(c link.Conn, ctx context.Context) bool {
+func errorsIsQuiet(c protocol.Conn, ctx context.Context) bool {
 	if c.Context().Err() != nil {
 		return true
 	}

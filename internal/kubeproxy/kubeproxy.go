@@ -3,7 +3,7 @@
 // Service, with every request-body and response mode, deadlines and
 // cancellation, and the kubectl exec/attach/port-forward WebSocket relay
 // (§6.8) plus the app-service WebSocket relay (§6.7). It implements
-// link.Handler; only the daemon wires it. Backends are reached only
+// protocol.Handler; only the daemon wires it. Backends are reached only
 // through the proxy ServiceAccount's rest.Config (client-go's transport) or a
 // Service resolved through the Kubernetes API, never an arbitrary host, and
 // a Service target is dialled only under the egress policy (never this
@@ -26,7 +26,6 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/pipeops/pipeops-vm-agent/internal/egress"
-	"github.com/pipeops/pipeops-vm-agent/internal/link"
 	"github.com/pipeops/pipeops-vm-agent/internal/logging"
 	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
 )
@@ -123,7 +122,7 @@ type call struct {
 	longLived bool      // a watch, follow=true or event stream: never drained, ended at once
 }
 
-var _ link.Handler = (*Proxy)(nil)
+var _ protocol.Handler = (*Proxy)(nil)
 
 // Cancellation causes. errCancelled and a closed connection end a call
 // silently (§6.6); errDeadline produces an error message.
@@ -194,7 +193,7 @@ func (p *Proxy) Types() []string {
 // goroutine, so it only decodes, registers and starts goroutines; the one
 // place it may block is ordered delivery of a request-body chunk into its
 // bounded pipe (backpressure toward the control plane).
-func (p *Proxy) Handle(c link.Conn, env *protocol.Envelope) {
+func (p *Proxy) Handle(c protocol.Conn, env *protocol.Envelope) {
 	defer func() {
 		if r := recover(); r != nil {
 			p.log.Error("proxy handler panicked", logging.KeyType, env.Type, logging.KeyRequestID, env.RequestID,
@@ -273,7 +272,7 @@ func (p *Proxy) busyMessage() string {
 }
 
 // cancel ends a call or relay of this connection (proxy_cancel, §6.6).
-func (p *Proxy) cancel(c link.Conn, id string) {
+func (p *Proxy) cancel(c protocol.Conn, id string) {
 	k := callKey{c.Generation(), id}
 	p.mu.Lock()
 	cl := p.calls[k]

@@ -11,7 +11,6 @@ import (
 
 	"github.com/gorilla/websocket"
 
-	"github.com/pipeops/pipeops-vm-agent/internal/link"
 	"github.com/pipeops/pipeops-vm-agent/internal/logging"
 	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
 )
@@ -62,7 +61,7 @@ type wsFrame struct {
 // to the API server (§6.8), or an app-service relay (§6.7, app=true).
 type relay struct {
 	p         *Proxy
-	c         link.Conn
+	c         protocol.Conn
 	id        string
 	key       callKey
 	app       bool
@@ -78,7 +77,7 @@ type relay struct {
 // data that arrives while it dials is queued, not lost.
 // A relay lives until deadline (§6.4: the request's deadline or timeout,
 // else 24 h), a close from either side, proxy_cancel or the connection's end.
-func (p *Proxy) newRelay(c link.Conn, id string, app bool, deadline time.Time) *relay {
+func (p *Proxy) newRelay(c protocol.Conn, id string, app bool, deadline time.Time) *relay {
 	ctx, cancel := context.WithCancelCause(c.Context())
 	ctx, stopDeadline := context.WithDeadlineCause(ctx, deadline, errDeadline)
 	r := &relay{p: p, c: c, id: id, key: callKey{c.Generation(), id}, app: app, in: make(chan wsFrame, relayQueue), ctx: ctx,

@@ -13,7 +13,6 @@ import (
 
 	"github.com/gorilla/websocket"
 
-	"github.com/pipeops/pipeops-vm-agent/internal/link"
 	"github.com/pipeops/pipeops-vm-agent/internal/logging"
 	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
 )
@@ -51,7 +50,7 @@ func relayPath(p string) error {
 }
 
 // startRelayMessage handles proxy_websocket_start / ws_start.
-func (p *Proxy) startRelayMessage(c link.Conn, env *protocol.Envelope) {
+func (p *Proxy) startRelayMessage(c protocol.Conn, env *protocol.Envelope) {
 	var s protocol.WebSocketStart
 	if err := env.DecodePayload(&s); err != nil {
 		p.goSafe("proxy_error", func() {
@@ -69,7 +68,7 @@ func (p *Proxy) startRelayMessage(c link.Conn, env *protocol.Envelope) {
 
 // startKubeRelay opens a kubectl relay. answer, when set, answers the
 // proxy_request that asked for it once the relay is registered.
-func (p *Proxy) startKubeRelay(c link.Conn, s relaySpec, answer func()) {
+func (p *Proxy) startKubeRelay(c protocol.Conn, s relaySpec, answer func()) {
 	fail := func(msg string) {
 		p.m.finished("rejected", 0)
 		p.goSafe("relay error", func() {
@@ -248,7 +247,7 @@ func subprotocols(s relaySpec) []string {
 }
 
 // relayData routes proxy_websocket_data / ws_data (§5.1).
-func (p *Proxy) relayData(c link.Conn, env *protocol.Envelope) {
+func (p *Proxy) relayData(c protocol.Conn, env *protocol.Envelope) {
 	var d protocol.WebSocketData
 	if err := env.DecodePayload(&d); err != nil {
 		p.log.Debug("bad relay data", logging.KeyErr, err)
@@ -276,7 +275,7 @@ func (p *Proxy) relayData(c link.Conn, env *protocol.Envelope) {
 }
 
 // relayClose handles proxy_websocket_close / ws_close.
-func (p *Proxy) relayClose(c link.Conn, env *protocol.Envelope) {
+func (p *Proxy) relayClose(c protocol.Conn, env *protocol.Envelope) {
 	var d protocol.WebSocketClose
 	_ = env.DecodePayload(&d)
 	if r := p.findRelay(c, firstNonEmpty(d.StreamID, env.RequestID), firstNonEmpty(d.RequestID, d.StreamID, env.RequestID)); r != nil {
@@ -285,7 +284,7 @@ func (p *Proxy) relayClose(c link.Conn, env *protocol.Envelope) {
 }
 
 // findRelay: a kubectl relay by stream id first, else an app relay.
-func (p *Proxy) findRelay(c link.Conn, streamID, appID string) *relay {
+func (p *Proxy) findRelay(c protocol.Conn, streamID, appID string) *relay {
 	gen := c.Generation()
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -15,14 +15,13 @@ import (
 	"sync"
 	"time"
 
-	"github.com/pipeops/pipeops-vm-agent/internal/link"
 	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
 )
 
 // responder answers one request in its response mode (§6.5).
 type responder struct {
 	p         *Proxy
-	c         link.Conn
+	c         protocol.Conn
 	id        string
 	streaming bool
 	ctx       context.Context
@@ -270,7 +269,7 @@ func (o *responder) stream(resp *http.Response) {
 	bp := chunkBufs.Get().(*[]byte)
 	defer chunkBufs.Put(bp)
 	buf := *bp
-	if bs, ok := o.c.(link.BatchSender); ok && resp.ContentLength >= 0 && resp.ContentLength <= int64(len(buf)) {
+	if bs, ok := o.c.(protocol.BatchSender); ok && resp.ContentLength >= 0 && resp.ContentLength <= int64(len(buf)) {
 		o.streamSmall(bs, resp, hdr, buf)
 		return
 	}
@@ -315,7 +314,7 @@ func (o *responder) stream(resp *http.Response) {
 // the end as one batch, the same messages in the same order as stream
 // sends, in one hand-off to the writer instead of three. A body that is
 // shorter or longer than announced fails as stream's read would.
-func (o *responder) streamSmall(bs link.BatchSender, resp *http.Response, hdr headerPayload, buf []byte) {
+func (o *responder) streamSmall(bs protocol.BatchSender, resp *http.Response, hdr headerPayload, buf []byte) {
 	n, err := io.ReadFull(resp.Body, buf[:resp.ContentLength])
 	if err == nil {
 		var one [1]byte
@@ -336,12 +335,12 @@ func (o *responder) streamSmall(bs link.BatchSender, resp *http.Response, hdr he
 		o.fail(err)
 		return
 	}
-	msgs := make([]link.Message, 0, 3)
-	msgs = append(msgs, link.Message{Type: protocol.TypeProxyResponseHeader, RequestID: o.id, Payload: hdr})
+	msgs := make([]protocol.Message, 0, 3)
+	msgs = append(msgs, protocol.Message{Type: protocol.TypeProxyResponseHeader, RequestID: o.id, Payload: hdr})
 	if n > 0 {
-		msgs = append(msgs, link.Message{Type: protocol.TypeProxyResponseChunk, RequestID: o.id, Payload: chunkPayload(buf[:n])})
+		msgs = append(msgs, protocol.Message{Type: protocol.TypeProxyResponseChunk, RequestID: o.id, Payload: chunkPayload(buf[:n])})
 	}
-	msgs = append(msgs, link.Message{Type: protocol.TypeProxyResponseEnd, RequestID: o.id, Payload: struct{}{}})
+	msgs = append(msgs, protocol.Message{Type: protocol.TypeProxyResponseEnd, RequestID: o.id, Payload: struct{}{}})
 	if err := bs.SendBatch(o.ctx, msgs...); err != nil {
 		o.fail(err)
 		return

@@ -1,7 +1,9 @@
 // Package protocol holds the wire format of protocol.md shared by the agent
 // (internal/controlplane and its handlers) and the reference control plane
-// (internal/devplane): the JSON envelope, message type names and payloads.
-// It has no behaviour beyond encoding and decoding.
+// (internal/devplane): the JSON envelope, message type names and payloads,
+// and the interfaces through which the agent's connection and its message
+// handlers meet (Conn, Handler; handler.go). It has no behaviour beyond
+// encoding and decoding.
 package protocol
 
 import (

@@ -8,7 +8,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/pipeops/pipeops-vm-agent/internal/link"
+	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
 )
 
 // maxQueued bounds the inbound bytes waiting for the yamux reader. When it
@@ -31,7 +31,7 @@ type Binary interface {
 type FrameConn struct {
 	bin Binary
 
-	release func([]byte) // hands a frame back (link.BinaryReleaser), or drops it
+	release func([]byte) // hands a frame back (protocol.BinaryReleaser), or drops it
 
 	mu       sync.Mutex
 	queue    [][]byte
@@ -54,7 +54,7 @@ func NewFrameConn(bin Binary) *FrameConn {
 		rd: newDeadline(), wd: newDeadline(), done: make(chan struct{}), writes: map[*int]context.CancelFunc{}}
 	c.wd.onExpire = c.cancelWrites
 	c.release = func([]byte) {}
-	if r, ok := bin.(link.BinaryReleaser); ok {
+	if r, ok := bin.(protocol.BinaryReleaser); ok {
 		c.release = r.ReleaseBinary
 	}
 	return c
@@ -78,7 +78,7 @@ func signal(ch chan struct{}) {
 // Sink queues one inbound frame. It keeps data (the caller must not reuse
 // it) and blocks while more than maxQueued bytes wait, until the reader
 // catches up or the connection ends. A frame read to its end goes back to
-// the connection when it takes frames back (link.BinaryReleaser).
+// the connection when it takes frames back (protocol.BinaryReleaser).
 // The queue counts what frames hold (their capacity), not only their bytes.
 func (c *FrameConn) Sink(data []byte) {
 	if len(data) == 0 {

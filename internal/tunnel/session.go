@@ -9,7 +9,6 @@ import (
 
 	yamux "github.com/libp2p/go-yamux/v5"
 
-	"github.com/pipeops/pipeops-vm-agent/internal/link"
 	"github.com/pipeops/pipeops-vm-agent/internal/logging"
 	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
 )
@@ -31,7 +30,7 @@ func (m *Manager) Types() []string { return []string{protocol.TypeGatewayHello} 
 // Handle answers gateway_hello (§7.1). It runs on the connection's reader:
 // the binary channel is switched over here, before the next frame is read,
 // and the rest happens in a goroutine.
-func (m *Manager) Handle(c link.Conn, env *protocol.Envelope) {
+func (m *Manager) Handle(c protocol.Conn, env *protocol.Envelope) {
 	var hello protocol.GatewayHello
 	if err := env.DecodePayload(&hello); err != nil {
 		m.log.Warn("malformed gateway_hello; ignoring it", logging.KeyErr, err)
@@ -87,7 +86,7 @@ func (m *Manager) yamuxConfig(yc *protocol.YamuxConfig) (*yamux.Config, time.Dur
 	return cfg, cfg.ConnectionWriteTimeout
 }
 
-func (m *Manager) runSession(c link.Conn, fc *FrameConn, hello protocol.GatewayHello) {
+func (m *Manager) runSession(c protocol.Conn, fc *FrameConn, hello protocol.GatewayHello) {
 	log := m.log.With(logging.KeyGen, c.Generation())
 	ack := protocol.GatewayHelloAck{UseYamux: true}
 	framed := hello.UDPFraming == protocol.UDPFramingLengthPrefixed

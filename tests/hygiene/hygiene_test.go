@@ -101,14 +101,15 @@ func TestImportRules(t *testing.T) {
 }
 
 // handlers ride on the control-plane connection; they and internal/controlplane
-// meet only in internal/link (and the daemon, which wires them).
+// meet only in internal/protocol's Conn and Handler (and in the daemon,
+// which wires them).
 var handlers = []string{"internal/kubeproxy", "internal/tunnel", "internal/routesync"}
 
-// linkMayImport are the project packages the seam may import: wire types
-// and the leaves under them.
-var linkMayImport = []string{"internal/protocol", "internal/apitype", "internal/hostinfo"}
+// seamMayImport are the project packages the seam's package may import:
+// leaves only, so that every side can import it.
+var seamMayImport = []string{"internal/apitype", "internal/hostinfo"}
 
-func TestHandlersAndTheControlPlaneKnowEachOtherOnlyThroughLink(t *testing.T) {
+func TestHandlersAndTheControlPlaneKnowEachOtherOnlyThroughTheSeam(t *testing.T) {
 	for _, p := range listPackages(t) {
 		rel := strings.TrimPrefix(strings.TrimPrefix(p.ImportPath, module), "/")
 		for _, dep := range p.Deps { // Deps is transitive and excludes test files
@@ -118,11 +119,11 @@ func TestHandlersAndTheControlPlaneKnowEachOtherOnlyThroughLink(t *testing.T) {
 			d := strings.TrimPrefix(dep, module+"/")
 			switch {
 			case slices.Contains(handlers, rel) && d == "internal/controlplane":
-				t.Errorf("%s imports internal/controlplane; a handler knows the connection only through internal/link", rel)
+				t.Errorf("%s imports internal/controlplane; a handler knows the connection only through protocol.Conn", rel)
 			case rel == "internal/controlplane" && slices.Contains(handlers, d):
-				t.Errorf("internal/controlplane imports %s; it reaches handlers only through internal/link, wired by the daemon", d)
-			case rel == "internal/link" && !slices.Contains(linkMayImport, d):
-				t.Errorf("internal/link imports %s; the seam imports only %v", d, linkMayImport)
+				t.Errorf("internal/controlplane imports %s; it reaches handlers only through protocol.Handler, wired by the daemon", d)
+			case rel == "internal/protocol" && !slices.Contains(seamMayImport, d):
+				t.Errorf("internal/protocol imports %s; it may import only the leaves %v", d, seamMayImport)
 			}
 		}
 	}

@@ -1,17 +1,14 @@
-// Package link is the seam between the control-plane connection and the
-// handlers that ride on it (the Kubernetes proxy, the yamux tunnel, route
-// sync): what a handler sees of one connection generation (Conn), how it
-// serves inbound messages (Handler) and how it hears of a new connection
-// (ConnectHook). internal/controlplane implements it; the handlers import
-// only this package and internal/protocol, never controlplane, and
-// controlplane imports none of them. The daemon wires the two together.
-package link
+package protocol
 
-import (
-	"context"
+// The seam between the control-plane connection and the handlers that ride
+// on it (the Kubernetes proxy, the yamux tunnel, route sync): what a handler
+// sees of one connection generation (Conn), how it serves inbound messages
+// (Handler) and how it hears of a new connection (ConnectHook).
+// internal/controlplane implements Conn; the handlers import this package,
+// never controlplane, and controlplane imports none of them. The daemon
+// wires the two together.
 
-	"github.com/pipeops/pipeops-vm-agent/internal/protocol"
-)
+import "context"
 
 // Conn is one connection generation, as handlers see it. Every method is
 // safe for concurrent use. Once the connection ends, Context is cancelled and
@@ -64,7 +61,7 @@ type BinaryReleaser interface {
 // for long work) and must not panic; the dispatcher recovers and logs if it does.
 type Handler interface {
 	Types() []string
-	Handle(c Conn, env *protocol.Envelope)
+	Handle(c Conn, env *Envelope)
 }
 
 // ConnectHook runs after every successful (re)connection, in its own
