@@ -448,19 +448,19 @@ func TestAConnectionsGoroutinesAreJoinedBeforeTheNextConnection(t *testing.T) {
 func TestASilentBlackholeIsDetectedWithinTwoAndAHalfPingIntervalsAndHeals(t *testing.T) {
 	p := startPlane(t)
 	relay := newBlackholeRelay(t, p.addr)
-	a := newAgent(t, testConfig(relay.url()), nil, &fakeCluster{version: "v1.36.3"}, func(o *Options) {
+	a := newAgent(t, testConfig("http://"+relay.Addr()), nil, &fakeCluster{version: "v1.36.3"}, func(o *Options) {
 		o.PingInterval = 200 * time.Millisecond // silence after 500 ms; the read deadline stays 60 s
 	})
 	a.start(t)
 	testbin.Eventually(t, 5*time.Second, "heartbeating on the gateway", heartbeating(p, devplane.KindGateway, 1))
-	relay.hole()
+	relay.Hole()
 	testbin.Eventually(t, 5*time.Second, "the dead connection detected", func() bool {
 		var st apitype.StatusResponse
 		a.c.FillStatus(context.Background(), &st)
 		return contains(st.Link.LastError, "silently dead")
 	})
 	before, _ := onlyCluster(p)
-	relay.heal()
+	relay.Heal()
 	testbin.Eventually(t, 10*time.Second, "heartbeats again after the heal", heartbeating(p, devplane.KindGateway, before.Heartbeats+1))
 }
 

@@ -207,34 +207,7 @@ func onlyCluster(p *plane) (devplane.ClusterInfo, bool) {
 
 func metricValue(t *testing.T, reg *prometheus.Registry, name string, labels ...string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			for i := 0; i+1 < len(labels); i += 2 {
-				found := false
-				for _, lp := range m.GetLabel() {
-					if lp.GetName() == labels[i] && lp.GetValue() == labels[i+1] {
-						found = true
-					}
-				}
-				if !found {
-					continue next
-				}
-			}
-			if m.Counter != nil {
-				return m.Counter.GetValue()
-			}
-			return m.Gauge.GetValue()
-		}
-	}
-	return 0
+	return max(testbin.Metric(t, reg, name, labels...), 0) // absent reads as 0
 }
 
 var errBoom = errors.New("apiserver not reachable")
@@ -243,80 +216,13 @@ func contains(s, sub string) bool { return strings.Contains(s, sub) }
 
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
 
-// blackholeRelay forwards TCP to target until blackholed: then it stops
-// moving bytes either way without closing anything, like a silent network
-// partition; heal resumes forwarding on the same sockets.
-type blackholeRelay struct {
-	ln     net.Listener
-	mu     sync.Mutex
-	cond   *sync.Cond
-	holed  bool
-	target string
-}
-
-func newBlackholeRelay(t *testing.T, target string) *blackholeRelay {
+// newBlackholeRelay is a testbin.Blackhole in front of target, closed with the test.
+func newBlackholeRelay(t *testing.T, target string) *testbin.Blackhole {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	r, err := testbin.NewBlackhole("127.0.0.1:0", target)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &blackholeRelay{ln: ln, target: target}
-	r.cond = sync.NewCond(&r.mu)
-	t.Cleanup(func() { ln.Close(); r.heal() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go r.pipe(c)
-		}
-	}()
+	t.Cleanup(r.Close)
 	return r
-}
-
-func (r *blackholeRelay) url() string { return "http://" + r.ln.Addr().String() }
-
-func (r *blackholeRelay) pipe(c net.Conn) {
-	defer c.Close()
-	u, err := net.Dial("tcp", r.target)
-	if err != nil {
-		return
-	}
-	defer u.Close()
-	done := make(chan struct{}, 2)
-	cp := func(dst, src net.Conn) {
-		buf := make([]byte, 32<<10)
-		for {
-			n, err := src.Read(buf)
-			r.mu.Lock()
-			for r.holed {
-				r.cond.Wait()
-			}
-			r.mu.Unlock()
-			if n > 0 {
-				if _, werr := dst.Write(buf[:n]); werr != nil {
-					break
-				}
-			}
-			if err != nil {
-				break
-			}
-		}
-		dst.Close()
-		done <- struct{}{}
-	}
-	go cp(u, c)
-	go cp(c, u)
-	<-done
-	<-done
-}
-
-func (r *blackholeRelay) hole() { r.mu.Lock(); r.holed = true; r.mu.Unlock() }
-
-func (r *blackholeRelay) heal() {
-	r.mu.Lock()
-	r.holed = false
-	r.cond.Broadcast()
-	r.mu.Unlock()
 }

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/pipeops/pipeops-vm-agent/internal/devplane"
+	"github.com/pipeops/pipeops-vm-agent/tests/testbin"
 )
 
 func init() { benches["faults"] = benchFaults }
@@ -125,7 +126,7 @@ type faultHarness struct {
 	ownCluster bool
 	kubeconfig string
 	dp         *ctlDevplane
-	relay      *fltRelay
+	relay      *testbin.Blackhole
 	echo       net.Listener
 	fwdPort    int
 	agent      *fltAgent
@@ -184,7 +185,7 @@ func newFaultHarness(short bool, clusterDir string) (*faultHarness, error) {
 	if err := h.dp.start(); err != nil {
 		return nil, err
 	}
-	if h.relay, err = newFltRelay(fmt.Sprintf("127.0.0.1:%d", relayPort), fmt.Sprintf("127.0.0.1:%d", dpPort)); err != nil {
+	if h.relay, err = testbin.NewBlackhole(fmt.Sprintf("127.0.0.1:%d", relayPort), fmt.Sprintf("127.0.0.1:%d", dpPort)); err != nil {
 		return nil, err
 	}
 	h.agent = h.newAgent("bench-faults", filepath.Join(dir, "agent"), "")
@@ -208,8 +209,7 @@ func (h *faultHarness) close() {
 		h.dp.kill()
 	}
 	if h.relay != nil {
-		h.relay.ln.Close()
-		h.relay.heal()
+		h.relay.Close()
 	}
 	if h.echo != nil {
 		h.echo.Close()
@@ -318,7 +318,7 @@ func (h *faultHarness) f2() error {
 	load := h.startLoad(0, false, true)
 	defer load.stop()
 	time.Sleep(2 * time.Second)
-	h.relay.hole()
+	h.relay.Hole()
 	holed := time.Now()
 	detected := time.Duration(0)
 	for time.Since(holed) < 90*time.Second {
@@ -330,7 +330,7 @@ func (h *faultHarness) f2() error {
 	}
 	time.Sleep(2 * time.Second) // a reconnect attempt now hangs in the blackhole too
 	before := h.dp.heartbeats()
-	h.relay.heal()
+	h.relay.Heal()
 	healed := time.Now()
 	recovered := time.Duration(0)
 	for time.Since(healed) < 90*time.Second {
@@ -975,79 +975,6 @@ func (l *fltLoad) result() fltResult {
 }
 
 // ---- the relay, the echo server, small helpers ----------------------------
-
-// fltRelay forwards TCP to the devplane; hole stops moving bytes either
-// way without closing anything (a silent blackhole), heal resumes.
-type fltRelay struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	cond   *sync.Cond
-	holed  bool
-}
-
-func newFltRelay(listen, target string) (*fltRelay, error) {
-	ln, err := net.Listen("tcp", listen)
-	if err != nil {
-		return nil, err
-	}
-	r := &fltRelay{ln: ln, target: target}
-	r.cond = sync.NewCond(&r.mu)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go r.pipe(c)
-		}
-	}()
-	return r, nil
-}
-
-func (r *fltRelay) pipe(c net.Conn) {
-	defer c.Close()
-	u, err := net.Dial("tcp", r.target)
-	if err != nil {
-		return
-	}
-	defer u.Close()
-	done := make(chan struct{}, 2)
-	cp := func(dst, src net.Conn) {
-		buf := make([]byte, 32<<10)
-		for {
-			n, err := src.Read(buf)
-			r.mu.Lock()
-			for r.holed {
-				r.cond.Wait()
-			}
-			r.mu.Unlock()
-			if n > 0 {
-				if _, werr := dst.Write(buf[:n]); werr != nil {
-					break
-				}
-			}
-			if err != nil {
-				break
-			}
-		}
-		dst.Close()
-		done <- struct{}{}
-	}
-	go cp(u, c)
-	go cp(c, u)
-	<-done
-	<-done
-}
-
-func (r *fltRelay) hole() { r.mu.Lock(); r.holed = true; r.mu.Unlock() }
-
-func (r *fltRelay) heal() {
-	r.mu.Lock()
-	r.holed = false
-	r.cond.Broadcast()
-	r.mu.Unlock()
-}
 
 func fltEcho(ln net.Listener) {
 	for {
