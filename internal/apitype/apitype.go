@@ -59,6 +59,42 @@ type StatusResponse struct {
 	Tunnel     TunnelStatus     `json:"tunnel"`
 	Routes     RoutesStatus     `json:"routes"`
 	Monitoring MonitoringStatus `json:"monitoring"`
+	// HA is set when ha.enabled: this agent's role and who leads.
+	HA *HAStatus `json:"ha,omitempty"`
+}
+
+// HA roles (HAStatus.Role).
+const (
+	HAStarting = "starting" // waiting for the API server before campaigning
+	HAStandby  = "standby"
+	HALeader   = "leader"
+	HAStopping = "stopping" // the leader's term is ending
+)
+
+// HAStatus is GET /v1/ha and the status snapshot's ha section: high
+// availability across server nodes (docs/ha.md).
+type HAStatus struct {
+	Role     string `json:"role"`
+	Identity string `json:"identity"` // this candidate (the node)
+	Leader   string `json:"leader,omitempty"`
+	// LeaderSince is when the current leader acquired the lease.
+	LeaderSince time.Time     `json:"leader_since,omitzero"`
+	Candidates  []HACandidate `json:"candidates,omitempty"`
+	// Lease settings in use.
+	LeaseDuration string `json:"lease_duration"`
+	RenewDeadline string `json:"renew_deadline"`
+	RetryPeriod   string `json:"retry_period"`
+	// LastError is why the last look at the Leases failed ("" when it worked).
+	LastError string `json:"last_error,omitempty"`
+}
+
+// HACandidate is one agent taking part in the election.
+type HACandidate struct {
+	Identity string    `json:"identity"`
+	Renewed  time.Time `json:"renewed,omitzero"` // its candidate Lease's last renewal
+	Alive    bool      `json:"alive"`            // renewed within three lease durations
+	Leader   bool      `json:"leader"`
+	Self     bool      `json:"self"`
 }
 
 // Link states.

@@ -53,6 +53,11 @@ func WithProtectedNamespaces(ns ...string) Option {
 // WithNames places the agent's objects elsewhere (tests on a shared cluster).
 func WithNames(n Names) Option { return func(m *Manager) { m.names = n.withDefaults() } }
 
+// WithHA makes the bootstrap grant the ServiceAccount the Role for leader
+// election and create the shared identity Secret (ha.enabled). Give it
+// after WithNames.
+func WithHA() Option { return func(m *Manager) { m.names.HA = true } }
+
 // WithWellKnownKubeconfigs replaces WellKnownKubeconfigs (tests).
 func WithWellKnownKubeconfigs(c []Candidate) Option { return func(m *Manager) { m.wellKnown = c } }
 

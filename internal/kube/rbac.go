@@ -16,9 +16,17 @@ import (
 
 // Names of the agent's own objects (protocol.md §14.3).
 const (
-	ServiceAccountName   = "pipeops-agent"
-	ClusterRoleName      = "pipeops-agent"
-	MonitoringRoleName   = "pipeops-agent-monitoring-proxy"
+	ServiceAccountName = "pipeops-agent"
+	ClusterRoleName    = "pipeops-agent"
+	MonitoringRoleName = "pipeops-agent-monitoring-proxy"
+	// HARoleName is the Role (and RoleBinding) in the agent's namespace
+	// that lets the ServiceAccount elect a leader (ha.enabled).
+	HARoleName = "pipeops-agent-ha"
+	// HASecretName is the shared cluster identity of an HA install, and
+	// HALeaseName the leader Lease; candidate Leases carry HALeaseLabel.
+	HASecretName         = "pipeops-agent-identity"
+	HALeaseName          = "pipeops-agent-leader"
+	HALeaseLabel         = "pipeops.io/ha-candidate"
 	TokenSecretName      = "pipeops-agent-token" // prefix; the name is generated
 	tokenLabel           = "pipeops.io/token-for"
 	ManagedByLabel       = "app.kubernetes.io/managed-by"
@@ -149,6 +157,9 @@ type Names struct {
 	Namespace           string // pipeops-system: ServiceAccount and token Secret
 	ClusterRole         string // pipeops-agent: ClusterRole and ClusterRoleBinding
 	MonitoringNamespace string // "" (no monitoring Role) or pipeops-monitoring
+	// HA adds the Role for leader election and the shared identity
+	// Secret in Namespace (ha.enabled).
+	HA bool
 }
 
 // WorkloadRole names the ClusterRole of WorkloadRoleRules and the
@@ -205,6 +216,11 @@ func Bootstrap(ctx context.Context, cs kubernetes.Interface, n Names) (int, erro
 	}
 	if err := count(ensureClusterRoleBinding(ctx, cs, n.ClusterRole, ns, n.labels())); err != nil {
 		return changed, err
+	}
+	if n.HA {
+		if err := count(ensureHA(ctx, cs, n)); err != nil {
+			return changed, err
+		}
 	}
 	if monitoringNS != "" {
 		if err := count(ensureNamespace(ctx, cs, monitoringNS)); err != nil {
@@ -331,27 +347,73 @@ func ensureClusterRoleBinding(ctx context.Context, cs kubernetes.Interface, name
 }
 
 func ensureRole(ctx context.Context, cs kubernetes.Interface, ns string, labels map[string]string) (bool, error) {
+	return ensureNamedRole(ctx, cs, ns, MonitoringRoleName, MonitoringRoleRules(), labels)
+}
+
+func ensureNamedRole(ctx context.Context, cs kubernetes.Interface, ns, name string, want []rbacv1.PolicyRule, labels map[string]string) (bool, error) {
 	api := cs.RbacV1().Roles(ns)
-	want := MonitoringRoleRules()
-	cur, err := api.Get(ctx, MonitoringRoleName, metav1.GetOptions{})
+	cur, err := api.Get(ctx, name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		_, err = api.Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: MonitoringRoleName, Labels: labels}, Rules: want}, metav1.CreateOptions{})
+		_, err = api.Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}, Rules: want}, metav1.CreateOptions{})
 		if err != nil {
-			return false, fmt.Errorf("create role %s/%s: %w", ns, MonitoringRoleName, err)
+			return false, fmt.Errorf("create role %s/%s: %w", ns, name, err)
 		}
 		return true, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("get role %s/%s: %w", ns, MonitoringRoleName, err)
+		return false, fmt.Errorf("get role %s/%s: %w", ns, name, err)
 	}
 	if reflect.DeepEqual(cur.Rules, want) && hasLabels(cur.Labels, labels) {
 		return false, nil
 	}
 	cur.Rules, cur.Labels = want, withLabels(cur.Labels, labels)
 	if _, err := api.Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
-		return false, fmt.Errorf("update role %s/%s: %w", ns, MonitoringRoleName, err)
+		return false, fmt.Errorf("update role %s/%s: %w", ns, name, err)
 	}
 	return true, nil
+}
+
+// HARoleRules is what the ServiceAccount may do in its own namespace when
+// ha.enabled: elect through Leases (the leader Lease and one candidate
+// Lease per agent; a Lease grants nothing) and read and write the one
+// shared identity Secret, which the bootstrap creates so no Secret may be
+// created. The identity holds what the control plane already has (its
+// own token, the ids and gateway it issued, the monitoring credentials
+// heartbeats carry), so a token holder learns nothing new from it; every
+// other Secret there, the token Secret included, stays out of reach.
+func HARoleRules() []rbacv1.PolicyRule {
+	return []rbacv1.PolicyRule{
+		{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"get", "list", "watch", "create", "update", "patch"}},
+		{APIGroups: []string{""}, Resources: []string{"secrets"}, ResourceNames: []string{HASecretName}, Verbs: []string{"get", "update", "patch"}},
+	}
+}
+
+// ensureHA makes the HA Role, its RoleBinding and the (empty) identity Secret.
+func ensureHA(ctx context.Context, cs kubernetes.Interface, n Names) (bool, error) {
+	changed := false
+	c, err := ensureNamedRole(ctx, cs, n.Namespace, HARoleName, HARoleRules(), n.labels())
+	changed = changed || c
+	if err != nil {
+		return changed, err
+	}
+	ref := rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: HARoleName}
+	c, err = ensureRoleBinding(ctx, cs, n.Namespace, HARoleName, ref, n.Namespace, n.labels())
+	changed = changed || c
+	if err != nil {
+		return changed, err
+	}
+	_, err = cs.CoreV1().Secrets(n.Namespace).Get(ctx, HASecretName, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: HASecretName, Labels: n.labels()}, Type: corev1.SecretTypeOpaque}
+		if _, err := cs.CoreV1().Secrets(n.Namespace).Create(ctx, s, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			return changed, fmt.Errorf("create secret %s/%s: %w", n.Namespace, HASecretName, err)
+		}
+		return true, nil
+	}
+	if err != nil {
+		return changed, fmt.Errorf("get secret %s/%s: %w", n.Namespace, HASecretName, err)
+	}
+	return changed, nil
 }
 
 func ensureRoleBinding(ctx context.Context, cs kubernetes.Interface, ns, name string, ref rbacv1.RoleRef, saNS string, labels map[string]string) (bool, error) {
@@ -427,9 +489,9 @@ func RemoveIdentity(ctx context.Context, cs kubernetes.Interface, n Names) ([]st
 		if err := del("rolebinding "+rb.Namespace+"/"+rb.Name, err); err != nil {
 			return removed, err
 		}
-		if rb.RoleRef.Kind == "Role" && rb.RoleRef.Name == MonitoringRoleName {
-			err := cs.RbacV1().Roles(rb.Namespace).Delete(ctx, MonitoringRoleName, metav1.DeleteOptions{})
-			if err := del("role "+rb.Namespace+"/"+MonitoringRoleName, err); err != nil {
+		if rb.RoleRef.Kind == "Role" && (rb.RoleRef.Name == MonitoringRoleName || rb.RoleRef.Name == HARoleName) {
+			err := cs.RbacV1().Roles(rb.Namespace).Delete(ctx, rb.RoleRef.Name, metav1.DeleteOptions{})
+			if err := del("role "+rb.Namespace+"/"+rb.RoleRef.Name, err); err != nil {
 				return removed, err
 			}
 		}
@@ -444,6 +506,24 @@ func RemoveIdentity(ctx context.Context, cs kubernetes.Interface, n Names) ([]st
 	for _, sec := range secrets.Items {
 		err := cs.CoreV1().Secrets(n.Namespace).Delete(ctx, sec.Name, metav1.DeleteOptions{})
 		if err := del("secret "+n.Namespace+"/"+sec.Name, err); err != nil {
+			return removed, err
+		}
+	}
+	// An HA install's shared identity holds a copy of the token; its
+	// Leases hold nothing secret but go with it.
+	if err := del("secret "+n.Namespace+"/"+HASecretName, cs.CoreV1().Secrets(n.Namespace).Delete(ctx, HASecretName, metav1.DeleteOptions{})); err != nil {
+		return removed, err
+	}
+	leases, err := cs.CoordinationV1().Leases(n.Namespace).List(ctx, metav1.ListOptions{LabelSelector: HALeaseLabel})
+	if err != nil {
+		return removed, fmt.Errorf("list the agent's leases: %w", err)
+	}
+	names := []string{HALeaseName}
+	for _, l := range leases.Items {
+		names = append(names, l.Name)
+	}
+	for _, name := range names {
+		if err := del("lease "+n.Namespace+"/"+name, cs.CoordinationV1().Leases(n.Namespace).Delete(ctx, name, metav1.DeleteOptions{})); err != nil {
 			return removed, err
 		}
 	}

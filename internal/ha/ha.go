@@ -1,0 +1,362 @@
+// Package ha runs the agent's side of high availability across server
+// nodes: the agents installed on every server VM elect one leader through a
+// coordination.k8s.io Lease in the agent's namespace (client-go's
+// tools/leaderelection), each keeps a candidate Lease of its own so `pipeopsctl
+// ha status` can list them, and the cluster's identity (agent id, cluster id,
+// gateway, cluster token, monitoring credentials) lives in one Secret that the
+// first agent to register writes and the others adopt.
+//
+// An Elector leads one term at most: when the term ends (the lease was lost,
+// or a step-down was asked for) Run returns ErrTermEnded and the daemon
+// starts again as a standby, as kube-controller-manager does, so nothing of
+// the old term survives in memory. Only package daemon imports it.
+package ha
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/leaderelection"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
+
+	"github.com/pipeops/pipeops-vm-agent/internal/apitype"
+	"github.com/pipeops/pipeops-vm-agent/internal/logging"
+)
+
+// Names of the objects in the agent's namespace.
+const (
+	LeaseName       = "pipeops-agent-leader"
+	CandidatePrefix = "pipeops-agent-candidate-"
+	CandidateLabel  = "pipeops.io/ha-candidate"
+	SecretName      = "pipeops-agent-identity"
+)
+
+// Default lease settings: a killed leader is replaced about LeaseDuration
+// after its last renewal; a leader that cannot renew for RenewDeadline
+// steps down, LeaseDuration-RenewDeadline before anyone may take its lease.
+const (
+	DefaultLeaseDuration = 10 * time.Second
+	DefaultRenewDeadline = 7 * time.Second
+	DefaultRetryPeriod   = time.Second
+)
+
+// ErrTermEnded is returned by Run when this agent led and stopped leading
+// (lost lease or step-down): the daemon restarts in place as a standby.
+var ErrTermEnded = errors.New("leadership ended")
+
+// ErrNotLeader is returned by StepDown on a standby.
+var ErrNotLeader = errors.New("this agent is not the leader")
+
+// Options are an Elector's dependencies.
+type Options struct {
+	// Clientset waits for the client to elect with (the agent's
+	// ServiceAccount, whose Role allows the Leases and the identity Secret).
+	Clientset func(ctx context.Context) (kubernetes.Interface, error)
+	Namespace string
+	// Identity names this candidate: the node (host name) by default.
+	Identity string
+	// Lease settings; zero takes the defaults above.
+	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
+	Log                                       *slog.Logger
+	// Metrics registers pipeops_agent_ha_*; nil skips.
+	Metrics prometheus.Registerer
+	// Tick, when set, runs with the candidate Lease's renewal, every lease
+	// duration, on leader and standbys alike (the daemon refreshes its copy
+	// of the shared identity).
+	Tick func(ctx context.Context, cs kubernetes.Interface)
+}
+
+// Elector campaigns for the lease and runs the leader's work while it holds it.
+type Elector struct {
+	o   Options
+	log *slog.Logger
+	met *metrics
+
+	stepDown chan struct{}
+	stepOnce sync.Once
+
+	mu        sync.Mutex
+	lastRenew time.Time // when this agent's last successful renewal left (monotonic)
+	role      string    // apitype.HAStarting, HAStandby, HALeader or HAStopping
+	leader    string
+	since     time.Time     // when the current leader acquired the lease (lease acquireTime)
+	termFrom  time.Time     // when this agent started leading (monotonic)
+	ledFor    time.Duration // ended terms
+	started   time.Time
+	cs        kubernetes.Interface
+	cands     []apitype.HACandidate
+}
+
+// New checks the lease settings and builds an Elector; it starts nothing.
+func New(o Options) (*Elector, error) {
+	if o.LeaseDuration == 0 {
+		o.LeaseDuration = DefaultLeaseDuration
+	}
+	if o.RenewDeadline == 0 {
+		o.RenewDeadline = DefaultRenewDeadline
+	}
+	if o.RetryPeriod == 0 {
+		o.RetryPeriod = DefaultRetryPeriod
+	}
+	if o.Identity == "" || o.Namespace == "" || o.Clientset == nil {
+		return nil, errors.New("ha: Identity, Namespace and Clientset are required")
+	}
+	if err := CheckLease(o.LeaseDuration, o.RenewDeadline, o.RetryPeriod); err != nil {
+		return nil, err
+	}
+	if o.Log == nil {
+		o.Log = logging.Discard()
+	}
+	e := &Elector{o: o, log: o.Log, stepDown: make(chan struct{}), role: apitype.HAStarting, started: time.Now()}
+	e.met = newMetrics(o.Metrics, e)
+	return e, nil
+}
+
+// CheckLease reports lease settings leaderelection refuses: the renew
+// deadline must be shorter than the lease (a leader that cannot renew steps
+// down before its lease can be taken) and longer than 1.2 retry periods;
+// the lease is counted in whole seconds.
+func CheckLease(lease, renew, retry time.Duration) error {
+	switch {
+	case lease < time.Second || lease%time.Second != 0:
+		return fmt.Errorf("lease duration %s: must be whole seconds, at least 1s", lease)
+	case renew >= lease:
+		return fmt.Errorf("renew deadline %s: must be shorter than the lease duration %s", renew, lease)
+	case retry <= 0 || float64(renew) <= leaderelection.JitterFactor*float64(retry):
+		return fmt.Errorf("retry period %s: must be positive and under renew deadline / %.1f (%s)", retry, leaderelection.JitterFactor, renew)
+	}
+	return nil
+}
+
+// Identity is this candidate's name.
+func (e *Elector) Identity() string { return e.o.Identity }
+
+// Settings are the lease settings in use.
+func (e *Elector) Settings() (lease, renew, retry time.Duration) {
+	return e.o.LeaseDuration, e.o.RenewDeadline, e.o.RetryPeriod
+}
+
+// Active reports whether this agent may act for the cluster now: it leads,
+// and its last renewal started less than the renew deadline ago, so no other
+// candidate can have taken the lease (others wait a whole lease duration
+// from the renewal they observed). A leader frozen by SIGSTOP, or cut off
+// from the API server, is inactive from the first instant its lease might
+// be in doubt, before the elector itself notices.
+func (e *Elector) Active() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	leading := e.role == apitype.HALeader || e.role == apitype.HAStopping
+	return leading && !e.lastRenew.IsZero() && time.Since(e.lastRenew) < e.o.RenewDeadline
+}
+
+// StepDown ends this agent's term: the leader's work stops (the link drains
+// and closes with 1000), the lease is released at once, and Run returns
+// ErrTermEnded. ErrNotLeader on a standby.
+func (e *Elector) StepDown() error {
+	e.mu.Lock()
+	role := e.role
+	e.mu.Unlock()
+	if role != apitype.HALeader {
+		return ErrNotLeader
+	}
+	e.stepOnce.Do(func() { close(e.stepDown) })
+	return nil
+}
+
+// Run campaigns until ctx ends. When this agent acquires the lease it calls
+// lead with a context that ends with the term, and waits for lead to
+// return before the lease is released, so two leaders never act at once.
+// It returns nil when ctx ended (the lease released on the way out, for a
+// graceful handover), ErrTermEnded when the term ended otherwise, or lead's
+// error.
+func (e *Elector) Run(ctx context.Context, lead func(ctx context.Context) error) error {
+	cs, err := e.o.Clientset(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("high availability: %w", err)
+	}
+	e.mu.Lock()
+	e.cs = cs
+	e.role = apitype.HAStandby
+	e.mu.Unlock()
+	e.log.Info("campaigning for leadership", "candidate", e.o.Identity, "lease", e.o.Namespace+"/"+LeaseName,
+		"lease_duration", e.o.LeaseDuration.String(), "renew_deadline", e.o.RenewDeadline.String(), "retry_period", e.o.RetryPeriod.String())
+
+	candCtx, stopCand := context.WithCancel(ctx)
+	candDone := make(chan struct{})
+	go func() { defer close(candDone); e.keepCandidate(candCtx, cs) }()
+	defer func() { stopCand(); <-candDone }()
+
+	inner, err := resourcelock.New(resourcelock.LeasesResourceLock, e.o.Namespace, LeaseName, cs.CoreV1(), cs.CoordinationV1(),
+		resourcelock.ResourceLockConfig{Identity: e.o.Identity})
+	if err != nil {
+		return fmt.Errorf("high availability: %w", err)
+	}
+	lock := &observedLock{Interface: inner, e: e}
+
+	electCtx, stopElect := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopElect()
+	termCtx, endTerm := context.WithCancel(context.WithoutCancel(ctx))
+	defer endTerm()
+	var (
+		leadErr  error
+		leadDone = make(chan struct{})
+		led      atomic.Bool
+		termMu   sync.Mutex
+		closing  bool // set before the term is ended: a late OnStartedLeading does nothing
+	)
+	le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
+		Lock: lock, Name: LeaseName, ReleaseOnCancel: true,
+		LeaseDuration: e.o.LeaseDuration, RenewDeadline: e.o.RenewDeadline, RetryPeriod: e.o.RetryPeriod,
+		Callbacks: leaderelection.LeaderCallbacks{
+			OnStartedLeading: func(libCtx context.Context) {
+				termMu.Lock()
+				if closing {
+					termMu.Unlock()
+					return
+				}
+				led.Store(true)
+				termMu.Unlock()
+				e.becameLeader()
+				// The term ends when the library loses the lease (libCtx)
+				// or when we end it (endTerm) before releasing.
+				stop := context.AfterFunc(libCtx, endTerm)
+				defer stop()
+				defer close(leadDone)
+				leadErr = lead(termCtx)
+				endTerm()
+			},
+			OnStoppedLeading: func() {},
+			OnNewLeader:      func(id string) { e.log.Info("leader observed", "leader", id) },
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("high availability: %w", err)
+	}
+	elected := make(chan struct{})
+	go func() { defer close(elected); le.Run(electCtx) }()
+
+	graceful := false
+	select {
+	case <-ctx.Done(): // shutdown: stop leading first, then release
+		graceful = true
+	case <-e.stepDown:
+		graceful = true
+		e.log.Info("stepping down on request: stopping the leader's work, then releasing the lease")
+	case <-termCtx.Done(): // lost the lease, or lead returned
+	case <-elected: // the library returned by itself: the lease was lost
+	}
+	e.setRole(apitype.HAStopping)
+	termMu.Lock()
+	closing = true
+	termMu.Unlock()
+	endTerm()
+	if led.Load() {
+		<-leadDone
+	}
+	stopElect() // ReleaseOnCancel: an empty holder, so a standby takes over at its next try
+	<-elected
+	wasLeader := led.Load()
+	e.endedTerm(wasLeader)
+	switch {
+	case leadErr != nil && !errors.Is(leadErr, context.Canceled):
+		return leadErr
+	case ctx.Err() != nil && graceful:
+		return nil
+	case wasLeader:
+		return ErrTermEnded
+	}
+	return nil
+}
+
+func (e *Elector) setRole(r string) {
+	e.mu.Lock()
+	e.role = r
+	e.mu.Unlock()
+}
+
+func (e *Elector) becameLeader() {
+	e.mu.Lock()
+	e.role = apitype.HALeader
+	e.leader = e.o.Identity
+	e.termFrom = time.Now()
+	e.mu.Unlock()
+	e.met.transitions.Inc()
+	e.log.Info("this agent is now the leader: starting the control-plane link, route sync and monitoring", "candidate", e.o.Identity)
+}
+
+func (e *Elector) endedTerm(wasLeader bool) {
+	e.mu.Lock()
+	if wasLeader {
+		e.ledFor += time.Since(e.termFrom)
+		e.termFrom = time.Time{}
+	}
+	e.role = apitype.HAStandby
+	if e.leader == e.o.Identity {
+		e.leader = ""
+	}
+	e.mu.Unlock()
+	if wasLeader {
+		e.met.transitions.Inc()
+		e.log.Info("this agent stopped leading", "candidate", e.o.Identity)
+	}
+}
+
+// observe records the lease as last read or written.
+func (e *Elector) observe(holder string, acquired time.Time) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.leader, e.since = holder, acquired
+}
+
+// observedLock wraps the Lease lock to timestamp this agent's own
+// renewals (for Active) and to remember who holds the lease since when.
+type observedLock struct {
+	resourcelock.Interface
+	e *Elector
+}
+
+func (l *observedLock) Get(ctx context.Context) (*resourcelock.LeaderElectionRecord, []byte, error) {
+	rec, raw, err := l.Interface.Get(ctx)
+	if err == nil && rec != nil {
+		l.e.observe(rec.HolderIdentity, rec.AcquireTime.Time)
+	}
+	return rec, raw, err
+}
+
+func (l *observedLock) Create(ctx context.Context, r resourcelock.LeaderElectionRecord) error {
+	return l.write(ctx, r, l.Interface.Create)
+}
+
+func (l *observedLock) Update(ctx context.Context, r resourcelock.LeaderElectionRecord) error {
+	return l.write(ctx, r, l.Interface.Update)
+}
+
+// write stamps a renewal with the time before the request left: the lease
+// others observe can only be younger, so Active errs on the safe side.
+func (l *observedLock) write(ctx context.Context, r resourcelock.LeaderElectionRecord,
+	fn func(context.Context, resourcelock.LeaderElectionRecord) error) error {
+	start := time.Now()
+	err := fn(ctx, r)
+	if err != nil {
+		return err
+	}
+	l.e.mu.Lock()
+	if r.HolderIdentity == l.e.o.Identity {
+		l.e.lastRenew = start
+	} else {
+		l.e.lastRenew = time.Time{} // released
+	}
+	l.e.mu.Unlock()
+	l.e.observe(r.HolderIdentity, r.AcquireTime.Time)
+	return nil
+}
