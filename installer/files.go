@@ -20,6 +20,9 @@ type installDropIn struct {
 	PipeOps struct {
 		APIURL string `yaml:"api_url"`
 	} `yaml:"pipeops"`
+	HA struct {
+		Enabled bool `yaml:"enabled"`
+	} `yaml:"ha"`
 }
 
 // parseDropIn reads a previous 10-install.yaml; anything unreadable counts
@@ -32,7 +35,10 @@ func parseDropIn(b []byte) installDropIn {
 
 // mergeDropIn keeps earlier values for flags not given this time, so a
 // reinstall with only --token-file keeps the cluster name.
-func mergeDropIn(d installDropIn, apiURL, clusterName string) installDropIn {
+func mergeDropIn(d installDropIn, apiURL, clusterName string, ha bool) installDropIn {
+	if ha { // sticky: a reinstall without --ha keeps it (turn it off in a later drop-in)
+		d.HA.Enabled = true
+	}
 	if apiURL != "" {
 		d.PipeOps.APIURL = apiURL
 	}
@@ -60,6 +66,9 @@ func renderDropIn(d installDropIn) []byte {
 	}
 	if d.PipeOps.APIURL != "" {
 		b.WriteString("pipeops:\n  api_url: " + quote(d.PipeOps.APIURL) + "\n")
+	}
+	if d.HA.Enabled {
+		b.WriteString("ha:\n  enabled: true\n")
 	}
 	return []byte(b.String())
 }

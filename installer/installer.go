@@ -43,6 +43,9 @@ type Options struct {
 	// APIURL and ClusterName go into agent.d/10-install.yaml when set.
 	APIURL      string
 	ClusterName string
+	// HA turns on high availability (ha.enabled) in 10-install.yaml: the
+	// same install on every server node, one agent active at a time.
+	HA bool
 	// Restart restarts a running agent even if nothing here changed (the
 	// binaries were replaced).
 	Restart bool
@@ -160,9 +163,9 @@ func (in *Installer) Install(ctx context.Context) (*Result, error) {
 	}
 
 	dropIn := in.path(filepath.Join(paths.DropInDir, "10-install.yaml"))
-	if in.o.APIURL != "" || in.o.ClusterName != "" {
+	if in.o.APIURL != "" || in.o.ClusterName != "" || in.o.HA {
 		old, _ := os.ReadFile(dropIn)
-		body := renderDropIn(mergeDropIn(parseDropIn(old), in.o.APIURL, in.o.ClusterName))
+		body := renderDropIn(mergeDropIn(parseDropIn(old), in.o.APIURL, in.o.ClusterName, in.o.HA))
 		changed, err := tx.write(dropIn, body, 0o644)
 		if err != nil {
 			return nil, fmt.Errorf("write %s: %w", dropIn, err)

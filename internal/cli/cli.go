@@ -172,7 +172,7 @@ func commands(e *env) []*cli.Command {
 	return []*cli.Command{
 		newStatusCommand(e), newLogsCommand(e), newDoctorCommand(e),
 		newServiceCommand(e, "start"), newServiceCommand(e, "stop"), newServiceCommand(e, "restart"),
-		newMonitoringCommand(e), newConfigCommand(e),
+		newMonitoringCommand(e), newHACommand(e), newConfigCommand(e),
 		newInstallCommand(e), newUninstallCommand(e), newVersionCommand(e), newCompletionCommand(e),
 	}
 }

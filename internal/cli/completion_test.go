@@ -122,7 +122,7 @@ try pipeopsctl mo
 try pipeopsctl logs --f`, "zsh", script)
 	got := strings.Split(strings.TrimSpace(out), "\n")
 	want := []string{"compdef _pipeopsctl pipeopsctl",
-		"status logs doctor start stop restart monitoring config install uninstall version completion help h", "--follow"}
+		"status logs doctor start stop restart monitoring ha config install uninstall version completion help h", "--follow"}
 	if !slices.Equal(got, want) {
 		t.Errorf("zsh completion:\n got %q\nwant %q", got, want)
 	}

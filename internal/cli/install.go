@@ -37,6 +37,7 @@ func newInstallCommand(e *env) *cli.Command {
 			&cli.StringFlag{Name: "token-file", Usage: "read the install token from `FILE` (\"-\" = stdin)"},
 			&cli.StringFlag{Name: "api-url", Usage: "control plane URL (written to agent.d/10-install.yaml)"},
 			&cli.StringFlag{Name: "cluster-name", Usage: "name this cluster registers with"},
+			&cli.BoolFlag{Name: "ha", Usage: "high availability: install on every server node with the same token; one agent is active at a time (ha.enabled)"},
 			&cli.StringFlag{Name: "token-storage", Value: string(installer.TokenAuto),
 				Usage: "`HOW` to keep the token: auto (encrypted where systemd-creds works), encrypted, or plain (" + paths.TokenFile + ", 0600)"},
 			binDirFlag,
@@ -59,7 +60,7 @@ func newInstallCommand(e *env) *cli.Command {
 			}
 			in, err := installer.New(installer.Options{
 				Root: root, BinDir: c.String("bin-dir"), Token: tok, TokenStorage: storage, APIURL: c.String("api-url"),
-				ClusterName: c.String("cluster-name"), Restart: c.Bool("restart"), NoStart: c.Bool("no-start"), Out: e.stdout,
+				ClusterName: c.String("cluster-name"), HA: c.Bool("ha"), Restart: c.Bool("restart"), NoStart: c.Bool("no-start"), Out: e.stdout,
 			})
 			if err != nil {
 				return err

@@ -32,6 +32,9 @@ type Config struct {
 	Gateway    Gateway    `json:"gateway" yaml:"gateway"`
 	Monitoring Monitoring `json:"monitoring" yaml:"monitoring"`
 	Security   Security   `json:"security" yaml:"security"`
+	// HA is high availability across server nodes (docs/ha.md); off, it
+	// is absent from dumps and the agent behaves as a single-VM install.
+	HA HA `json:"ha,omitzero" yaml:"ha"`
 
 	// Sources lists the files that were read, in order (not part of the schema).
 	Sources []string `json:"-" yaml:"-"`
@@ -179,6 +182,35 @@ type Security struct {
 	// AllowedTargetCIDRs are CIDRs (or single addresses) such targets may
 	// reach anyway. It is the only setting that widens the policy.
 	AllowedTargetCIDRs []string `json:"allowed_target_cidrs,omitempty" yaml:"allowed_target_cidrs"`
+}
+
+// HA is high availability across server nodes (docs/ha.md): an agent on
+// every server VM, one of them active through a Kubernetes Lease.
+type HA struct {
+	Enabled bool `json:"enabled" yaml:"enabled"`
+	// Identity names this agent among the candidates (default: the host name).
+	Identity string `json:"identity,omitempty" yaml:"identity"`
+	// Lease settings; zero means 10s, 7s and 1s. The renew deadline must be
+	// shorter than the lease: a leader that cannot renew steps down before
+	// anyone may take its lease.
+	LeaseDuration Duration `json:"lease_duration,omitzero" yaml:"lease_duration"`
+	RenewDeadline Duration `json:"renew_deadline,omitzero" yaml:"renew_deadline"`
+	RetryPeriod   Duration `json:"retry_period,omitzero" yaml:"retry_period"`
+}
+
+// Lease is the lease settings with the defaults filled in.
+func (h HA) Lease() (lease, renew, retry time.Duration) {
+	lease, renew, retry = h.LeaseDuration.Std(), h.RenewDeadline.Std(), h.RetryPeriod.Std()
+	if lease == 0 {
+		lease = 10 * time.Second
+	}
+	if renew == 0 {
+		renew = 7 * time.Second
+	}
+	if retry == 0 {
+		retry = time.Second
+	}
+	return lease, renew, retry
 }
 
 // Gateway is ingress route registration (protocol.md §9).

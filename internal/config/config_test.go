@@ -323,3 +323,34 @@ func TestParseLevel(t *testing.T) {
 		t.Error("ParseLevel(loud) succeeded; want an error")
 	}
 }
+
+func TestHALeaseSettingsWhereALeaderCouldNotStepDownInTimeAreRejected(t *testing.T) {
+	for _, tc := range []struct {
+		name, field string
+		ha          HA
+	}{
+		{"renew deadline equal to the lease", "ha.renew_deadline", HA{Enabled: true, LeaseDuration: D(10 * time.Second), RenewDeadline: D(10 * time.Second)}},
+		{"lease in fractions of a second", "ha.lease_duration", HA{Enabled: true, LeaseDuration: D(1500 * time.Millisecond)}},
+		{"retry period too close to the renew deadline", "ha.retry_period", HA{Enabled: true, RetryPeriod: D(6 * time.Second)}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := Default()
+			c.PipeOps.Token = "t"
+			c.HA = tc.ha
+			err := c.Validate()
+			var fe *FieldError
+			if !errors.As(err, &fe) || fe.Field != tc.field {
+				t.Fatalf("Validate() = %v; want a FieldError on %s", err, tc.field)
+			}
+		})
+	}
+	c := Default()
+	c.PipeOps.Token = "t"
+	c.HA.Enabled = true
+	if err := c.Validate(); err != nil {
+		t.Fatalf("Validate() with the default lease settings = %v", err)
+	}
+	if l, r, p := c.HA.Lease(); l != 10*time.Second || r != 7*time.Second || p != time.Second {
+		t.Fatalf("HA.Lease() = %s, %s, %s; want 10s, 7s, 1s", l, r, p)
+	}
+}

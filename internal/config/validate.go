@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/pipeops/pipeops-vm-agent/internal/tlsconfig"
 )
@@ -104,6 +105,17 @@ func (c *Config) Validate() error {
 	for i, p := range t.PinSHA256 {
 		if _, err := ParsePin(p); err != nil {
 			add(fmt.Sprintf("pipeops.tls.pin_sha256[%d]", i), p, err)
+		}
+	}
+	if c.HA.Enabled {
+		lease, renew, retry := c.HA.Lease()
+		switch {
+		case lease < time.Second || lease%time.Second != 0:
+			add("ha.lease_duration", lease.String(), fmt.Errorf("%w: whole seconds, at least 1s", ErrRange))
+		case renew >= lease:
+			add("ha.renew_deadline", renew.String(), fmt.Errorf("%w: must be shorter than ha.lease_duration (%s), so a leader that cannot renew steps down before its lease can be taken", ErrRange, lease))
+		case retry <= 0 || float64(renew) <= 1.2*float64(retry):
+			add("ha.retry_period", retry.String(), fmt.Errorf("%w: must be positive and under ha.renew_deadline / 1.2", ErrRange))
 		}
 	}
 	if !reDNSLabel.MatchString(c.Kubernetes.Namespace) {

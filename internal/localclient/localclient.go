@@ -113,3 +113,21 @@ func (c *Client) Status(ctx context.Context) (*apitype.StatusResponse, error) {
 	}
 	return &st, nil
 }
+
+// HA returns GET /v1/ha: this agent's role, who leads and the candidates.
+func (c *Client) HA(ctx context.Context) (*apitype.HAStatus, error) {
+	var st apitype.HAStatus
+	if err := c.Do(ctx, http.MethodGet, "/v1/ha", nil, &st); err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
+
+// HAStepDown runs POST /v1/ha/step-down: the leader hands over.
+func (c *Client) HAStepDown(ctx context.Context) (*apitype.HAStatus, error) {
+	var st apitype.HAStatus
+	if err := c.Do(ctx, http.MethodPost, "/v1/ha/step-down", nil, &st); err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
