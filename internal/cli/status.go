@@ -100,6 +100,24 @@ func ago(now, t time.Time) string {
 	return d.String() + " ago"
 }
 
+// haLine is this agent's part in high availability: "leader since …" or
+// "standby; active on node-a since …".
+func haLine(h *apitype.HAStatus, now time.Time) string {
+	since := func() string {
+		if h.LeaderSince.IsZero() {
+			return ""
+		}
+		return " since " + h.LeaderSince.UTC().Format(time.RFC3339) + " (" + ago(now, h.LeaderSince) + ")"
+	}
+	switch {
+	case h.Role == apitype.HALeader:
+		return h.Identity + " is the active agent" + since()
+	case h.Leader != "" && h.Leader != h.Identity:
+		return h.Identity + " is a " + h.Role + "; active on " + h.Leader + since()
+	}
+	return h.Identity + " is a " + h.Role + "; no agent is active yet"
+}
+
 func orDash(s string) string {
 	if s == "" {
 		return "-"
@@ -129,6 +147,9 @@ func renderStatus(e *env, st *apitype.StatusResponse, now time.Time) {
 	fmt.Fprintf(w, "\n             last heartbeat %s, %d reconnects\n", ago(now, l.LastHeartbeat), l.Reconnects)
 	if l.LastError != "" {
 		fmt.Fprintf(w, "             last error: %s (%s)\n", l.LastError, ago(now, l.LastErrorAt))
+	}
+	if h := st.HA; h != nil {
+		fmt.Fprintf(w, "HA:          %s\n", haLine(h, now))
 	}
 	k := st.Kubernetes
 	if k.Reachable {

@@ -86,7 +86,17 @@ type Options struct {
 	GatewayFallback time.Duration
 	// DrainTimeout bounds the shutdown drain (OnShutdown); zero is 10 s.
 	DrainTimeout time.Duration
+	// Active, when set, is asked before every dial and every frame
+	// written: false means this agent may not act for the cluster now (an
+	// HA leader whose lease may have passed to another agent). The frame
+	// is dropped and the connection closed without a close frame, so
+	// nothing further goes out on it. nil: always active (single VM).
+	Active func() bool
 }
+
+// ErrInactive ends a connection (or refuses a dial) while Options.Active
+// reports false.
+var ErrInactive = errors.New("this agent is no longer the active one (high availability); nothing more is sent on this connection")
 
 // DefaultK3sTokenPath is the k3s server's node token (§4.2).
 const DefaultK3sTokenPath = "/var/lib/rancher/k3s/server/node-token"
@@ -95,7 +105,9 @@ const DefaultK3sTokenPath = "/var/lib/rancher/k3s/server/node-token"
 // drives the single reconnect loop.
 type Client struct {
 	cfg     *config.Config
+	idMu    sync.Mutex
 	agentID string
+	active  func() bool
 	st      *state.Store
 	health  *health.Tracker
 	log     *slog.Logger
@@ -148,7 +160,7 @@ func New(o Options) (*Client, error) {
 		log = logging.Discard()
 	}
 	c := &Client{
-		cfg: o.Config, agentID: o.AgentID, st: o.State, health: o.Health, log: log, cluster: o.Cluster,
+		cfg: o.Config, agentID: o.AgentID, active: o.Active, st: o.State, health: o.Health, log: log, cluster: o.Cluster,
 		dialer: d, metrics: newMetrics(o.Metrics), limiter: logging.NewLimiter(5*time.Minute, nil),
 		k3sPath: o.K3sTokenPath, locality: o.Locality, handlers: map[string]protocol.Handler{},
 		pingEvery: orDefault(o.PingInterval, 10*time.Second), readTimeout: orDefault(o.ReadTimeout, 60*time.Second),
@@ -169,6 +181,24 @@ func orDefault(d, def time.Duration) time.Duration {
 	}
 	return def
 }
+
+// SetAgentID replaces the agent id sent from the next message on: an HA
+// agent adopts the cluster's shared identity before its link starts.
+func (c *Client) SetAgentID(id string) {
+	c.idMu.Lock()
+	defer c.idMu.Unlock()
+	c.agentID = id
+}
+
+// id is the agent id to send.
+func (c *Client) id() string {
+	c.idMu.Lock()
+	defer c.idMu.Unlock()
+	return c.agentID
+}
+
+// isActive applies Options.Active.
+func (c *Client) isActive() bool { return c.active == nil || c.active() }
 
 // Register adds a handler for the types it lists. A later registration of
 // the same type replaces the earlier one. Safe at any time.
@@ -248,6 +278,9 @@ func (c *Client) current() *conn {
 
 // dial opens one connection generation. 401/403 become *AuthError.
 func (c *Client) dial(ctx context.Context, mode, url string) (*conn, error) {
+	if !c.isActive() {
+		return nil, ErrInactive
+	}
 	h := map[string][]string{"Authorization": {"Bearer " + c.cfg.PipeOps.Token.Reveal()}}
 	ws, resp, err := c.dialer.DialContext(ctx, url, h)
 	if err != nil {

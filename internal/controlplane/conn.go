@@ -221,6 +221,10 @@ func (cn *conn) writeLoop() {
 		default:
 			if !flushBy.IsZero() {
 				lp.Busy()
+				if !cn.client.isActive() {
+					cn.fail(ErrInactive) // the batch stays unsent
+					return
+				}
 				err := cn.bc.Flush(flushBy)
 				flushBy = time.Time{}
 				if err != nil {
@@ -235,6 +239,15 @@ func (cn *conn) writeLoop() {
 			case f = <-cn.out:
 				lp.Busy()
 			}
+		}
+		if !cn.client.isActive() {
+			// HA: the lease may be another agent's by now. Not a byte more
+			// on this connection, not even a close frame.
+			if f.done != nil {
+				f.done <- ErrInactive
+			}
+			cn.fail(ErrInactive)
+			return
 		}
 		if cn.bc != nil {
 			cn.bc.Begin()

@@ -56,7 +56,7 @@ func (c *Client) buildHeartbeat(ctx context.Context, cn *conn) protocol.Heartbea
 		hbStatus = protocol.StatusReconnecting
 	}
 	hb := protocol.Heartbeat{
-		ClusterID: st.ClusterID, AgentID: c.agentID,
+		ClusterID: st.ClusterID, AgentID: c.id(),
 		Status: hbStatus, TunnelStatus: "disconnected",
 		Metadata: protocol.HeartbeatMetadata{
 			AgentVersion: version.Version, K8sVersion: k8s, K8sNodes: tel.Nodes, K8sPods: tel.Pods,

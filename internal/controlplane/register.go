@@ -28,7 +28,7 @@ func (c *Client) register(ctx context.Context, cn *conn, st state.State, k8sVers
 	c.notReady("registering with the control plane")
 	reg := c.buildRegister(st, k8sVersion, token)
 	c.applyLocation(ctx, &reg) // server_ip, region, cloud_provider, location metadata (locality.go)
-	reqID := fmt.Sprintf("req_%d_%s", time.Now().UnixNano(), c.agentID)
+	reqID := fmt.Sprintf("req_%d_%s", time.Now().UnixNano(), c.id())
 	replies := cn.expectRegister(reqID)
 	sctx, cancel := context.WithTimeout(ctx, writeTimeout)
 	err := cn.Send(sctx, protocol.TypeRegister, reqID, reg)
@@ -121,7 +121,7 @@ func (c *Client) buildRegister(st state.State, k8sVersion, token string) protoco
 		region = "unknown"
 	}
 	return protocol.Register{
-		AgentID: c.agentID, Name: c.cfg.Agent.Name, K8sVersion: k8sVersion, Hostname: host,
+		AgentID: c.id(), Name: c.cfg.Agent.Name, K8sVersion: k8sVersion, Hostname: host,
 		AgentVersion: version.Version, ServerIP: c.serverIP(), Region: region,
 		CloudProvider:    normaliseProvider(c.cfg.Agent.CloudProvider),
 		TunnelPortConfig: protocol.TunnelPortConfig{KubernetesAPI: 6443, Kubelet: 10250, AgentHTTP: c.cfg.Agent.Port},

@@ -45,6 +45,9 @@ func (e *Elector) keepCandidate(ctx context.Context, cs kubernetes.Interface) {
 		if err := e.renewCandidate(rctx, cs); err != nil && ctx.Err() == nil {
 			e.log.Debug("could not renew the candidate lease", logging.KeyErr, err)
 		}
+		if ctx.Err() == nil {
+			_ = e.refresh(rctx, cs) // candidates for Snapshot; Status reports errors
+		}
 		if e.o.Tick != nil && ctx.Err() == nil {
 			e.o.Tick(rctx, cs)
 		}
@@ -100,6 +103,10 @@ func (e *Elector) Status(ctx context.Context) apitype.HAStatus {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	return e.snapshotLocked(lastErr)
+}
+
+func (e *Elector) snapshotLocked(lastErr string) apitype.HAStatus {
 	st := apitype.HAStatus{Role: e.role, Identity: e.o.Identity, Leader: e.leader, LeaderSince: e.since,
 		LeaseDuration: e.o.LeaseDuration.String(), RenewDeadline: e.o.RenewDeadline.String(), RetryPeriod: e.o.RetryPeriod.String(),
 		LastError: lastErr}

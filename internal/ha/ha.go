@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
@@ -71,6 +72,9 @@ type Options struct {
 	// duration, on leader and standbys alike (the daemon refreshes its copy
 	// of the shared identity).
 	Tick func(ctx context.Context, cs kubernetes.Interface)
+	// OnLeader, when set, is called (outside any lock) when the observed
+	// leader changes; "" means none.
+	OnLeader func(leader string, since time.Time)
 }
 
 // Elector campaigns for the lease and runs the leader's work while it holds it.
@@ -287,7 +291,6 @@ func (e *Elector) setRole(r string) {
 func (e *Elector) becameLeader() {
 	e.mu.Lock()
 	e.role = apitype.HALeader
-	e.leader = e.o.Identity
 	e.termFrom = time.Now()
 	e.mu.Unlock()
 	e.met.transitions.Inc()
@@ -301,9 +304,6 @@ func (e *Elector) endedTerm(wasLeader bool) {
 		e.termFrom = time.Time{}
 	}
 	e.role = apitype.HAStandby
-	if e.leader == e.o.Identity {
-		e.leader = ""
-	}
 	e.mu.Unlock()
 	if wasLeader {
 		e.met.transitions.Inc()
@@ -314,8 +314,20 @@ func (e *Elector) endedTerm(wasLeader bool) {
 // observe records the lease as last read or written.
 func (e *Elector) observe(holder string, acquired time.Time) {
 	e.mu.Lock()
-	defer e.mu.Unlock()
+	changed := e.leader != holder || !e.since.Equal(acquired)
 	e.leader, e.since = holder, acquired
+	e.mu.Unlock()
+	if changed && e.o.OnLeader != nil {
+		e.o.OnLeader(holder, acquired)
+	}
+}
+
+// Snapshot is Status without asking the API server: what the election
+// and the last candidate round saw.
+func (e *Elector) Snapshot() apitype.HAStatus {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.snapshotLocked("")
 }
 
 // observedLock wraps the Lease lock to timestamp this agent's own
@@ -328,7 +340,11 @@ type observedLock struct {
 func (l *observedLock) Get(ctx context.Context) (*resourcelock.LeaderElectionRecord, []byte, error) {
 	rec, raw, err := l.Interface.Get(ctx)
 	if err == nil && rec != nil {
-		l.e.observe(rec.HolderIdentity, rec.AcquireTime.Time)
+		holder, since := rec.HolderIdentity, rec.AcquireTime.Time
+		if time.Since(rec.RenewTime.Time) > time.Duration(rec.LeaseDurationSeconds)*time.Second {
+			holder, since = "", time.Time{} // a holder whose lease ran out leads no more
+		}
+		l.e.observe(holder, since)
 	}
 	return rec, raw, err
 }
@@ -357,6 +373,9 @@ func (l *observedLock) write(ctx context.Context, r resourcelock.LeaderElectionR
 		l.e.lastRenew = time.Time{} // released
 	}
 	l.e.mu.Unlock()
+	if r.HolderIdentity == "" {
+		r.AcquireTime = metav1.Time{}
+	}
 	l.e.observe(r.HolderIdentity, r.AcquireTime.Time)
 	return nil
 }
