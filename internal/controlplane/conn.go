@@ -116,6 +116,18 @@ func (cn *conn) start(readLimit int64, readTimeout, pingEvery time.Duration) {
 		}
 		return nil
 	})
+	if cn.client.active != nil {
+		// HA: gorilla echoes a close frame from its reader, outside the
+		// single writer; a leader whose lease may have passed sends not
+		// even that.
+		echo := cn.ws.CloseHandler()
+		cn.ws.SetCloseHandler(func(code int, text string) error {
+			if !cn.client.isActive() {
+				return nil
+			}
+			return echo(code, text)
+		})
+	}
 	cn.goOwned(cn.writeLoop)
 	cn.goOwned(func() { cn.readLoop(extend) })
 	cn.goOwned(func() { cn.pingLoop(pingEvery) })

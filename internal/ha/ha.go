@@ -271,6 +271,12 @@ func (e *Elector) Run(ctx context.Context, lead func(ctx context.Context) error)
 	<-elected
 	wasLeader := led.Load()
 	e.endedTerm(wasLeader)
+	if wasLeader && graceful && ctx.Err() == nil {
+		// A step-down: give the standbys their turn before this agent
+		// campaigns again (restarted in place, it would otherwise win the
+		// free lease at once).
+		e.awaitOtherLeader(ctx, lock)
+	}
 	switch {
 	case leadErr != nil && !errors.Is(leadErr, context.Canceled):
 		return leadErr
@@ -378,4 +384,28 @@ func (l *observedLock) write(ctx context.Context, r resourcelock.LeaderElectionR
 	}
 	l.e.observe(r.HolderIdentity, r.AcquireTime.Time)
 	return nil
+}
+
+// awaitOtherLeader waits until another candidate holds the lease, for one
+// lease duration at most (there may be no other candidate).
+func (e *Elector) awaitOtherLeader(ctx context.Context, lock *observedLock) {
+	deadline := time.NewTimer(e.o.LeaseDuration)
+	defer deadline.Stop()
+	tick := time.NewTicker(e.o.RetryPeriod / 2)
+	defer tick.Stop()
+	for {
+		rctx, cancel := context.WithTimeout(ctx, e.o.RetryPeriod)
+		rec, _, err := lock.Get(rctx)
+		cancel()
+		if err == nil && rec != nil && rec.HolderIdentity != "" && rec.HolderIdentity != e.o.Identity {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-deadline.C:
+			return
+		case <-tick.C:
+		}
+	}
 }
