@@ -69,6 +69,10 @@ const (
 	HAStandby  = "standby"
 	HALeader   = "leader"
 	HAStopping = "stopping" // the leader's term is ending
+	// HAHolding is a leader cut off from the API server that keeps its
+	// control-plane link (no new dials, no calls to the API server) until
+	// the API server answers again (docs/ha.md).
+	HAHolding = "holding"
 )
 
 // HAStatus is GET /v1/ha and the status snapshot's ha section: high

@@ -92,6 +92,10 @@ type Options struct {
 	// is dropped and the connection closed without a close frame, so
 	// nothing further goes out on it. nil: always active (single VM).
 	Active func() bool
+	// MayDial, when set, is asked before every dial; false refuses it with
+	// ErrInactive (an HA leader holding its link through an API server
+	// outage keeps the connection it has but opens none). nil: Active.
+	MayDial func() bool
 }
 
 // ErrInactive ends a connection (or refuses a dial) while Options.Active
@@ -108,6 +112,7 @@ type Client struct {
 	idMu    sync.Mutex
 	agentID string
 	active  func() bool
+	mayDial func() bool
 	st      *state.Store
 	health  *health.Tracker
 	log     *slog.Logger
@@ -160,7 +165,7 @@ func New(o Options) (*Client, error) {
 		log = logging.Discard()
 	}
 	c := &Client{
-		cfg: o.Config, agentID: o.AgentID, active: o.Active, st: o.State, health: o.Health, log: log, cluster: o.Cluster,
+		cfg: o.Config, agentID: o.AgentID, active: o.Active, mayDial: o.MayDial, st: o.State, health: o.Health, log: log, cluster: o.Cluster,
 		dialer: d, metrics: newMetrics(o.Metrics), limiter: logging.NewLimiter(5*time.Minute, nil),
 		k3sPath: o.K3sTokenPath, locality: o.Locality, handlers: map[string]protocol.Handler{},
 		pingEvery: orDefault(o.PingInterval, 10*time.Second), readTimeout: orDefault(o.ReadTimeout, 60*time.Second),
@@ -278,7 +283,7 @@ func (c *Client) current() *conn {
 
 // dial opens one connection generation. 401/403 become *AuthError.
 func (c *Client) dial(ctx context.Context, mode, url string) (*conn, error) {
-	if !c.isActive() {
+	if !c.isActive() || (c.mayDial != nil && !c.mayDial()) {
 		return nil, ErrInactive
 	}
 	h := map[string][]string{"Authorization": {"Bearer " + c.cfg.PipeOps.Token.Reveal()}}

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/leaderelection"
@@ -83,19 +84,25 @@ type Elector struct {
 	log *slog.Logger
 	met *metrics
 
-	stepDown chan struct{}
-	stepOnce sync.Once
+	stepDown  chan struct{}
+	stepOnce  sync.Once
+	holdStart chan struct{} // closed when this term starts holding
 
 	mu        sync.Mutex
 	lastRenew time.Time // when this agent's last successful renewal left (monotonic)
-	role      string    // apitype.HAStarting, HAStandby, HALeader or HAStopping
-	leader    string
-	since     time.Time     // when the current leader acquired the lease (lease acquireTime)
-	termFrom  time.Time     // when this agent started leading (monotonic)
-	ledFor    time.Duration // ended terms
-	started   time.Time
-	cs        kubernetes.Interface
-	cands     []apitype.HACandidate
+	// Since lastRenew: when the lease lock last failed without reaching
+	// the API server, and when the API server last answered at all. A
+	// leader cut off from the API server holds its link (docs/ha.md).
+	lastUnreached time.Time
+	lastAnswer    time.Time
+	role          string // apitype.HAStarting, HAStandby, HALeader or HAStopping
+	leader        string
+	since         time.Time     // when the current leader acquired the lease (lease acquireTime)
+	termFrom      time.Time     // when this agent started leading (monotonic)
+	ledFor        time.Duration // ended terms
+	started       time.Time
+	cs            kubernetes.Interface
+	cands         []apitype.HACandidate
 }
 
 // New checks the lease settings and builds an Elector; it starts nothing.
@@ -118,7 +125,7 @@ func New(o Options) (*Elector, error) {
 	if o.Log == nil {
 		o.Log = logging.Discard()
 	}
-	e := &Elector{o: o, log: o.Log, stepDown: make(chan struct{}), role: apitype.HAStarting, started: time.Now()}
+	e := &Elector{o: o, log: o.Log, stepDown: make(chan struct{}), holdStart: make(chan struct{}), role: apitype.HAStarting, started: time.Now()}
 	e.met = newMetrics(o.Metrics, e)
 	return e, nil
 }
@@ -147,17 +154,80 @@ func (e *Elector) Settings() (lease, renew, retry time.Duration) {
 	return e.o.LeaseDuration, e.o.RenewDeadline, e.o.RetryPeriod
 }
 
-// Active reports whether this agent may act for the cluster now: it leads,
-// and its last renewal started less than the renew deadline ago, so no other
-// candidate can have taken the lease (others wait a whole lease duration
-// from the renewal they observed). A leader frozen by SIGSTOP, or cut off
-// from the API server, is inactive from the first instant its lease might
-// be in doubt, before the elector itself notices.
+// Active reports whether this agent may send on its control-plane link
+// now: it leads, and either its last renewal started less than the renew
+// deadline ago (no other candidate can have taken the lease: they wait a
+// whole lease duration from the renewal they observed), or it is holding:
+// since that renewal its lease lock has failed to reach the API server and
+// the API server has not answered once. A leader frozen by SIGSTOP is
+// inactive from the first instant its lease might be in doubt (no attempt
+// failed while it was frozen), before the elector itself notices; after it
+// wakes, the first answer from the API server ends any hold.
 func (e *Elector) Active() bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	leading := e.role == apitype.HALeader || e.role == apitype.HAStopping
+	return e.fresh() || e.holdingLocked()
+}
+
+// MayDial reports whether this agent may open a new control-plane
+// connection: only while it leads with a fresh renewal. A holding leader
+// keeps the connection it has and never dials: the control plane keeps one
+// session per cluster, and a redial could take it from a new leader.
+func (e *Elector) MayDial() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.fresh()
+}
+
+// MayAct reports whether this agent may act on the cluster (proxied calls
+// to the API server): only with a fresh renewal, never while holding.
+func (e *Elector) MayAct() bool { return e.MayDial() }
+
+// HoldStarted is closed when this agent starts holding its link through an
+// API server outage: the daemon then stops route sync and monitoring.
+func (e *Elector) HoldStarted() <-chan struct{} { return e.holdStart }
+
+// Holding reports whether this agent holds its link through an API server
+// outage.
+func (e *Elector) Holding() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.holdingLocked()
+}
+
+func (e *Elector) fresh() bool {
+	leading := e.role == apitype.HALeader || e.role == apitype.HAStopping || e.role == apitype.HAHolding
 	return leading && !e.lastRenew.IsZero() && time.Since(e.lastRenew) < e.o.RenewDeadline
+}
+
+func (e *Elector) holdingLocked() bool {
+	leading := e.role == apitype.HALeader || e.role == apitype.HAHolding
+	return leading && !e.lastRenew.IsZero() && e.lastUnreached.After(e.lastRenew) && !e.lastAnswer.After(e.lastRenew)
+}
+
+// noteResult records whether a lease lock call reached the API server:
+// any answer but a 5xx or 429 counts; a transport error or timeout does not.
+func (e *Elector) noteResult(err error) {
+	now := time.Now()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if reached(err) {
+		e.lastAnswer = now
+	} else {
+		e.lastUnreached = now
+	}
+}
+
+func reached(err error) bool {
+	if err == nil {
+		return true
+	}
+	var st apierrors.APIStatus
+	if errors.As(err, &st) {
+		code := st.Status().Code
+		return code != 0 && code < 500 && code != 429
+	}
+	return false
 }
 
 // StepDown ends this agent's term: the leader's work stops (the link drains
@@ -167,7 +237,7 @@ func (e *Elector) StepDown() error {
 	e.mu.Lock()
 	role := e.role
 	e.mu.Unlock()
-	if role != apitype.HALeader {
+	if role != apitype.HALeader && role != apitype.HAHolding {
 		return ErrNotLeader
 	}
 	e.stepOnce.Do(func() { close(e.stepDown) })
@@ -222,7 +292,7 @@ func (e *Elector) Run(ctx context.Context, lead func(ctx context.Context) error)
 		Lock: lock, Name: LeaseName, ReleaseOnCancel: true,
 		LeaseDuration: e.o.LeaseDuration, RenewDeadline: e.o.RenewDeadline, RetryPeriod: e.o.RetryPeriod,
 		Callbacks: leaderelection.LeaderCallbacks{
-			OnStartedLeading: func(libCtx context.Context) {
+			OnStartedLeading: func(context.Context) {
 				termMu.Lock()
 				if closing {
 					termMu.Unlock()
@@ -231,10 +301,9 @@ func (e *Elector) Run(ctx context.Context, lead func(ctx context.Context) error)
 				led.Store(true)
 				termMu.Unlock()
 				e.becameLeader()
-				// The term ends when the library loses the lease (libCtx)
-				// or when we end it (endTerm) before releasing.
-				stop := context.AfterFunc(libCtx, endTerm)
-				defer stop()
+				// The term ends when we end it (endTerm): after the
+				// library lost the lease (and any hold is over), or
+				// before the lease is released.
 				defer close(leadDone)
 				leadErr = lead(termCtx)
 				endTerm()
@@ -256,8 +325,11 @@ func (e *Elector) Run(ctx context.Context, lead func(ctx context.Context) error)
 	case <-e.stepDown:
 		graceful = true
 		e.log.Info("stepping down on request: stopping the leader's work, then releasing the lease")
-	case <-termCtx.Done(): // lost the lease, or lead returned
+	case <-termCtx.Done(): // lead returned
 	case <-elected: // the library returned by itself: the lease was lost
+		if led.Load() && e.Holding() {
+			e.hold(ctx, lock, termCtx)
+		}
 	}
 	e.setRole(apitype.HAStopping)
 	termMu.Lock()
@@ -345,6 +417,7 @@ type observedLock struct {
 
 func (l *observedLock) Get(ctx context.Context) (*resourcelock.LeaderElectionRecord, []byte, error) {
 	rec, raw, err := l.Interface.Get(ctx)
+	l.e.noteResult(err)
 	if err == nil && rec != nil {
 		holder, since := rec.HolderIdentity, rec.AcquireTime.Time
 		if time.Since(rec.RenewTime.Time) > time.Duration(rec.LeaseDurationSeconds)*time.Second {
@@ -370,9 +443,11 @@ func (l *observedLock) write(ctx context.Context, r resourcelock.LeaderElectionR
 	start := time.Now()
 	err := fn(ctx, r)
 	if err != nil {
+		l.e.noteResult(err)
 		return err
 	}
 	l.e.mu.Lock()
+	l.e.lastAnswer = start // the renewal itself: not an answer after it
 	if r.HolderIdentity == l.e.o.Identity {
 		l.e.lastRenew = start
 	} else {
@@ -408,4 +483,32 @@ func (e *Elector) awaitOtherLeader(ctx context.Context, lock *observedLock) {
 		case <-tick.C:
 		}
 	}
+}
+
+// hold keeps a leader cut off from the API server in its term, with its
+// link, until the API server answers again (then the term ends and the
+// agent starts over as a standby: the lease may be another's by then), the
+// link's work ends, or the agent stops. Meanwhile it may not act on the
+// cluster nor dial (MayAct, MayDial).
+func (e *Elector) hold(ctx context.Context, lock *observedLock, termCtx context.Context) {
+	e.setRole(apitype.HAHolding)
+	close(e.holdStart)
+	e.log.Warn("the API server is unreachable and the lease could not be renewed: keeping the control-plane link so the control plane keeps sight of the cluster; no new connection and no call to the API server until it answers")
+	tick := time.NewTicker(e.o.RetryPeriod)
+	defer tick.Stop()
+	for e.Holding() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-e.stepDown:
+			return
+		case <-termCtx.Done():
+			return
+		case <-tick.C:
+		}
+		rctx, cancel := context.WithTimeout(ctx, e.o.RetryPeriod)
+		_, _, _ = lock.Get(rctx) // an answer ends the hold
+		cancel()
+	}
+	e.log.Info("the API server answers again: ending this term; starting over as a standby")
 }

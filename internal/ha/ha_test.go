@@ -104,7 +104,7 @@ func start(t *testing.T, env *kubetest.Env, ns, name string, overlap *atomic.Int
 	go func() {
 		c.done <- e.Run(ctx, func(ctx context.Context) error {
 			c.leads.Add(1)
-			if w := c.watch.Load(); w != nil && w.e.Active() {
+			if w := c.watch.Load(); w != nil && w.e.MayAct() {
 				c.sawActive.Store(true)
 			}
 			if overlap != nil && overlap.Add(1) > 1 {
@@ -192,11 +192,12 @@ func TestStepDownEndsTheTermAndAStandbyTakesOver(t *testing.T) {
 	testbin.Eventually(t, 10*time.Second, "the standby leads", func() bool { return standby.inTerm.Load() })
 }
 
-func TestALeaderThatCannotRenewStopsActingBeforeAnotherCanTakeItsLease(t *testing.T) {
+func TestALeaderCutOffFromTheAPIServerStopsActingBeforeAnotherCanTakeItsLeaseAndHoldsItsLinkUntilItAnswers(t *testing.T) {
 	t.Parallel()
 	env, ns := haCluster(t)
-	var overlap atomic.Int32
-	a, b := start(t, env, ns, "node-a", &overlap), start(t, env, ns, "node-b", &overlap)
+	// No overlap check here: holding its link, the cut-off leader stays
+	// in its term while the other leads (the control plane arbitrates).
+	a, b := start(t, env, ns, "node-a", nil), start(t, env, ns, "node-b", nil)
 	var first *candidate
 	testbin.Eventually(t, 20*time.Second, "one leader", func() bool { n, w := leaders(a, b); first = w; return n == 1 })
 	other := a
@@ -204,20 +205,35 @@ func TestALeaderThatCannotRenewStopsActingBeforeAnotherCanTakeItsLease(t *testin
 		other = b
 	}
 	// The moment the other candidate starts leading, it asks whether the
-	// cut-off leader still considered itself active.
+	// cut-off leader still acted on the cluster.
 	other.watch.Store(first)
 	cut := time.Now()
 	first.net.down.Store(true)
-	testbin.Eventually(t, 5*time.Second, "the cut-off leader is inactive", func() bool { return !first.e.Active() })
-	inactive := time.Since(cut)
+	testbin.Eventually(t, 5*time.Second, "the cut-off leader stops acting and dialling", func() bool {
+		return !first.e.MayAct() && !first.e.MayDial()
+	})
+	stopped := time.Since(cut)
+	testbin.Eventually(t, 10*time.Second, "the other candidate leads", func() bool { return other.inTerm.Load() })
+	t.Logf("cut-off leader stopped acting after %s; the other took over after %s", stopped.Round(time.Millisecond), time.Since(cut).Round(time.Millisecond))
+	if other.sawActive.Load() {
+		t.Fatal("the cut-off leader could still act on the cluster when the other candidate started leading")
+	}
+	// It holds its link (the control plane keeps sight of the cluster; a
+	// new leader's connection supersedes it there) but may not dial.
+	if !first.e.Holding() || !first.e.Active() || first.e.MayDial() || !first.inTerm.Load() {
+		t.Fatalf("cut-off leader: holding %v, active %v, may dial %v, in term %v; want holding its link, no dials",
+			first.e.Holding(), first.e.Active(), first.e.MayDial(), first.inTerm.Load())
+	}
+	if st := first.e.Snapshot(); st.Role != apitype.HAHolding {
+		t.Fatalf("cut-off leader's role = %q; want %q", st.Role, apitype.HAHolding)
+	}
+	first.net.down.Store(false)
 	if err := <-first.done; !errors.Is(err, ha.ErrTermEnded) {
-		t.Fatalf("Run after losing the lease = %v; want ErrTermEnded", err)
+		t.Fatalf("Run once the API server answers again = %v; want ErrTermEnded", err)
 	}
 	first.done <- nil
-	testbin.Eventually(t, 10*time.Second, "the other candidate leads", func() bool { return other.inTerm.Load() })
-	t.Logf("cut-off leader inactive after %s; the other took over after %s", inactive.Round(time.Millisecond), time.Since(cut).Round(time.Millisecond))
-	if other.sawActive.Load() {
-		t.Fatal("the cut-off leader was still Active when the other candidate started leading")
+	if first.e.Active() {
+		t.Fatal("the old leader is still Active after its term ended")
 	}
 }
 
