@@ -163,3 +163,28 @@ func (m *Manager) Nudge() {
 	default:
 	}
 }
+
+// Adopt makes s the current credentials, as a start from saved ones does:
+// used at once and checked once, with one SelfSubjectAccessReview, at the
+// next round. An HA leader adopts the cluster's shared token this way
+// before its link starts, so the credentials fingerprint matches and it
+// resumes without registering, in every token mode. A configured
+// kubernetes.service_token wins; an expired or identical token is not
+// adopted. It reports whether the credentials changed.
+func (m *Manager) Adopt(s Saved) bool {
+	if s.Token == "" || (!s.Expires.IsZero() && !m.now().Before(s.Expires)) || m.cfg.ServiceToken.Reveal() != "" {
+		return false
+	}
+	m.mu.Lock()
+	same := m.cred.token == s.Token && m.cred.caData == s.CAData
+	if !same {
+		m.provisional = true
+	}
+	m.mu.Unlock()
+	if same {
+		return false
+	}
+	m.setCreds(creds{token: s.Token, caData: s.CAData, source: s.Source, secret: s.Secret, issued: s.Issued, expires: s.Expires})
+	m.Nudge()
+	return true
+}

@@ -189,3 +189,50 @@ func TestAGracefulStopAndAStepDownHandOverInAboutASecond(t *testing.T) {
 	}
 	c.wireClean()
 }
+
+func TestWithTheAPIServerDownTheLeaderKeepsTheControlPlaneInSightWithoutActingAndNoStandbyConnects(t *testing.T) {
+	// A private API-server-only cluster: the test stops its API server,
+	// and without a token controller every agent mints TokenRequest
+	// tokens, so a failover resumes only by adopting the shared token.
+	p := kubetest.PrivateCluster(t, false)
+	c := newClusterOn(t, p.Env, 2)
+	lead, id := upWithOneCluster(t, c)
+	testbin.Eventually(t, 20*time.Second, "proxied calls work", func() bool { return c.proxied(id) == nil })
+	before := c.only()
+
+	p.StopAPIServer(t)
+	testbin.Eventually(t, 30*time.Second, "the leader holds its link through the outage", func() bool {
+		st, err := lead.ha()
+		return err == nil && st.Role == apitype.HAHolding
+	}, c.describe)
+	hb := c.only().Heartbeats
+	testbin.Eventually(t, 20*time.Second, "the control plane keeps hearing heartbeats", func() bool {
+		cl := c.only()
+		return cl.Connected && cl.Heartbeats >= hb+3
+	}, c.describe)
+	code, body := c.proxiedBody(id)
+	if code == 200 || !strings.Contains(body, "API server unreachable") {
+		t.Fatalf("a proxied call during the outage = %d %q; want a clear \"API server unreachable\" error", code, body)
+	}
+	if cl := c.only(); cl.Connections != before.Connections || cl.Registrations != 1 {
+		t.Fatalf("during the outage the control plane saw %d connections (had %d) and %d registrations; want no new connection",
+			cl.Connections, before.Connections, cl.Registrations)
+	}
+	for _, a := range c.agents {
+		if a == lead {
+			continue
+		}
+		if st, err := a.status(); err != nil || st.Link.State != "standby" {
+			t.Fatalf("standby %s during the outage: link %q (%v); want standby", a.name, st.Link.State, err)
+		}
+	}
+
+	p.StartAPIServer(t)
+	testbin.Eventually(t, 60*time.Second, "a leader is connected again and proxied calls work", func() bool {
+		return c.leader() != nil && c.only().Connected && c.proxied(id) == nil
+	}, c.describe)
+	if cl := c.only(); cl.Registrations != 1 || cl.ID != id || len(c.clusters()) != 1 {
+		t.Fatalf("after the outage the control plane shows %+v; want the same cluster, still one registration", c.clusters())
+	}
+	c.wireClean()
+}

@@ -50,7 +50,12 @@ type cluster struct {
 
 func newCluster(t *testing.T, n int) *cluster {
 	t.Helper()
-	env := kubetest.RequireFull(t)
+	return newClusterOn(t, kubetest.RequireFull(t), n)
+}
+
+// newClusterOn is newCluster on env (a private cluster the test may break).
+func newClusterOn(t *testing.T, env *kubetest.Env, n int) *cluster {
+	t.Helper()
 	names := kube.Names{Namespace: env.Namespace, ClusterRole: "pipeops-agent-" + env.Namespace, HA: true}
 	t.Cleanup(func() {
 		_, _ = kube.RemoveIdentity(context.Background(), env.Client, names)
@@ -139,6 +144,18 @@ func (c *cluster) wireClean() {
 	if r.Seen["register"] == 0 || r.Seen["heartbeat"] == 0 {
 		c.t.Fatalf("wire report %+v: want register and heartbeat seen", r.Seen)
 	}
+}
+
+// proxiedBody is one call through the front door: its status and body.
+func (c *cluster) proxiedBody(clusterID string) (int, string) {
+	client := &http.Client{Timeout: 10 * time.Second}
+	resp, err := client.Get(c.dpURL + "/clusters/" + clusterID + "/k8s/api/v1/namespaces/" + c.env.Namespace)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	return resp.StatusCode, string(b)
 }
 
 // proxied is one call through the control plane's front door to the API
