@@ -299,3 +299,21 @@ func TestUninstallRefusesAPackagedInstall(t *testing.T) {
 		t.Fatalf("Uninstall error = %v; want ErrPackageOwned with an apt hint", err)
 	}
 }
+
+func TestInstallWithHATurnsItOnAndAReinstallWithoutTheFlagKeepsIt(t *testing.T) {
+	stubSystemctl(t)
+	root := t.TempDir()
+	if _, err := newInstaller(t, root, Options{Token: "tok-123", ClusterName: "edge-1", HA: true}).Install(ctx); err != nil {
+		t.Fatalf("Install --ha: %v", err)
+	}
+	dropIn := filepath.Join(root, paths.DropInDir, "10-install.yaml")
+	if got := read(t, dropIn); !strings.Contains(got, "ha:\n  enabled: true\n") || !strings.Contains(got, `name: "edge-1"`) {
+		t.Fatalf("10-install.yaml after install --ha:\n%s", got)
+	}
+	if _, err := newInstaller(t, root, Options{ClusterName: "edge-2"}).Install(ctx); err != nil {
+		t.Fatalf("reinstall: %v", err)
+	}
+	if got := read(t, dropIn); !strings.Contains(got, "ha:\n  enabled: true\n") {
+		t.Fatalf("a reinstall without --ha turned HA off:\n%s", got)
+	}
+}

@@ -96,9 +96,9 @@ func renderHA(w io.Writer, st *apitype.HAStatus, now time.Time) {
 		}
 		self := ""
 		if c.Self {
-			self = "(this agent)"
+			self = "\t(this agent)"
 		}
-		fmt.Fprintf(tw, "  %s\t%s\trenewed %s\t%s\n", c.Identity, role, ago(now, c.Renewed), self)
+		fmt.Fprintf(tw, "  %s\t%s\trenewed %s%s\n", c.Identity, role, ago(now, c.Renewed), self)
 	}
 	tw.Flush()
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -281,5 +282,35 @@ func TestLeaseSettingsWhoseRenewDeadlineIsNotShorterThanTheLeaseAreRefused(t *te
 	}
 	if ha.SecretName != kube.HASecretName || ha.LeaseName != kube.HALeaseName || ha.CandidateLabel != kube.HALeaseLabel {
 		t.Error("ha and kube disagree on the names of the HA objects (the Role grants kube's)")
+	}
+}
+
+func TestRemoveIdentityDeletesTheHARoleTheSharedIdentityAndTheLeases(t *testing.T) {
+	t.Parallel()
+	env, ns := haCluster(t)
+	ctx := context.Background()
+	a := start(t, env, ns, "node-a", nil)
+	testbin.Eventually(t, 20*time.Second, "a leader and its candidate lease", func() bool {
+		return a.inTerm.Load() && len(a.e.Status(ctx).Candidates) == 1
+	})
+	cs, _ := asAgent(t, env, ns)
+	if err := ha.SaveIdentity(ctx, cs, ns, ha.Identity{AgentID: "a", ClusterID: "c", ClusterToken: "tok"}); err != nil {
+		t.Fatal(err)
+	}
+	a.cancel()
+	<-a.done
+	a.done <- nil
+	removed, err := kube.RemoveIdentity(ctx, env.Client, kube.Names{Namespace: ns, ClusterRole: "pipeops-agent-" + ns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"role " + ns + "/" + kube.HARoleName, "rolebinding " + ns + "/" + kube.HARoleName,
+		"secret " + ns + "/" + ha.SecretName, "lease " + ns + "/" + ha.LeaseName, "lease " + ns + "/" + ha.CandidatePrefix + "node-a"} {
+		if !slices.Contains(removed, want) {
+			t.Errorf("RemoveIdentity removed %q; want %q among them", removed, want)
+		}
+	}
+	if _, err := env.Client.CoreV1().Secrets(ns).Get(ctx, ha.SecretName, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("the shared identity (with its copy of the token) is still there: %v", err)
 	}
 }
