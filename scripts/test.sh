@@ -4,7 +4,7 @@
 #   2. build the Kubernetes test binaries (cached under ~/.cache/pipeops-test)
 #   3. start one real test cluster for the whole run and export its kubeconfig
 #   4. go test -race ./... ; under CI=true any skipped test fails the run;
-#      then the fault bench's short mode (scripts/bench faults -short)
+#      then the short modes of the fault and HA failover benches (scripts/bench)
 #   5. the host tier (packages, installer and unit under a real systemd)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,6 +42,10 @@ log "fault bench, short mode: counts asserted (hangs, panics, restarts, corrupt 
 # About a minute. It stops and restarts the test cluster's API server (F3),
 # so it runs after go test, never beside it.
 go run ./scripts/bench faults -short ${CLUSTER_DIR:+-cluster "$CLUSTER_DIR"} | tee "$ARTIFACTS/faults-short.txt"
+
+log "HA failover bench, short mode: two links at once, registrations and the wire asserted, timings printed"
+# About 40 s: 2 kills and 2 graceful stops of the leader among three agents (3 s lease).
+go run ./scripts/bench failover -short ${CLUSTER_DIR:+-cluster "$CLUSTER_DIR"} | tee "$ARTIFACTS/failover-short.txt"
 
 log "fuzzing the decoders and validators briefly (corpus in testdata/fuzz)"
 # Counts, not durations: a -fuzztime duration races Go's fuzz coordinator

@@ -40,7 +40,8 @@ const foToken = "bench-failover-token"
 // proxied call (median, max), the calls that failed without an error (a
 // hang past the deadline or a 200 with a body that is not the object), and
 // the moments when two agents had a link up at once, sampled every 50 ms
-// from each agent's /metrics. It asserts nothing.
+// from each agent's /metrics. -short (CI) fails only on counts: two links
+// up at once, more than one cluster or registration, wire violations.
 func benchFailover(args []string) error {
 	fs := flag.NewFlagSet("failover", flag.ContinueOnError)
 	kills := fs.Int("kills", 10, "leader kills (kill -9)")
@@ -108,9 +109,28 @@ func benchFailover(args []string) error {
 	}
 	fmt.Printf("control plane: %d cluster(s), %d registration(s) (target 1 and 1: every failover resumed with the shared identity)\n", len(cl), regs)
 	var wr devplane.WireReport
-	if err := h.getJSON("/admin/wire", &wr); err == nil {
-		fmt.Printf("wire check: %d violation(s) (target 0)\n", len(wr.Violations))
+	if err := h.getJSON("/admin/wire", &wr); err != nil {
+		return fmt.Errorf("read the wire report: %w", err)
 	}
+	fmt.Printf("wire check: %d violation(s) (target 0)\n", len(wr.Violations))
+	if !*short {
+		return nil
+	}
+	// CI asserts the counts that do not depend on timing.
+	var off []string
+	if n := watch.double.Load(); n > 0 {
+		off = append(off, fmt.Sprintf("%d moments with two links up", n))
+	}
+	if len(cl) != 1 || regs != 1 {
+		off = append(off, fmt.Sprintf("%d clusters and %d registrations (want 1 and 1)", len(cl), regs))
+	}
+	if len(wr.Violations) > 0 {
+		off = append(off, fmt.Sprintf("%d wire violations", len(wr.Violations)))
+	}
+	if len(off) > 0 {
+		return fmt.Errorf("off target: %s", strings.Join(off, "; "))
+	}
+	fmt.Println("failover: every count on target")
 	return nil
 }
 
