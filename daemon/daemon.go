@@ -23,6 +23,7 @@ import (
 	"github.com/pipeops/pipeops-vm-agent/internal/controlplane"
 	"github.com/pipeops/pipeops-vm-agent/internal/dashboard"
 	"github.com/pipeops/pipeops-vm-agent/internal/egress"
+	"github.com/pipeops/pipeops-vm-agent/internal/ha"
 	"github.com/pipeops/pipeops-vm-agent/internal/health"
 	"github.com/pipeops/pipeops-vm-agent/internal/hostinfo"
 	"github.com/pipeops/pipeops-vm-agent/internal/kube"
@@ -76,6 +77,8 @@ type Daemon struct {
 	dashboard  *dashboard.Server
 	api        *localapi.Server // the unix socket pipeopsctl talks to
 
+	ha *haAgent // nil unless ha.enabled (ha.go)
+
 	subsystems []subsystem
 }
 
@@ -118,6 +121,13 @@ func New(cfg *config.Config, log *slog.Logger) (*Daemon, error) {
 	// heartbeat telemetry.
 	kc := kube.New(cfg.Kubernetes, os.Getenv, log.With(logging.KeyComponent, "kube"), reg, kubeOptions(cfg, hl, st)...)
 	add("kubernetes", kc.Run)
+
+	// High availability across server nodes (ha.go; nil unless ha.enabled):
+	// the elector gates the link, route sync and monitoring in Run.
+	hac, err := newHA(cfg, log, reg, st, hl, kc, agentID)
+	if err != nil {
+		return nil, err
+	}
 
 	// The Service resolver (protocol.md §14.2), one set of Service and
 	// EndpointSlice informers for the proxy and the tunnel. It needs the
@@ -168,7 +178,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Daemon, error) {
 		DefaultTimeout:   time.Duration(cfg.Proxy.DefaultTimeout),
 		ClusterDomain:    cfg.Kubernetes.ClusterDomain,
 		Registerer:       reg,
-		KubeUnreachable:  kc.Unreachable,
+		KubeUnreachable:  hac.kubeUnreachable(kc.Unreachable), // unchanged without ha.enabled
 		KubeFailed:       kc.Nudge,
 	})
 	if err != nil {
@@ -224,6 +234,8 @@ func New(cfg *config.Config, log *slog.Logger) (*Daemon, error) {
 		Metrics:  reg,
 		Cluster:  kubeCluster{kc},
 		Locality: newLocality(cfg, linkTLS, st, kc, log.With(logging.KeyComponent, "locality")),
+		Active:   hac.active(),  // nil without ha.enabled
+		MayDial:  hac.mayDial(), // nil without ha.enabled
 	})
 	if err != nil {
 		return nil, fmt.Errorf("control-plane link: %w", err)
@@ -243,13 +255,14 @@ func New(cfg *config.Config, log *slog.Logger) (*Daemon, error) {
 		})
 	}
 	link.AddHeartbeatContributor(monitoring.FillHeartbeat)
+	hac.attach(link)
 	add("controlplane", link.Run)
 
 	// The local servers, last: they show all of the above. The loopback
 	// HTTP server (protocol.md §11) with the dashboard on it, and the local
 	// API on the unix socket.
 	d := &Daemon{cfg: cfg, log: log, state: st, health: hl, notify: &sdnotify.Notifier{Log: log}, agentID: agentID, started: time.Now(),
-		kube: kc, routes: routes, proxy: proxy, tunnel: tun, monitoring: monitoring, link: link}
+		kube: kc, routes: routes, proxy: proxy, tunnel: tun, monitoring: monitoring, link: link, ha: hac}
 	d.statusHTTP = statusserver.New(cfg.Agent.BindAddress, cfg.Agent.Port, hl, link, reg, log.With(logging.KeyComponent, "http"))
 	d.dashboard = dashboard.New(dashboard.Options{
 		Snapshot:        d.Status,
@@ -262,7 +275,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Daemon, error) {
 	})
 	d.dashboard.Register(d.statusHTTP.Handle)
 	add("dashboard", d.dashboard.Run)
-	d.api = localapi.New(localapi.Options{Socket: socketPath(cfg), Status: d, Monitoring: monitoring,
+	d.api = localapi.New(localapi.Options{Socket: socketPath(cfg), Status: d, Monitoring: monitoring, HA: hac.api(),
 		Log: log.With(logging.KeyComponent, "localapi")})
 	d.subsystems = subsystems
 	return d, nil
@@ -330,6 +343,7 @@ func (d *Daemon) Status(ctx context.Context) apitype.StatusResponse {
 	if d.routes != nil {
 		resp.Routes = d.routes.Status()
 	}
+	d.ha.fillStatus(&resp) // nil-safe: nothing without ha.enabled
 	return resp
 }
 
@@ -359,7 +373,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	// thing systemd hears: no STATUS= or WATCHDOG=1 ahead of it.
 	d.notify.Ready("starting: connecting to control plane")
 	g, gctx := errgroup.WithContext(ctx)
-	for _, s := range d.subsystems {
+	for _, s := range d.ha.gate(d.subsystems) { // ha.go: the leader-only ones run while this agent leads
 		g.Go(func() error {
 			if err := s.run(gctx); err != nil {
 				return fmt.Errorf("%s: %w", s.name, err)
@@ -375,7 +389,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 		"http", httpLn.Addr().String(), "socket", d.api.Socket, "state", d.state.Path())
 
 	err = g.Wait()
-	d.notify.Stopping()
+	if !errors.Is(err, ha.ErrTermEnded) { // that one restarts in place (main.go): no STOPPING=1
+		d.notify.Stopping()
+	}
 	d.log.Info("shutting down")
 	stopHTTP()
 	err = errors.Join(err, <-httpDone)

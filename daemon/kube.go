@@ -31,6 +31,9 @@ func kubeOptions(cfg *config.Config, hl *health.Tracker, st *state.Store) []kube
 			}
 		}
 	}
+	if cfg.HA.Enabled {
+		opts = append(opts, kube.WithHA()) // the Role for the Leases and the identity Secret (ha.go)
+	}
 	return opts
 }
 

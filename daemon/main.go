@@ -14,6 +14,7 @@ import (
 
 	"github.com/pipeops/pipeops-vm-agent/internal/config"
 	"github.com/pipeops/pipeops-vm-agent/internal/dashboard"
+	"github.com/pipeops/pipeops-vm-agent/internal/ha"
 	"github.com/pipeops/pipeops-vm-agent/internal/logging"
 	"github.com/pipeops/pipeops-vm-agent/internal/version"
 )
@@ -123,6 +124,17 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	return ExitConfig
 }
 
+// restartInPlace replaces this process with a fresh start of the same
+// binary and arguments; it returns only when that fails.
+func restartInPlace(log *slog.Logger) int {
+	self, err := os.Executable()
+	if err == nil {
+		err = syscall.Exec(self, os.Args, os.Environ())
+	}
+	log.Error("could not restart in place; exiting so systemd starts the agent again", logging.KeyErr, err)
+	return ExitFailure
+}
+
 // run loads config, builds the daemon and runs it until SIGINT or SIGTERM.
 func run(configPath string, stderr io.Writer) int {
 	cfg, warnings, err := config.Load(config.Options{Path: configPath})
@@ -167,7 +179,17 @@ func run(configPath string, stderr io.Writer) int {
 		return ExitFailure
 	}
 	d.SetLogBuffer(recent)
-	if err := d.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+	err = d.Run(ctx)
+	if errors.Is(err, ha.ErrTermEnded) && ctx.Err() == nil {
+		// High availability: a leader whose term ended (lost lease or
+		// step-down) starts over as a standby, so nothing of the old term
+		// survives in memory (kube-controller-manager exits instead; a
+		// restart in place keeps the PID systemd watches and its restart
+		// counter out of it).
+		log.Info("leadership ended; restarting in place as a standby")
+		return restartInPlace(log)
+	}
+	if err != nil && !errors.Is(err, context.Canceled) {
 		log.Error("agent stopped with an error", logging.KeyErr, err)
 		return ExitFailure
 	}

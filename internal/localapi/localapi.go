@@ -40,6 +40,17 @@ type Monitoring interface {
 	Uninstall(ctx context.Context, emit func(apitype.MonitoringEvent)) error
 }
 
+// HA is high availability across server nodes behind /v1/ha (the daemon's
+// elector). StepDown answers an *apitype.Error on a standby.
+type HA interface {
+	Status(ctx context.Context) apitype.HAStatus
+	StepDown() (apitype.HAStatus, error)
+}
+
+// errHAOff answers /v1/ha when ha.enabled is false.
+var errHAOff = &apitype.Error{Code: apitype.CodeNotFound, Message: "high availability is off on this agent (ha.enabled: false)",
+	Hint: "install the agent on every server node with \"pipeopsctl install --ha\" and the same token"}
+
 // Options configure a Server.
 type Options struct {
 	// Socket is the unix socket's path.
@@ -48,7 +59,9 @@ type Options struct {
 	Status StatusSource
 	// Monitoring answers /v1/monitoring and its actions; nil leaves them out.
 	Monitoring Monitoring
-	Log        *slog.Logger
+	// HA answers /v1/ha and /v1/ha/step-down; nil says high availability is off.
+	HA  HA
+	Log *slog.Logger
 }
 
 // Server is the local API.
@@ -76,6 +89,18 @@ func routes(o Options) map[string]http.Handler {
 			return o.Status.Status(r.Context()), nil
 		}),
 	}
+	r["GET /v1/ha"] = Handle(o.Log, func(r *http.Request) (apitype.HAStatus, error) {
+		if o.HA == nil {
+			return apitype.HAStatus{}, errHAOff
+		}
+		return o.HA.Status(r.Context()), nil
+	})
+	r["POST /v1/ha/step-down"] = Handle(o.Log, func(*http.Request) (apitype.HAStatus, error) {
+		if o.HA == nil {
+			return apitype.HAStatus{}, errHAOff
+		}
+		return o.HA.StepDown()
+	})
 	if m := o.Monitoring; m != nil {
 		r["GET /v1/monitoring"] = Handle(o.Log, func(*http.Request) (apitype.MonitoringStatus, error) { return m.Status(), nil })
 		r["POST /v1/monitoring/install"] = monitoringAction(o.Log, m, m.Install)
