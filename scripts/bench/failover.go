@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -136,7 +135,7 @@ func benchFailover(args []string) error {
 
 type foHarness struct {
 	dir, bin, clusterDir, kubeconfig, ns string
-	ownCluster                           bool
+	stopCluster                          func() // nil when the cluster is not ours
 	lease, renew, retry                  time.Duration
 	dp                                   *ctlDevplane
 	agents                               []*foAgent
@@ -161,13 +160,11 @@ func newFailoverHarness(clusterDir string, lease, renew, retry time.Duration) (*
 			return nil, fmt.Errorf("build %s (run from the repository root): %w\n%s", b, err, out)
 		}
 	}
-	h.clusterDir, h.ownCluster = clusterDir, clusterDir == ""
-	if h.ownCluster {
+	h.clusterDir = clusterDir
+	if h.clusterDir == "" {
 		h.clusterDir = filepath.Join(dir, "k8s")
-		start := exec.Command("scripts/k8s/cluster.sh", "start", h.clusterDir)
-		start.Env = append(os.Environ(), "FULL=1", "OWNER_PID="+strconv.Itoa(os.Getpid()))
-		if out, err := start.CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("start cluster (build the binaries with scripts/k8s/build.sh): %w\n%s", err, out)
+		if h.stopCluster, err = startCluster(h.clusterDir, true); err != nil {
+			return nil, err
 		}
 	}
 	h.kubeconfig = filepath.Join(h.clusterDir, "admin.kubeconfig")
@@ -219,8 +216,8 @@ func (h *foHarness) close() {
 		_ = h.cs.CoreV1().Namespaces().Delete(ctx, h.ns, metav1.DeleteOptions{})
 		cancel()
 	}
-	if h.clusterDir != "" && h.ownCluster {
-		_ = exec.Command("scripts/k8s/cluster.sh", "stop", h.clusterDir).Run()
+	if h.stopCluster != nil {
+		h.stopCluster()
 	}
 	os.RemoveAll(h.dir)
 }
