@@ -240,9 +240,10 @@ func (m *Manager) setCreds(c creds) {
 		waiters, m.credWaiters = m.credWaiters, nil
 	}
 	m.mu.Unlock()
-	if !changed {
-		m.save() // e.g. the saved token was verified: nothing to tell waiters
-	}
+	// Saved before anyone hears of them, so whoever reads the state after
+	// the announcement (a restart, HA's identity) sees these credentials.
+	// Unchanged ones are saved too (e.g. the saved token was verified).
+	m.save()
 	if c.expires.IsZero() {
 		m.metrics.tokenExpiry.Set(0)
 	} else {
@@ -255,7 +256,6 @@ func (m *Manager) setCreds(c creds) {
 		close(ch)
 	}
 	m.readyOnce.Do(func() { close(m.ready) })
-	m.save()
 	if !first {
 		m.log.Info("kubernetes credentials changed; the control-plane link registers again", logging.KeySource, c.source, logging.KeyState, "rotated")
 	}
