@@ -18,7 +18,8 @@ const clusterIPProbe = 3 * time.Second
 
 // Dial connects to Service port `port` of namespace/name over network ("tcp"
 // or "udp") and returns the connection and the address it reached. It
-// applies §14.2: the ClusterIP first; when that cannot be reached (timeout,
+// applies §14.2: the ClusterIP first (unless it is an address of this host,
+// as under kube-proxy's IPVS mode: see viaClusterIP); when that cannot be reached (timeout,
 // no route) ClusterIPs are marked unroutable and a ready endpoint is dialled
 // instead. A refused connection is final: the ClusterIP is routed and the
 // Service simply does not answer. Every dial goes through the egress
@@ -37,7 +38,7 @@ func (r *Resolver) Dial(ctx context.Context, network, namespace, name string, po
 		}
 		return c, t.external, nil
 	}
-	if t.clusterIP != "" && !r.clusterIPsUnroutable() {
+	if r.viaClusterIP(t) {
 		if network == "udp" {
 			// UDP has no handshake to prove routability; trust the ClusterIP.
 			c, err := d.DialContext(ctx, network, t.clusterIP)

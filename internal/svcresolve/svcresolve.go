@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -166,7 +167,7 @@ func (r *Resolver) ResolveNetwork(ctx context.Context, network, namespace, name 
 	if err != nil {
 		return "", err
 	}
-	if t.clusterIP != "" && !r.clusterIPsUnroutable() {
+	if r.viaClusterIP(t) {
 		return t.clusterIP, nil
 	}
 	if t.external != "" {
@@ -279,6 +280,26 @@ func (r *Resolver) endpoint(t target) (string, error) {
 
 func (r *Resolver) clusterIPsUnroutable() bool {
 	return r.now().UnixNano() < r.unroutable.Load()
+}
+
+// viaClusterIP reports whether t is reached at its ClusterIP: it has one,
+// ClusterIPs are routable, and this one is not an address of this host.
+// kube-proxy's IPVS mode binds every ClusterIP to the host's kube-ipvs0
+// interface; the dial policy refuses the host's own addresses (a host
+// process listening on all addresses answers there on any port the Service
+// does not claim), so such a Service is reached at a ready endpoint instead,
+// which the policy checks as usual. Nothing is refused, logged or counted
+// for taking that route.
+func (r *Resolver) viaClusterIP(t target) bool {
+	if t.clusterIP == "" || r.clusterIPsUnroutable() {
+		return false
+	}
+	ap, err := netip.ParseAddrPort(t.clusterIP)
+	if err != nil {
+		return true // the dial refuses or fails it with a clear error
+	}
+	var re *egress.RefusedError
+	return !errors.As(r.policy.Check(ap.Addr()), &re) || re.Reason != egress.ReasonHost
 }
 
 // MarkClusterIPsUnroutable makes Resolve prefer endpoints for a while. Dial

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -16,6 +17,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pipeops/pipeops-vm-agent/internal/egress"
 	"github.com/pipeops/pipeops-vm-agent/internal/kubetest"
@@ -224,4 +227,117 @@ func TestADeferredResolverStopsCleanlyBeforeItsClientsetArrives(t *testing.T) {
 	if err := r.Run(ctx); err != nil {
 		t.Fatalf("Run = %v; want nil when ctx ends first", err)
 	}
+}
+
+// TestAClusterIPBoundToThisHostIsReachedAtAnEndpoint is kube-proxy's IPVS
+// mode, which binds every ClusterIP to the host's kube-ipvs0 interface: the
+// dial policy refuses the host's own addresses, so the Service is dialled at
+// its ready endpoint instead (a real listener on this host's non-loopback
+// address, which the test's allow-list permits), at once, without a refusal
+// counted and without marking every ClusterIP unroutable.
+func TestAClusterIPBoundToThisHostIsReachedAtAnEndpoint(t *testing.T) {
+	env := kubetest.Cluster(t)
+	cs, ns := env.Client, env.Namespace
+	hostIP := nonLoopbackIPv4(t)
+	ln, err := net.Listen("tcp", net.JoinHostPort(hostIP.String(), "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = c.Write([]byte("hello from the endpoint"))
+			c.Close()
+		}
+	}()
+	port := ln.Addr().(*net.TCPAddr).Port
+	createService(t, cs, ns, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "web"}, Spec: corev1.ServiceSpec{
+		Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt(port)}}}})
+	createSlice(t, cs, ns, "web", "web-a", []discoveryv1.EndpointPort{{Name: ptr("http"), Port: ptr(int32(port))}},
+		discoveryv1.Endpoint{Addresses: []string{hostIP.String()}})
+	web, err := cs.CoreV1().Services(ns).Get(context.Background(), "web", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clusterIP := netip.MustParseAddr(web.Spec.ClusterIP)
+
+	reg := prometheus.NewRegistry()
+	pol, err := egress.New(egress.Options{
+		Allow:      []netip.Prefix{netip.PrefixFrom(hostIP, 32)}, // the endpoint, as an operator would allow a hostNetwork pod
+		Registerer: reg,
+		HostAddrs: func() ([]egress.HostAddr, error) {
+			return []egress.HostAddr{{Iface: "eth0", Addr: hostIP}, {Iface: "kube-ipvs0", Addr: clusterIP}}, nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := New(cs, pol, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = r.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	endpoint := net.JoinHostPort(hostIP.String(), strconv.Itoa(port))
+	resolveEventually(t, r, "tcp", ns, "web", 80, endpoint)
+	dctx, dcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer dcancel()
+	c, addr, err := r.Dial(dctx, "tcp", ns, "web", 80)
+	if err != nil {
+		t.Fatalf("Dial = %s, %v; want the endpoint %s", addr, err, endpoint)
+	}
+	got, _ := io.ReadAll(c)
+	c.Close()
+	if addr != endpoint || string(got) != "hello from the endpoint" {
+		t.Fatalf("Dial reached %s and read %q; want %s and the endpoint's greeting", addr, got, endpoint)
+	}
+	if r.clusterIPsUnroutable() {
+		t.Error("a ClusterIP on this host marked every ClusterIP unroutable; only that route should change")
+	}
+	for _, reason := range []egress.Reason{egress.ReasonHost, egress.ReasonLoopback} {
+		if n := testbin.Metric(t, reg, "pipeops_agent_egress_refused_total", "reason", string(reason)); n != 0 {
+			t.Errorf("refusals counted for %s = %v; taking the endpoint route refuses nothing", reason, n)
+		}
+	}
+
+	// The endpoint itself is still checked: without the allow-list this
+	// host's address is refused, with the error that names the key.
+	strict, err := egress.New(egress.Options{HostAddrs: func() ([]egress.HostAddr, error) {
+		return []egress.HostAddr{{Iface: "eth0", Addr: hostIP}, {Iface: "kube-ipvs0", Addr: clusterIP}}, nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := New(cs, strict, nil)
+	sctx, scancel := context.WithCancel(context.Background())
+	sdone := make(chan struct{})
+	go func() { defer close(sdone); _ = rs.Run(sctx) }()
+	defer func() { scancel(); <-sdone }()
+	resolveEventually(t, rs, "tcp", ns, "web", 80, endpoint)
+	if c, addr, err := rs.Dial(dctx, "tcp", ns, "web", 80); !errors.Is(err, egress.ErrRefused) || !strings.Contains(err.Error(), egress.ConfigKey) {
+		if c != nil {
+			c.Close()
+		}
+		t.Fatalf("strict Dial = %s, %v; want a refusal of the endpoint that names %s", addr, err, egress.ConfigKey)
+	}
+}
+
+// nonLoopbackIPv4 is an IPv4 address of one of this host's interfaces.
+func nonLoopbackIPv4(t *testing.T) netip.Addr {
+	t.Helper()
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr().Is4() && !p.Addr().IsLoopback() && !p.Addr().IsLinkLocalUnicast() {
+			return p.Addr()
+		}
+	}
+	t.Fatalf("this host has no non-loopback IPv4 address (interfaces: %v); the test listens on one as a Service endpoint", addrs)
+	return netip.Addr{}
 }
