@@ -214,7 +214,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Daemon, error) {
 		Backend:     helmWorker(cfg, enabled, kc, log),
 		State:       st,
 		Health:      hl,
-		Log:         log.With(logging.KeyComponent, "charts"),
+		Log:         log.With(logging.KeyComponent, "monitoring"),
 		OnEndpoints: func(eps []monitor.Endpoint) { forwardMonitoring(tun, eps, log) },
 	})
 	if err != nil {
