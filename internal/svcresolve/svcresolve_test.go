@@ -39,6 +39,12 @@ func start(t *testing.T, cs kubernetes.Interface, allow ...string) *Resolver {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return startWith(t, cs, pol)
+}
+
+// startWith runs a Resolver whose Dial applies pol until the test ends.
+func startWith(t *testing.T, cs kubernetes.Interface, pol *egress.Policy) *Resolver {
+	t.Helper()
 	r := New(cs, pol, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -264,23 +270,20 @@ func TestAClusterIPBoundToThisHostIsReachedAtAnEndpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	clusterIP := netip.MustParseAddr(web.Spec.ClusterIP)
+	hostAddrs := func() ([]egress.HostAddr, error) {
+		return []egress.HostAddr{{Iface: "eth0", Addr: hostIP}, {Iface: "kube-ipvs0", Addr: clusterIP}}, nil
+	}
 
 	reg := prometheus.NewRegistry()
 	pol, err := egress.New(egress.Options{
 		Allow:      []netip.Prefix{netip.PrefixFrom(hostIP, 32)}, // the endpoint, as an operator would allow a hostNetwork pod
 		Registerer: reg,
-		HostAddrs: func() ([]egress.HostAddr, error) {
-			return []egress.HostAddr{{Iface: "eth0", Addr: hostIP}, {Iface: "kube-ipvs0", Addr: clusterIP}}, nil
-		},
+		HostAddrs:  hostAddrs,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := New(cs, pol, nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = r.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	r := startWith(t, cs, pol)
 
 	endpoint := net.JoinHostPort(hostIP.String(), strconv.Itoa(port))
 	resolveEventually(t, r, "tcp", ns, "web", 80, endpoint)
@@ -306,17 +309,11 @@ func TestAClusterIPBoundToThisHostIsReachedAtAnEndpoint(t *testing.T) {
 
 	// The endpoint itself is still checked: without the allow-list this
 	// host's address is refused, with the error that names the key.
-	strict, err := egress.New(egress.Options{HostAddrs: func() ([]egress.HostAddr, error) {
-		return []egress.HostAddr{{Iface: "eth0", Addr: hostIP}, {Iface: "kube-ipvs0", Addr: clusterIP}}, nil
-	}})
+	strict, err := egress.New(egress.Options{HostAddrs: hostAddrs})
 	if err != nil {
 		t.Fatal(err)
 	}
-	rs := New(cs, strict, nil)
-	sctx, scancel := context.WithCancel(context.Background())
-	sdone := make(chan struct{})
-	go func() { defer close(sdone); _ = rs.Run(sctx) }()
-	defer func() { scancel(); <-sdone }()
+	rs := startWith(t, cs, strict)
 	resolveEventually(t, rs, "tcp", ns, "web", 80, endpoint)
 	if c, addr, err := rs.Dial(dctx, "tcp", ns, "web", 80); !errors.Is(err, egress.ErrRefused) || !strings.Contains(err.Error(), egress.ConfigKey) {
 		if c != nil {
