@@ -3,7 +3,6 @@ package cli
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -77,9 +76,7 @@ func newDoctorCommand(e *env) *cli.Command {
 			d.configPath = c.String("config")
 			checks := runDoctor(c.Context, e, d)
 			if c.Bool("json") {
-				enc := json.NewEncoder(e.stdout)
-				enc.SetIndent("", "  ")
-				_ = enc.Encode(checks)
+				_ = writeJSON(e.stdout, checks)
 			} else {
 				printChecks(e.stdout, checks)
 			}

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -32,9 +31,7 @@ func newHACommand(e *env) *cli.Command {
 						return notRunningHint(err)
 					}
 					if c.Bool("json") {
-						enc := json.NewEncoder(e.stdout)
-						enc.SetIndent("", "  ")
-						return enc.Encode(st)
+						return writeJSON(e.stdout, st)
 					}
 					renderHA(e.stdout, st, e.now())
 					return nil
@@ -52,9 +49,7 @@ func newHACommand(e *env) *cli.Command {
 						return notRunningHint(err)
 					}
 					if c.Bool("json") {
-						enc := json.NewEncoder(e.stdout)
-						enc.SetIndent("", "  ")
-						return enc.Encode(st)
+						return writeJSON(e.stdout, st)
 					}
 					fmt.Fprintf(e.stdout, "%s is stepping down: a standby takes over within about %s; check with \"pipeopsctl ha status\"\n",
 						st.Identity, st.RetryPeriod)

@@ -34,9 +34,7 @@ func newMonitoringCommand(e *env) *cli.Command {
 						return notRunningHint(err)
 					}
 					if c.Bool("json") {
-						enc := json.NewEncoder(e.stdout)
-						enc.SetIndent("", "  ")
-						return enc.Encode(st)
+						return writeJSON(e.stdout, st)
 					}
 					renderMonitoring(e.stdout, st, e.now())
 					return nil

@@ -36,9 +36,7 @@ func newStatusCommand(e *env) *cli.Command {
 				return err
 			}
 			if c.Bool("json") {
-				enc := json.NewEncoder(e.stdout)
-				enc.SetIndent("", "  ")
-				return enc.Encode(st)
+				return writeJSON(e.stdout, st)
 			}
 			renderStatus(e, st, e.now())
 			return nil
