@@ -313,17 +313,13 @@ func (h *foHarness) cycle(l *foLoad, n int, how string, end func(*foAgent)) ([]t
 // ---- agents ----------------------------------------------------------------
 
 type foAgent struct {
-	name, bin, dir, cfg string
-	port                int
-	env                 []string
-	out                 *fltOutput
-	mu                  sync.Mutex
-	cmd                 *exec.Cmd
-	done                chan struct{}
+	agentProcess
+	name, dir string
+	port      int
 }
 
 func (h *foHarness) newAgent(name string) *foAgent {
-	a := &foAgent{name: name, bin: filepath.Join(h.bin, "pipeops-agent"), dir: filepath.Join(h.dir, name), port: ctlFreePort(), out: &fltOutput{}}
+	a := &foAgent{agentProcess: agentProcess{bin: filepath.Join(h.bin, "pipeops-agent"), out: &fltOutput{}}, name: name, dir: filepath.Join(h.dir, name), port: ctlFreePort()}
 	_ = os.MkdirAll(a.dir, 0o700)
 	a.cfg = filepath.Join(a.dir, "agent.yaml")
 	a.env = append(os.Environ(), "PIPEOPS_TOKEN="+foToken, "PIPEOPS_LOG_FORMAT=json", "NOTIFY_SOCKET=")
@@ -355,44 +351,9 @@ ha:
 	return a
 }
 
-func (a *foAgent) start() error {
-	cmd := exec.Command(a.bin, "run", "--config", a.cfg)
-	cmd.Env = a.env
-	cmd.Stdout, cmd.Stderr = a.out, a.out
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	a.mu.Lock()
-	a.cmd, a.done = cmd, done
-	a.mu.Unlock()
-	return nil
-}
-
-func (a *foAgent) end(sig syscall.Signal) {
-	a.mu.Lock()
-	cmd, done := a.cmd, a.done
-	a.cmd = nil
-	a.mu.Unlock()
-	if cmd == nil {
-		return
-	}
-	_ = cmd.Process.Signal(sig)
-	select {
-	case <-done:
-	case <-time.After(40 * time.Second):
-		_ = cmd.Process.Kill()
-		<-done
-	}
-}
-
 // linkUp reads the agent's own view: its control-plane link is connected.
 func (a *foAgent) linkUp() bool {
-	a.mu.Lock()
-	running := a.cmd != nil
-	a.mu.Unlock()
-	if !running {
+	if a.pid() == 0 {
 		return false
 	}
 	resp, err := fltNoKeepAlive.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", a.port))

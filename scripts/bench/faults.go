@@ -565,19 +565,14 @@ func (h *faultHarness) f5(soak time.Duration) error {
 // ---- the agent ------------------------------------------------------------
 
 type fltAgent struct {
-	bin, dir, cfg, id string
-	port              int
-	env               []string
-	out               *fltOutput
-	mu                sync.Mutex
-	cmd               *exec.Cmd
-	done              chan struct{}
-	unexpected        atomic.Int32 // exits the bench did not cause
+	agentProcess
+	dir, id string
+	port    int
 }
 
 // newAgent writes the config of an agent in dir; id "" derives it from the host.
 func (h *faultHarness) newAgent(name, dir, id string) *fltAgent {
-	a := &fltAgent{bin: filepath.Join(h.bin, "pipeops-agent"), dir: dir, id: id, port: ctlFreePort(), out: &fltOutput{}}
+	a := &fltAgent{agentProcess: agentProcess{bin: filepath.Join(h.bin, "pipeops-agent"), out: &fltOutput{}}, dir: dir, id: id, port: ctlFreePort()}
 	os.MkdirAll(dir, 0o700)
 	a.cfg = filepath.Join(dir, "agent.yaml")
 	a.env = append(os.Environ(), "PIPEOPS_TOKEN="+fltToken, "PIPEOPS_LOG_FORMAT=json", "NOTIFY_SOCKET=")
@@ -603,62 +598,9 @@ tunnel:
 	return a
 }
 
-func (a *fltAgent) start() error {
-	cmd := exec.Command(a.bin, "run", "--config", a.cfg)
-	cmd.Env = a.env
-	cmd.Stdout, cmd.Stderr = a.out, a.out
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	done := make(chan struct{})
-	a.mu.Lock()
-	a.cmd, a.done = cmd, done
-	a.mu.Unlock()
-	go func() {
-		_ = cmd.Wait()
-		a.mu.Lock()
-		expected := a.cmd != cmd
-		a.mu.Unlock()
-		if !expected {
-			a.unexpected.Add(1)
-		}
-		close(done)
-	}()
-	return nil
-}
-
 // stop is SIGTERM and a wait; kill is SIGKILL.
 func (a *fltAgent) stop() { a.end(syscall.SIGTERM) }
 func (a *fltAgent) kill() { a.end(syscall.SIGKILL) }
-
-func (a *fltAgent) end(sig syscall.Signal) {
-	a.mu.Lock()
-	cmd, done := a.cmd, a.done
-	a.cmd = nil
-	a.mu.Unlock()
-	if cmd == nil {
-		return
-	}
-	_ = cmd.Process.Signal(sig)
-	select {
-	case <-done:
-	case <-time.After(40 * time.Second):
-		_ = cmd.Process.Kill()
-		<-done
-	}
-}
-
-func (a *fltAgent) pid() int {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.cmd == nil {
-		return 0
-	}
-	return a.cmd.Process.Pid
-}
-
-// exits counts agent exits the bench did not ask for (crashes).
-func (a *fltAgent) exits() int { return int(a.unexpected.Load()) }
 
 // panics counts panic reports in the agent's output.
 func (a *fltAgent) panics() int {
