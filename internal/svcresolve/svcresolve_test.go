@@ -245,21 +245,10 @@ func TestAClusterIPBoundToThisHostIsReachedAtAnEndpoint(t *testing.T) {
 	env := kubetest.Cluster(t)
 	cs, ns := env.Client, env.Namespace
 	hostIP := nonLoopbackIPv4(t)
-	ln, err := net.Listen("tcp", net.JoinHostPort(hostIP.String(), "0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			_, _ = c.Write([]byte("hello from the endpoint"))
-			c.Close()
-		}
-	}()
+	ln := testbin.ServeTCP(t, net.JoinHostPort(hostIP.String(), "0"), func(c net.Conn) {
+		_, _ = c.Write([]byte("hello from the endpoint"))
+		c.Close()
+	})
 	port := ln.Addr().(*net.TCPAddr).Port
 	createService(t, cs, ns, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "web"}, Spec: corev1.ServiceSpec{
 		Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt(port)}}}})

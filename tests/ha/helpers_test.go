@@ -279,21 +279,8 @@ type relayConn struct {
 
 func startRelay(t *testing.T, target string) *relay {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &relay{ln: ln, target: target}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go r.serve(c)
-		}
-	}()
+	r := &relay{target: target}
+	r.ln = testbin.ServeTCP(t, "127.0.0.1:0", r.serve)
 	return r
 }
 

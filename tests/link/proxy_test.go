@@ -23,21 +23,8 @@ type connectProxy struct {
 
 func startConnectProxy(t *testing.T) *connectProxy {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &connectProxy{ln: ln}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go p.serve(c)
-		}
-	}()
+	p := &connectProxy{}
+	p.ln = testbin.ServeTCP(t, "127.0.0.1:0", p.serve)
 	return p
 }
 
