@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/pipeops/pipeops-vm-agent/internal/devplane"
 	"github.com/pipeops/pipeops-vm-agent/internal/kubetest"
 	"github.com/pipeops/pipeops-vm-agent/tests/testbin"
 )
@@ -35,6 +36,17 @@ func identServiceToken(t *testing.T, env *kubetest.Env) (string, *identAgent, ku
 	dp, url := identPlainPlane(t)
 	a := identStartAgent(t, env, url, "", "")
 	id := identRegistered(t, dp, a)
+	// A call made while the agent moves from the controller to the gateway
+	// can land on the session that is ending: wait for a heartbeat on the
+	// session it keeps.
+	testbin.Eventually(t, 30*time.Second, "a heartbeat after the move to the gateway", func() bool {
+		for _, c := range dp.Clusters() {
+			if c.ID == id && c.Connected && c.Mode == devplane.KindGateway && c.Heartbeats > 0 {
+				return true
+			}
+		}
+		return false
+	}, a.logs)
 	front, err := kubernetes.NewForConfig(&rest.Config{Host: url + "/clusters/" + id + "/k8s", QPS: 100, Burst: 200})
 	if err != nil {
 		t.Fatal(err)
